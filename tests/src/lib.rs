@@ -2,5 +2,7 @@
 //!
 //! # Layout
 //! - [`data`]: synthetic sensor streams with drift on cue; the demo's dataset.
+//! - [`net`]: free ports, a restartable Mosquitto, a link-cutting TCP proxy.
 
 pub mod data;
+pub mod net;
