@@ -1,0 +1,260 @@
+//! `drover model push|list|show|alias`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+
+use super::{Ctx, Output, output};
+use crate::http::PushBody;
+use crate::registry::{ManifestView, ModelSummary, task_kind};
+
+/// `drover model` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ModelCmd {
+    /// Register a new version of a model from an ONNX file.
+    Push {
+        /// The ONNX file.
+        file: PathBuf,
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        /// Reference CSV (header; feature columns; optional `label` column).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Class names in class-index order (default: the CSV's labels, sorted).
+        #[arg(long, value_delimiter = ',')]
+        labels: Option<Vec<String>>,
+        /// p95 latency budget for the agent's local guard, ms.
+        #[arg(long)]
+        latency_budget_ms: Option<u64>,
+        /// Parent version (lineage).
+        #[arg(long)]
+        parent: Option<u64>,
+        /// Point this alias at the new version.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// List every version.
+    List,
+    /// Show a version's manifest (NAME@VERSION or NAME@ALIAS).
+    Show {
+        /// NAME@VERSION.
+        model: String,
+    },
+    /// Point ALIAS at NAME@VERSION.
+    Alias {
+        /// NAME@VERSION.
+        model: String,
+        /// Alias (e.g. production, candidate).
+        alias: String,
+    },
+}
+
+fn split_ref(s: &str) -> anyhow::Result<(&str, &str)> {
+    s.split_once('@')
+        .with_context(|| format!("expected NAME@VERSION, got {s:?}"))
+}
+
+fn spinner(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Runs a model subcommand.
+pub async fn run(cmd: ModelCmd, ctx: &Ctx) -> anyhow::Result<()> {
+    match cmd {
+        ModelCmd::Push {
+            file,
+            name,
+            reference,
+            labels,
+            latency_budget_ms,
+            parent,
+            alias,
+        } => {
+            let onnx =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let reference_csv = reference
+                .map(|p| {
+                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?;
+            let body = PushBody {
+                name,
+                onnx_base64: base64::engine::general_purpose::STANDARD.encode(&onnx),
+                reference_csv,
+                labels,
+                latency_budget_ms,
+                parent,
+                alias,
+                ..PushBody::default()
+            };
+            let pb = spinner(&format!(
+                "uploading {} ({} bytes) and profiling",
+                file.display(),
+                onnx.len()
+            ));
+            let resp: anyhow::Result<serde_json::Value> =
+                ctx.client.post("model push", "/v1/models", &body).await;
+            pb.finish_and_clear();
+            let resp = resp?;
+            if ctx.output == Output::Json {
+                return output::json(&resp);
+            }
+            let m: ManifestView = serde_json::from_value(resp["manifest"].clone())?;
+            output::line(&format!(
+                "pushed {}@{} (sha256 {}, {} bytes, {}{})",
+                m.name,
+                m.version,
+                m.sha256,
+                m.size,
+                task_kind(&m.task),
+                m.eval_metrics
+                    .get("accuracy")
+                    .map(|a| format!(", reference accuracy {:.3}", a))
+                    .unwrap_or_default()
+            ));
+            Ok(())
+        }
+        ModelCmd::List => {
+            let list: Vec<ModelSummary> = ctx.client.get("model list", "/v1/models", &[]).await?;
+            if ctx.output == Output::Json {
+                return output::json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.name.clone(),
+                        m.version.to_string(),
+                        m.task.clone(),
+                        m.aliases.join(","),
+                        m.sha256.chars().take(12).collect(),
+                        m.size.to_string(),
+                        output::opt(&m.parent),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "NAME", "VERSION", "TASK", "ALIASES", "SHA256", "SIZE", "PARENT",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        ModelCmd::Show { model } => {
+            let (name, version) = split_ref(&model)?;
+            let m: ManifestView = ctx
+                .client
+                .get("model show", &format!("/v1/models/{name}/{version}"), &[])
+                .await?;
+            if ctx.output == Output::Json {
+                return output::json(&m);
+            }
+            let io = |specs: &[drover_protocol::manifest::TensorSpec]| {
+                specs
+                    .iter()
+                    .map(|s| {
+                        let dims: Vec<String> = s
+                            .shape
+                            .iter()
+                            .map(|d| d.map_or("N".into(), |d| d.to_string()))
+                            .collect();
+                        format!("{} {:?}[{}]", s.name, s.dtype, dims.join(","))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let task = match &m.task {
+                drover_protocol::manifest::Task::Classification { labels, .. } => {
+                    format!("classification ({})", labels.join(", "))
+                }
+                drover_protocol::manifest::Task::Regression { output } => {
+                    format!("regression ({output})")
+                }
+            };
+            output::pairs(&[
+                ("model", format!("{}@{}", m.name, m.version)),
+                ("aliases", m.aliases.join(", ")),
+                ("sha256", m.sha256.clone()),
+                ("size", format!("{} bytes", m.size)),
+                ("inputs", io(&m.inputs)),
+                ("outputs", io(&m.outputs)),
+                ("task", task),
+                (
+                    "health checks",
+                    format!(
+                        "{} samples, tolerance {}",
+                        m.health_checks.samples.len(),
+                        m.health_checks.tolerance
+                    ),
+                ),
+                (
+                    "latency budget",
+                    m.latency_budget_us
+                        .map_or("-".into(), |us| format!("{} ms", us / 1000)),
+                ),
+                ("parent", output::opt(&m.parent)),
+                ("dataset sha256", output::opt(&m.dataset_sha256)),
+                (
+                    "eval metrics",
+                    m.eval_metrics
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                ("min agent", m.min_agent_version.clone()),
+                ("signed by", m.signed_by.clone()),
+            ]);
+            output::line("reference profile:");
+            for f in &m.reference.features {
+                let freqs: Vec<String> = f
+                    .bins
+                    .frequencies
+                    .iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect();
+                output::line(&format!(
+                    "  {:<12} {} bins  [{}]",
+                    f.name,
+                    f.bins.frequencies.len(),
+                    freqs.join(" ")
+                ));
+            }
+            let out: Vec<String> = m
+                .reference
+                .output
+                .frequencies
+                .iter()
+                .map(|x| format!("{x:.3}"))
+                .collect();
+            output::line(&format!("  {:<12} [{}]", "output", out.join(" ")));
+            Ok(())
+        }
+        ModelCmd::Alias { model, alias } => {
+            let (name, version) = split_ref(&model)?;
+            let version: u64 = version
+                .parse()
+                .with_context(|| format!("version {version:?} is not a number"))?;
+            let resp: serde_json::Value = ctx
+                .client
+                .put(
+                    "model alias",
+                    &format!("/v1/models/{name}/aliases/{alias}"),
+                    &serde_json::json!({ "version": version }),
+                )
+                .await?;
+            if ctx.output == Output::Json {
+                return output::json(&resp);
+            }
+            output::line(&format!("{name}@{alias} -> {name}@{version}"));
+            Ok(())
+        }
+    }
+}

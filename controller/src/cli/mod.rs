@@ -1,0 +1,137 @@
+//! The `drover` command line: `serve` runs the controller; every other
+//! subcommand is a client of its HTTP API (like kubectl).
+//!
+//! # Adding a subcommand (rollout, drift, retrain, train)
+//! Put its clap `Args`/`Subcommand` type and an
+//! `async fn run(args, ctx: &Ctx) -> anyhow::Result<()>` in a new
+//! `cli/cmd_NAME.rs`, add a variant to [`Command`] and one arm to
+//! [`dispatch`]. Use [`Ctx::client`] for the API and [`output`] for
+//! table/JSON printing (respect [`Ctx::output`]).
+#![allow(clippy::print_stdout)]
+
+pub mod client;
+pub mod cmd_deploy;
+pub mod cmd_device;
+pub mod cmd_keys;
+pub mod cmd_misc;
+pub mod cmd_model;
+pub mod cmd_serve;
+pub mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory as _, Parser, Subcommand};
+
+pub use client::ApiClient;
+pub use output::Output;
+
+/// `drover`: deploy signed ONNX models to edge devices over MQTT.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Controller API URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_CONTROLLER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub controller: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (embedded broker, HTTP API, MQTT link).
+    Serve(cmd_serve::ServeArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(cmd_keys::KeysCmd),
+    /// Model registry.
+    #[command(subcommand)]
+    Model(cmd_model::ModelCmd),
+    /// Register devices.
+    #[command(subcommand)]
+    Device(cmd_device::DeviceCmd),
+    /// List devices.
+    Devices(cmd_device::DevicesArgs),
+    /// Broker configuration.
+    #[command(subcommand)]
+    Broker(cmd_misc::BrokerCmd),
+    /// Deploy a model version to one device and wait for the result.
+    Deploy(cmd_deploy::DeployArgs),
+    /// Merged telemetry.
+    Telemetry(cmd_misc::TelemetryArgs),
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// What every client subcommand gets.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// API client.
+    pub client: ApiClient,
+    /// Output format.
+    pub output: Output,
+}
+
+/// Runs a parsed client command.
+pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
+    match command {
+        Command::Keys(c) => cmd_keys::run(c, ctx).await,
+        Command::Model(c) => cmd_model::run(c, ctx).await,
+        Command::Device(c) => cmd_device::run(c, ctx).await,
+        Command::Devices(a) => cmd_device::list(a, ctx).await,
+        Command::Broker(c) => cmd_misc::broker(c, ctx).await,
+        Command::Deploy(a) => cmd_deploy::run(a, ctx).await,
+        Command::Telemetry(a) => cmd_misc::telemetry(a, ctx).await,
+        Command::Serve(_) | Command::Completions { .. } => Ok(()),
+    }
+}
+
+/// The `drover` binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => cmd_serve::main(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        command => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .try_init();
+            let result = (|| -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let ctx = Ctx {
+                    client: ApiClient::new(&cli.controller)?,
+                    output: cli.output,
+                };
+                rt.block_on(dispatch(command, &ctx))
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Output: aligned tables for people, JSON for scripts (`--output json`).
+#![allow(clippy::print_stdout)]
+
+use serde::Serialize;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// Pretty JSON.
+    Json,
+}
+
+/// Prints `value` as JSON.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints rows under headers, columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| (*h).to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// Prints `key: value` lines.
+pub fn pairs(items: &[(&str, String)]) {
+    let w = items.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in items {
+        println!("{k:<w$}  {v}");
+    }
+}
+
+/// Prints a line.
+pub fn line(s: &str) {
+    println!("{s}");
+}
+
+/// `-` for missing values.
+pub fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+/// Milliseconds since the epoch as a relative age (`12s ago`).
+pub fn age(ms: Option<u64>, now_ms: u64) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let s = now_ms.saturating_sub(t) / 1000;
+            if s < 120 {
+                format!("{s}s ago")
+            } else if s < 7200 {
+                format!("{}m ago", s / 60)
+            } else if s < 172_800 {
+                format!("{}h ago", s / 3600)
+            } else {
+                format!("{}d ago", s / 86_400)
+            }
+        }
+    }
+}

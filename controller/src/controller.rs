@@ -1,0 +1,766 @@
+//! The [`Controller`] handle: one cheap-to-clone entry point to the
+//! registry, inventory, commands, telemetry and events, shared by the HTTP
+//! layer, the MQTT link, the rollout engine, drift/retrain and the simulator.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use drover_protocol::codec::{self, CodecError};
+use drover_protocol::messages::{CommandAck, DeployStatus, Down, Hello};
+use drover_protocol::topic::Topic;
+use drover_protocol::trust::{KeyList, Role};
+use drover_protocol::{
+    DeviceId, FleetId, ModelManifest, ModelName, Sign, Signed, Timestamp, Version,
+};
+use rusqlite::{OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::clock::SharedClock;
+use crate::db::{Db, DbError};
+use crate::devices::{self, BrokerAcl, DeviceBundle, DeviceInfo, Selector, SelectorError};
+use crate::keys::{self, KeyError, KeyInit, KeyStore, Keys};
+use crate::metrics::Metrics;
+use crate::registry::store::{ModelStore, StoredModel};
+use crate::registry::{self, ManifestView, ModelSummary, PushRequest, RegistryError};
+use crate::telemetry_query::{TelemetryFilter, TelemetrySummary};
+
+/// Errors of controller operations (mapped to HTTP statuses in `http`).
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// Registry refusal or failure.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Database failure.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Key failure.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// A selector did not parse.
+    #[error(transparent)]
+    BadSelector(#[from] SelectorError),
+    /// The device is not in the inventory.
+    #[error("unknown device {0:?}: add it with `drover device add` (or wait until it connects)")]
+    UnknownDevice(String),
+    /// Something named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request conflicts with existing state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// No MQTT link (library use without a broker).
+    #[error("not connected to the MQTT broker")]
+    NotConnected,
+    /// Publishing failed.
+    #[error("MQTT publish failed: {0}")]
+    Publish(String),
+    /// Encoding a message failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A background task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// What in-process subscribers hear about devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceEvent {
+    /// A device said Hello.
+    Hello {
+        /// Device (from the topic).
+        device: DeviceId,
+        /// What it said.
+        hello: Hello,
+    },
+    /// Status topic: online.
+    Online {
+        /// Device.
+        device: DeviceId,
+    },
+    /// Status topic: offline (clean disconnect or last will).
+    Offline {
+        /// Device.
+        device: DeviceId,
+    },
+    /// A command was accepted or rejected.
+    Ack {
+        /// Device.
+        device: DeviceId,
+        /// The ack.
+        ack: CommandAck,
+    },
+    /// Deploy progress.
+    DeployStatus {
+        /// Device.
+        device: DeviceId,
+        /// The report.
+        status: DeployStatus,
+    },
+    /// A telemetry window was stored (not sent for duplicates).
+    TelemetryStored {
+        /// Device.
+        device: DeviceId,
+        /// The window's headline numbers.
+        window: WindowSummary,
+    },
+}
+
+/// Headline numbers of a stored telemetry window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    /// Window sequence.
+    pub seq: u64,
+    /// `name@version`.
+    pub model: String,
+    /// `active` or `shadow`.
+    pub role: String,
+    /// Window start (ms).
+    pub start: u64,
+    /// Window end (ms).
+    pub end: u64,
+    /// Inferences.
+    pub count: u64,
+    /// Failed inferences.
+    pub errors: u64,
+}
+
+/// Static settings of a controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// State directory (db, keys, artifacts).
+    pub data_dir: PathBuf,
+    /// Fleet served.
+    pub fleet: FleetId,
+    /// Broker URL written into device bundles.
+    pub broker_url: String,
+    /// MQTT username of the controller (ACL generation).
+    pub controller_username: String,
+    /// The controller's MQTT password, if any (its hash goes into the ACL output).
+    pub controller_password: Option<String>,
+    /// Commands expire this long after issue.
+    pub command_validity_ms: u64,
+}
+
+impl ControllerConfig {
+    /// Defaults for `data_dir` and `fleet`.
+    pub fn new(data_dir: impl Into<PathBuf>, fleet: FleetId) -> ControllerConfig {
+        ControllerConfig {
+            data_dir: data_dir.into(),
+            fleet,
+            broker_url: "mqtt://127.0.0.1:1883".into(),
+            controller_username: "drover-controller".into(),
+            controller_password: None,
+            command_validity_ms: 3_600_000,
+        }
+    }
+}
+
+pub(crate) struct KeyState {
+    pub(crate) keys: Keys,
+    pub(crate) key_list: Signed<KeyList>,
+    pub(crate) version: u64,
+}
+
+pub(crate) enum Outbound {
+    None,
+    Mqtt(rumqttc::AsyncClient),
+    Capture(mpsc::UnboundedSender<(String, Vec<u8>)>),
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ControllerConfig,
+    pub(crate) db: Db,
+    pub(crate) clock: SharedClock,
+    pub(crate) store: ModelStore,
+    pub(crate) key_store: KeyStore,
+    pub(crate) keys: RwLock<KeyState>,
+    pub(crate) events: broadcast::Sender<DeviceEvent>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) outbound: RwLock<Outbound>,
+}
+
+/// The controller handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("fleet", &self.inner.cfg.fleet)
+            .field("data_dir", &self.inner.cfg.data_dir)
+            .finish()
+    }
+}
+
+/// Result of a key rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateOutcome {
+    /// Rotated role.
+    pub role: String,
+    /// New public key (hex).
+    pub public_key: String,
+    /// New key list version.
+    pub key_list_version: u64,
+    /// Devices the new list was published to.
+    pub devices_notified: usize,
+    /// Manifests re-signed (models rotation).
+    pub manifests_resigned: usize,
+}
+
+/// Public keys and the key list version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysInfo {
+    /// Root key agents pin (hex).
+    pub root_public_key: String,
+    /// Models key (hex).
+    pub models_public_key: String,
+    /// Commands key (hex).
+    pub commands_public_key: String,
+    /// Current key list version.
+    pub key_list_version: u64,
+    /// Key list expiry (ms).
+    pub key_list_expires_at: u64,
+}
+
+fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn latest_key_list(db: &Db) -> Result<Option<(u64, Signed<KeyList>)>, DbError> {
+    let row: Option<(i64, Vec<u8>)> = db
+        .lock()
+        .query_row(
+            "SELECT version, signed FROM key_lists ORDER BY version DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(v, bytes)| {
+        codec::decode(&bytes, usize::MAX)
+            .map(|s| (v as u64, s))
+            .map_err(|e| DbError::Corrupt(format!("key list: {e}")))
+    })
+    .transpose()
+}
+
+fn store_key_list(
+    db: &Db,
+    version: u64,
+    list: &Signed<KeyList>,
+    now: Timestamp,
+) -> Result<(), ControllerError> {
+    let bytes = codec::encode(list, usize::MAX)?;
+    db.lock()
+        .execute(
+            "INSERT INTO key_lists (version, signed, created_at) VALUES (?1, ?2, ?3)",
+            params![version as i64, bytes, now.0 as i64],
+        )
+        .map_err(DbError::from)?;
+    Ok(())
+}
+
+impl Controller {
+    /// Opens the state in `cfg.data_dir`: database (migrated), keys (created
+    /// if missing), the current key list (issued if missing, stale or
+    /// expiring). No network. Blocking; call before spawning tasks.
+    pub fn open(cfg: ControllerConfig, clock: SharedClock) -> Result<Controller, ControllerError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            ControllerError::Invalid(format!(
+                "cannot create data dir {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
+        let db = Db::open(&cfg.data_dir.join("drover.db"))?;
+        let key_store = KeyStore::new(&cfg.data_dir);
+        if !key_store.exists() {
+            let init = key_store.init()?;
+            tracing::info!(
+                root_public_key = %init.root_public_key,
+                dir = %init.dir,
+                "created signing keys (first start); agents pin this root key"
+            );
+        }
+        let keys = key_store.load()?;
+        let now = clock.now();
+        let (version, key_list) = match latest_key_list(&db)? {
+            Some((v, signed)) => {
+                let fresh = signed
+                    .verify(&keys.root.public_key())
+                    .ok()
+                    .filter(|l| keys::key_list_matches(l, &keys))
+                    .filter(|l| l.expires_at.ms_since(now) > keys::KEY_LIST_RENEW_BEFORE_MS);
+                match fresh {
+                    Some(_) => (v, signed),
+                    None => {
+                        let list = keys::sign_key_list(&keys, v + 1, now)?;
+                        store_key_list(&db, v + 1, &list, now)?;
+                        tracing::info!(
+                            version = v + 1,
+                            "issued a new key list (keys changed or list expiring)"
+                        );
+                        (v + 1, list)
+                    }
+                }
+            }
+            None => {
+                let list = keys::sign_key_list(&keys, 1, now)?;
+                store_key_list(&db, 1, &list, now)?;
+                (1, list)
+            }
+        };
+        let store = ModelStore::new(db.clone(), &cfg.data_dir)?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Controller {
+            inner: Arc::new(Inner {
+                cfg,
+                db,
+                clock,
+                store,
+                key_store,
+                keys: RwLock::new(KeyState {
+                    keys,
+                    key_list,
+                    version,
+                }),
+                events,
+                metrics: Arc::new(Metrics::default()),
+                outbound: RwLock::new(Outbound::None),
+            }),
+        })
+    }
+
+    /// Now, from the injected clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// The fleet served.
+    pub fn fleet(&self) -> &FleetId {
+        &self.inner.cfg.fleet
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.cfg.data_dir
+    }
+
+    /// The database, so other modules can run their own queries (their
+    /// tables come from [`crate::db::MIGRATIONS`]).
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Subscribes to device events. Slow receivers lag (and are told so by
+    /// `RecvError::Lagged`); they never block the controller.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeviceEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, e: DeviceEvent) {
+        let _ = self.inner.events.send(e);
+    }
+
+    pub(crate) fn set_outbound_mqtt(&self, client: rumqttc::AsyncClient) {
+        *lock_write(&self.inner.outbound) = Outbound::Mqtt(client);
+    }
+
+    /// Routes every outgoing publish into `tx` as (topic, payload) instead of
+    /// MQTT: for tests and simulations without a broker.
+    pub fn capture_outbound(&self) -> mpsc::UnboundedReceiver<(String, Vec<u8>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock_write(&self.inner.outbound) = Outbound::Capture(tx);
+        rx
+    }
+
+    /// Publishes a [`Down`] message to `device` (QoS 1, on `down` or `chunk`).
+    pub async fn publish_down(&self, device: &DeviceId, msg: &Down) -> Result<(), ControllerError> {
+        let payload = codec::encode_down(msg)?;
+        let topic = Topic::new(self.fleet(), device, codec::down_channel(msg)).to_string();
+        let client = match &*lock_read(&self.inner.outbound) {
+            Outbound::None => return Err(ControllerError::NotConnected),
+            Outbound::Capture(tx) => {
+                return tx
+                    .send((topic, payload))
+                    .map_err(|_| ControllerError::NotConnected);
+            }
+            Outbound::Mqtt(c) => c.clone(),
+        };
+        client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| ControllerError::Publish(e.to_string()))
+    }
+
+    // ---- keys ----
+
+    /// Public keys and the key list version.
+    pub fn keys_info(&self) -> KeysInfo {
+        let k = lock_read(&self.inner.keys);
+        let expires = k
+            .key_list
+            .decode_unverified()
+            .map(|l| l.expires_at.0)
+            .unwrap_or_default();
+        KeysInfo {
+            root_public_key: k.keys.root.public_key().to_hex(),
+            models_public_key: k.keys.models.public_key().to_hex(),
+            commands_public_key: k.keys.commands.public_key().to_hex(),
+            key_list_version: k.version,
+            key_list_expires_at: expires,
+        }
+    }
+
+    /// `keys init` against a running controller: keys always exist by then,
+    /// so this reports them (created = false).
+    pub fn keys_init(&self) -> Result<KeyInit, ControllerError> {
+        Ok(self.inner.key_store.init()?)
+    }
+
+    /// The current root-signed key list and its version.
+    pub fn key_list(&self) -> (u64, Signed<KeyList>) {
+        let k = lock_read(&self.inner.keys);
+        (k.version, k.key_list.clone())
+    }
+
+    /// Rotates the `role` key: new key file (old one retired), a new
+    /// root-signed key list (version + 1) pushed to every known device, and
+    /// for the models role every manifest re-signed.
+    pub async fn rotate_key(&self, role: Role) -> Result<RotateOutcome, ControllerError> {
+        let this = self.clone();
+        let (outcome, list) = tokio::task::spawn_blocking(move || -> Result<_, ControllerError> {
+            let inner = &this.inner;
+            let fresh = inner.key_store.rotate(role)?;
+            let mut k = lock_write(&inner.keys);
+            match role {
+                Role::Models => k.keys.models = fresh.clone(),
+                Role::Commands => k.keys.commands = fresh.clone(),
+            }
+            let version = k.version + 1;
+            let now = inner.clock.now();
+            let list = keys::sign_key_list(&k.keys, version, now)?;
+            store_key_list(&inner.db, version, &list, now)?;
+            k.key_list = list.clone();
+            k.version = version;
+            let resigned = match role {
+                Role::Models => inner.store.resign_all(fresh.as_ref())?,
+                Role::Commands => 0,
+            };
+            Ok((
+                RotateOutcome {
+                    role: role.to_string(),
+                    public_key: fresh.public_key().to_hex(),
+                    key_list_version: version,
+                    devices_notified: 0,
+                    manifests_resigned: resigned,
+                },
+                list,
+            ))
+        })
+        .await
+        .map_err(|e| ControllerError::Task(e.to_string()))??;
+        let mut outcome = outcome;
+        let devices = self.devices(&Selector::default()).await?;
+        for d in devices {
+            let Ok(id) = DeviceId::new(d.id) else {
+                continue;
+            };
+            match self.publish_down(&id, &Down::KeyList(list.clone())).await {
+                Ok(()) => {
+                    outcome.devices_notified += 1;
+                    crate::metrics::inc(&self.inner.metrics.key_lists_sent);
+                }
+                Err(e) => {
+                    tracing::warn!(device = %id, error = %e, "pushing the new key list failed")
+                }
+            }
+        }
+        tracing::info!(role = %role, version = outcome.key_list_version, "rotated key");
+        Ok(outcome)
+    }
+
+    pub(crate) fn models_signer(&self) -> Arc<drover_protocol::Ed25519Signer> {
+        lock_read(&self.inner.keys).keys.models.clone()
+    }
+
+    pub(crate) fn commands_signer(&self) -> Arc<drover_protocol::Ed25519Signer> {
+        lock_read(&self.inner.keys).keys.commands.clone()
+    }
+
+    // ---- registry ----
+
+    /// Pushes a new model version (tract inspection, profile, signing,
+    /// storage); runs on the blocking pool.
+    pub async fn push_model(&self, req: PushRequest) -> Result<StoredModel, ControllerError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<StoredModel, ControllerError> {
+            let now = this.now();
+            let template = registry::build_manifest(&req, now)?;
+            let signer = this.models_signer();
+            let stored = this.inner.store.insert(
+                template,
+                &req.onnx,
+                signer.as_ref(),
+                req.alias.as_deref(),
+                now,
+            )?;
+            tracing::info!(model = %stored.manifest.model_ref(), sha256 = %stored.manifest.artifact.sha256, "model pushed");
+            Ok(stored)
+        })
+        .await
+        .map_err(|e| ControllerError::Task(e.to_string()))?
+    }
+
+    /// One stored version.
+    pub async fn model(
+        &self,
+        name: &ModelName,
+        version: Version,
+    ) -> Result<Option<StoredModel>, ControllerError> {
+        let this = self.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || Ok(this.inner.store.get(&name, version)?))
+            .await
+            .map_err(|e| ControllerError::Task(e.to_string()))?
+    }
+
+    /// One version by number or alias.
+    pub async fn resolve_model(
+        &self,
+        name: &ModelName,
+        version_or_alias: &str,
+    ) -> Result<StoredModel, ControllerError> {
+        let this = self.clone();
+        let name = name.clone();
+        let v = version_or_alias.to_string();
+        tokio::task::spawn_blocking(move || {
+            let version = this.inner.store.resolve(&name, &v)?;
+            this.inner
+                .store
+                .get(&name, version)?
+                .ok_or_else(|| ControllerError::NotFound(format!("model {name}@{v}")))
+        })
+        .await
+        .map_err(|e| ControllerError::Task(e.to_string()))?
+    }
+
+    /// The signed manifest of a version (what deploy commands carry).
+    pub async fn manifest(
+        &self,
+        name: &ModelName,
+        version: Version,
+    ) -> Result<Signed<ModelManifest>, ControllerError> {
+        self.model(name, version)
+            .await?
+            .map(|m| m.signed)
+            .ok_or_else(|| ControllerError::NotFound(format!("model {name}@{version}")))
+    }
+
+    /// The manifest as shown by `drover model show`.
+    pub fn manifest_view(stored: &StoredModel) -> ManifestView {
+        ManifestView::new(
+            &stored.manifest,
+            stored.signed.key_id.to_string(),
+            stored.aliases.clone(),
+        )
+    }
+
+    /// Every version of every model.
+    pub async fn models(&self) -> Result<Vec<ModelSummary>, ControllerError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || Ok(this.inner.store.list()?))
+            .await
+            .map_err(|e| ControllerError::Task(e.to_string()))?
+    }
+
+    /// Moves `alias` of `name` to `version`.
+    pub async fn set_alias(
+        &self,
+        name: &ModelName,
+        alias: &str,
+        version: Version,
+    ) -> Result<(), ControllerError> {
+        let this = self.clone();
+        let (name, alias) = (name.clone(), alias.to_string());
+        tokio::task::spawn_blocking(move || {
+            let now = this.now();
+            Ok(this.inner.store.set_alias(&name, &alias, version, now)?)
+        })
+        .await
+        .map_err(|e| ControllerError::Task(e.to_string()))?
+    }
+
+    /// Reads an artifact's bytes.
+    pub async fn artifact(&self, sha: drover_protocol::Sha256) -> Result<Vec<u8>, ControllerError> {
+        tokio::fs::read(self.inner.store.artifact_path(&sha))
+            .await
+            .map_err(|_| ControllerError::NotFound(format!("artifact {sha}")))
+    }
+
+    // ---- devices ----
+
+    /// Devices matching `selector`, by id.
+    pub async fn devices(&self, selector: &Selector) -> Result<Vec<DeviceInfo>, ControllerError> {
+        let all = self.inner.db.call(|c| devices::load_all(c)).await?;
+        Ok(all
+            .into_iter()
+            .filter(|d| selector.matches(&d.labels))
+            .collect())
+    }
+
+    /// One device.
+    pub async fn device(&self, id: &DeviceId) -> Result<Option<DeviceInfo>, ControllerError> {
+        let id = id.to_string();
+        Ok(self
+            .inner
+            .db
+            .call(move |c| devices::load_one(c, &id))
+            .await?)
+    }
+
+    /// Registers a device: generated credentials (username = device id;
+    /// only the password's `$7$` hash is stored), labels, and the agent
+    /// config bundle. A device already registered is a conflict.
+    pub async fn register_device(
+        &self,
+        id: &DeviceId,
+        labels: BTreeMap<String, String>,
+    ) -> Result<DeviceBundle, ControllerError> {
+        if id.as_str() == self.inner.cfg.controller_username {
+            return Err(ControllerError::Invalid(format!(
+                "device id {id:?} is the controller's MQTT username"
+            )));
+        }
+        let password =
+            devices::generate_password().map_err(|e| ControllerError::Task(e.to_string()))?;
+        let hash =
+            devices::mosquitto_hash(&password).map_err(|e| ControllerError::Task(e.to_string()))?;
+        let bundle = devices::bundle(
+            id,
+            self.fleet(),
+            &self.inner.cfg.broker_url,
+            password,
+            self.keys_info().root_public_key,
+            labels.clone(),
+        )
+        .map_err(|e| ControllerError::Task(e.to_string()))?;
+        let now = self.now();
+        let id_s = id.to_string();
+        let labels_json = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into());
+        self.inner
+            .db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let registered: Option<i64> = tx
+                    .query_row("SELECT registered FROM devices WHERE id = ?1", params![id_s], |r| r.get(0))
+                    .optional()?;
+                if registered == Some(1) {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO devices (id, registered, password_hash, reg_labels, created_at)
+                     VALUES (?1, 1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET registered = 1, password_hash = excluded.password_hash,
+                        reg_labels = excluded.reg_labels",
+                    params![id_s, hash, labels_json, now.0 as i64],
+                )?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?
+            .then_some(bundle)
+            .ok_or_else(|| ControllerError::Conflict(format!("device {id} is already registered")))
+    }
+
+    /// The Mosquitto password file and ACL for registered devices.
+    pub async fn broker_acl(&self) -> Result<BrokerAcl, ControllerError> {
+        let rows: Vec<(String, String)> = self
+            .inner
+            .db
+            .call(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT id, password_hash FROM devices WHERE registered = 1 AND password_hash IS NOT NULL ORDER BY id",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        let controller_hash = match &self.inner.cfg.controller_password {
+            Some(p) => {
+                Some(devices::mosquitto_hash(p).map_err(|e| ControllerError::Task(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(devices::broker_acl(
+            self.fleet(),
+            &rows,
+            &self.inner.cfg.controller_username,
+            controller_hash.as_deref(),
+        ))
+    }
+
+    /// Counts devices online (for `/metrics`).
+    pub async fn devices_online(&self) -> Result<(u64, u64), ControllerError> {
+        Ok(self
+            .inner
+            .db
+            .call(|c| {
+                let (online, total): (i64, i64) = c.query_row(
+                    "SELECT COALESCE(SUM(online), 0), COUNT(*) FROM devices",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                Ok((online as u64, total as u64))
+            })
+            .await?)
+    }
+
+    // ---- telemetry ----
+
+    /// Merged telemetry for a filter (see [`crate::telemetry_query`]).
+    pub async fn telemetry_summary(
+        &self,
+        filter: TelemetryFilter,
+    ) -> Result<TelemetrySummary, ControllerError> {
+        Ok(self
+            .inner
+            .db
+            .call(move |c| crate::telemetry_query::summarize(c, &filter))
+            .await?)
+    }
+
+    /// The Prometheus text for `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let (online, total) = self.devices_online().await.unwrap_or_default();
+        self.inner.metrics.render(&[
+            (
+                "drover_devices_online",
+                "Devices whose status is online.",
+                online,
+            ),
+            ("drover_devices_known", "Devices in the inventory.", total),
+            (
+                "drover_key_list_version",
+                "Current key list version.",
+                self.keys_info().key_list_version,
+            ),
+        ])
+    }
+}

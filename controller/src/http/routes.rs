@@ -1,0 +1,348 @@
+//! Route handlers. Bodies are parsed by hand from bytes so that malformed
+//! JSON also gets the `{"error", "detail"}` shape.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use drover_protocol::trust::Role;
+use drover_protocol::{DeviceId, ModelName, ModelRef, Version};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+use crate::controller::Controller;
+use crate::devices::{Selector, parse_labels};
+use crate::registry::PushRequest;
+use crate::telemetry_query::TelemetryFilter;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("request body: {e}")))
+}
+
+fn model_name(s: &str) -> ApiResult<ModelName> {
+    ModelName::new(s).map_err(|e| ApiError::bad_request("bad_name", e.to_string()))
+}
+
+fn device_id(s: &str) -> ApiResult<DeviceId> {
+    DeviceId::new(s).map_err(|e| ApiError::bad_request("bad_device_id", e.to_string()))
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see controller/API.md")
+}
+
+pub(crate) async fn healthz(State(c): State<Controller>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "fleet": c.fleet().to_string() }))
+}
+
+pub(crate) async fn metrics(State(c): State<Controller>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        c.metrics_text().await,
+    )
+        .into_response()
+}
+
+pub(crate) async fn keys(State(c): State<Controller>) -> Json<crate::controller::KeysInfo> {
+    Json(c.keys_info())
+}
+
+pub(crate) async fn keys_init(
+    State(c): State<Controller>,
+) -> ApiResult<Json<crate::keys::KeyInit>> {
+    Ok(Json(c.keys_init()?))
+}
+
+/// `POST /v1/keys/rotate` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateBody {
+    /// `models` or `commands`.
+    pub role: String,
+}
+
+pub(crate) async fn keys_rotate(
+    State(c): State<Controller>,
+    body: Bytes,
+) -> ApiResult<Json<crate::controller::RotateOutcome>> {
+    let body: RotateBody = parse_body(&body)?;
+    let role = match body.role.as_str() {
+        "models" => Role::Models,
+        "commands" => Role::Commands,
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_role",
+                format!(
+                    "role {other:?}: expected models or commands (the root key is rotated offline)"
+                ),
+            ));
+        }
+    };
+    Ok(Json(c.rotate_key(role).await?))
+}
+
+/// `POST /v1/models` body: the ONNX file base64-encoded, the reference CSV as text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PushBody {
+    /// Model name.
+    pub name: String,
+    /// The ONNX file, standard base64.
+    pub onnx_base64: String,
+    /// Reference CSV text.
+    #[serde(default)]
+    pub reference_csv: Option<String>,
+    /// Class names by index.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Latency budget (p95, ms).
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+    /// Parent version.
+    #[serde(default)]
+    pub parent: Option<u64>,
+    /// Alias to move to the new version.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Training run id.
+    #[serde(default)]
+    pub training_run: Option<String>,
+    /// Retraining job id.
+    #[serde(default)]
+    pub retrain_job: Option<u64>,
+    /// Extra evaluation metrics.
+    #[serde(default)]
+    pub eval_metrics: BTreeMap<String, f64>,
+}
+
+pub(crate) async fn push_model(State(c): State<Controller>, body: Bytes) -> ApiResult<Response> {
+    let body: PushBody = parse_body(&body)?;
+    let name = model_name(&body.name)?;
+    let onnx = base64::engine::general_purpose::STANDARD
+        .decode(body.onnx_base64.as_bytes())
+        .map_err(|e| ApiError::bad_request("bad_base64", format!("onnx_base64: {e}")))?;
+    let req = PushRequest {
+        name: Some(name),
+        onnx,
+        reference_csv: body.reference_csv.map(String::into_bytes),
+        labels: body.labels,
+        latency_budget_ms: body.latency_budget_ms,
+        parent: body.parent.map(Version),
+        alias: body.alias,
+        training_run: body.training_run,
+        retrain_job: body.retrain_job,
+        eval_metrics: body.eval_metrics,
+        ..PushRequest::default()
+    };
+    let stored = c.push_model(req).await?;
+    let view = Controller::manifest_view(&stored);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "model": stored.manifest.model_ref().to_string(),
+            "name": view.name,
+            "version": view.version,
+            "manifest": view,
+        })),
+    )
+        .into_response())
+}
+
+pub(crate) async fn list_models(
+    State(c): State<Controller>,
+) -> ApiResult<Json<Vec<crate::registry::ModelSummary>>> {
+    Ok(Json(c.models().await?))
+}
+
+pub(crate) async fn show_model(
+    State(c): State<Controller>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<crate::registry::ManifestView>> {
+    let stored = c.resolve_model(&model_name(&name)?, &version).await?;
+    Ok(Json(Controller::manifest_view(&stored)))
+}
+
+pub(crate) async fn artifact(
+    State(c): State<Controller>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let stored = c.resolve_model(&model_name(&name)?, &version).await?;
+    let bytes = c.artifact(stored.manifest.artifact.sha256).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// `PUT /v1/models/{name}/aliases/{alias}` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AliasBody {
+    version: u64,
+}
+
+pub(crate) async fn set_alias(
+    State(c): State<Controller>,
+    Path((name, alias)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let body: AliasBody = parse_body(&body)?;
+    let name = model_name(&name)?;
+    c.set_alias(&name, &alias, Version(body.version)).await?;
+    Ok(Json(
+        serde_json::json!({ "name": name.to_string(), "alias": alias, "version": body.version }),
+    ))
+}
+
+/// `POST /v1/devices` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceAddBody {
+    /// Device id.
+    pub id: String,
+    /// Labels, `k=v,...`.
+    #[serde(default)]
+    pub labels: Option<String>,
+}
+
+pub(crate) async fn add_device(State(c): State<Controller>, body: Bytes) -> ApiResult<Response> {
+    let body: DeviceAddBody = parse_body(&body)?;
+    let id = device_id(&body.id)?;
+    let labels = parse_labels(body.labels.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("bad_labels", e.to_string()))?;
+    let bundle = c.register_device(&id, labels).await?;
+    Ok((StatusCode::CREATED, Json(bundle)).into_response())
+}
+
+pub(crate) async fn list_devices(
+    State(c): State<Controller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Vec<crate::devices::DeviceInfo>>> {
+    let selector = Selector::parse(q.get("selector").map(String::as_str).unwrap_or(""))
+        .map_err(crate::controller::ControllerError::from)?;
+    Ok(Json(c.devices(&selector).await?))
+}
+
+pub(crate) async fn show_device(
+    State(c): State<Controller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<crate::devices::DeviceInfo>> {
+    let id = device_id(&id)?;
+    c.device(&id).await?.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("unknown device {id:?}"),
+        )
+    })
+}
+
+pub(crate) async fn broker_acl(
+    State(c): State<Controller>,
+) -> ApiResult<Json<crate::devices::BrokerAcl>> {
+    Ok(Json(c.broker_acl().await?))
+}
+
+/// `POST /v1/deploy` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployBody {
+    /// `name@version` (or `name@alias`).
+    pub model: String,
+    /// Target device.
+    pub device: String,
+    /// Shadow instead of activate.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+pub(crate) async fn deploy(State(c): State<Controller>, body: Bytes) -> ApiResult<Response> {
+    let body: DeployBody = parse_body(&body)?;
+    let (name, version) = body.model.split_once('@').ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_model_ref",
+            format!("expected NAME@VERSION, got {:?}", body.model),
+        )
+    })?;
+    let name = model_name(name)?;
+    let device = device_id(&body.device)?;
+    let stored = c.resolve_model(&name, version).await?;
+    let model = ModelRef {
+        name,
+        version: stored.manifest.version,
+    };
+    let d = c.deploy(&model, &device, body.shadow).await?;
+    Ok((StatusCode::ACCEPTED, Json(d)).into_response())
+}
+
+pub(crate) async fn deployment(
+    State(c): State<Controller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<crate::commands::Deployment>> {
+    c.deployment(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("deployment {id}")))
+}
+
+fn num(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<u64>> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "bad_query",
+                    format!("{key}={v:?} is not an unsigned integer"),
+                )
+            })
+        })
+        .transpose()
+}
+
+pub(crate) async fn telemetry(
+    State(c): State<Controller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<crate::telemetry_query::TelemetrySummary>> {
+    let mut f = TelemetryFilter {
+        // Per-device breakdowns cost one histogram per device: only when
+        // asked for, or when the query names devices.
+        per_device: match q.get("per_device") {
+            Some(v) => v == "true",
+            None => q.contains_key("device"),
+        },
+        from_ms: num(&q, "since_ms")?,
+        to_ms: num(&q, "until_ms")?,
+        ..TelemetryFilter::default()
+    };
+    if let Some(m) = q.get("model").filter(|m| !m.is_empty()) {
+        let (name, version) = match m.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (m.as_str(), None),
+        };
+        let name = model_name(name)?;
+        f.version = match version {
+            Some(v) => match v.parse::<u64>() {
+                Ok(v) => Some(v),
+                Err(_) => Some(c.resolve_model(&name, v).await?.manifest.version.0),
+            },
+            None => None,
+        };
+        f.model = Some(name.to_string());
+    }
+    if let Some(d) = q.get("device").filter(|d| !d.is_empty()) {
+        let ids = d
+            .split(',')
+            .map(|s| device_id(s.trim()).map(|d| d.to_string()))
+            .collect::<ApiResult<Vec<_>>>()?;
+        f.devices = Some(ids);
+    }
+    if let Some(r) = q.get("role") {
+        if r != "active" && r != "shadow" {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("role={r:?}: expected active or shadow"),
+            ));
+        }
+        f.role = Some(r.clone());
+    }
+    Ok(Json(c.telemetry_summary(f).await?))
+}

@@ -1,0 +1,427 @@
+//! The model registry: turns an uploaded ONNX file (+ reference CSV) into a
+//! signed, immutable, versioned manifest and a content-addressed artifact.
+//!
+//! # Layout
+//! - [`inspect`]: tract loading, IO schema, running rows.
+//! - [`profile`]: CSV reader, reference profile, health checks.
+//! - [`store`]: SQLite rows, aliases and `DATA_DIR/artifacts/<sha256>.onnx`.
+//! - this file: [`PushRequest`] → [`build_manifest`] (pure CPU work, no
+//!   state touched) and the errors.
+
+pub mod inspect;
+pub mod profile;
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use drover_protocol::manifest::{
+    AgentVersion, Artifact, BinnedProfile, DType, HealthChecks, Lineage, ReferenceProfile, Task,
+};
+use drover_protocol::{ModelManifest, ModelName, Sha256, Timestamp, Version};
+use serde::{Deserialize, Serialize};
+
+use inspect::{InspectError, LoadedModel, tensor_f32, tensor_i64};
+use profile::CsvError;
+
+/// Manifests expire this long after signing unless asked otherwise (1 year).
+pub const DEFAULT_VALIDITY_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Largest absolute difference per output element a health check allows.
+pub const HEALTH_TOLERANCE: f32 = 1e-3;
+/// Oldest agent a new manifest accepts by default.
+pub const DEFAULT_MIN_AGENT_VERSION: AgentVersion = AgentVersion {
+    major: 0,
+    minor: 1,
+    patch: 0,
+};
+
+/// Why a push (or a registry lookup) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The model file was refused by tract (not ONNX, unsupported op, ...).
+    #[error(transparent)]
+    Model(#[from] InspectError),
+    /// The reference CSV was refused.
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    /// The request is inconsistent (labels vs classes, unknown parent, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such model version or alias.
+    #[error("model {0} not found")]
+    NotFound(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// Writing the artifact failed.
+    #[error("artifact store: {0}")]
+    Io(String),
+    /// Signing failed.
+    #[error("signing the manifest failed: {0}")]
+    Sign(String),
+}
+
+/// A model upload.
+#[derive(Debug, Clone, Default)]
+pub struct PushRequest {
+    /// Model name (versions of one name form a lineage).
+    pub name: Option<ModelName>,
+    /// The ONNX file.
+    pub onnx: Vec<u8>,
+    /// Reference CSV: header, feature columns, optional `label` column.
+    pub reference_csv: Option<Vec<u8>>,
+    /// Class names by index, overriding the CSV's sorted label values.
+    pub labels: Option<Vec<String>>,
+    /// Latency budget (p95) for the agent's local guard.
+    pub latency_budget_ms: Option<u64>,
+    /// Version this one derives from.
+    pub parent: Option<Version>,
+    /// Alias to point at the new version.
+    pub alias: Option<String>,
+    /// Free-form training run id (lineage).
+    pub training_run: Option<String>,
+    /// Retraining job that produced this (lineage).
+    pub retrain_job: Option<u64>,
+    /// Extra evaluation metrics to record (lineage).
+    pub eval_metrics: BTreeMap<String, f64>,
+    /// Oldest agent that may run it.
+    pub min_agent_version: Option<AgentVersion>,
+    /// Manifest validity; default [`DEFAULT_VALIDITY_MS`].
+    pub validity_ms: Option<u64>,
+}
+
+/// Infers the task from the output schema: an int64 `[N]` output plus a
+/// float `[N, C]` output is a classifier with C classes; anything else is a
+/// regression on the first float output.
+fn infer_task(model: &LoadedModel) -> Result<(Task, Option<usize>), RegistryError> {
+    let float = |d: DType| matches!(d, DType::F32 | DType::F64);
+    let label = model
+        .outputs
+        .iter()
+        .find(|o| matches!(o.dtype, DType::I64 | DType::I32) && o.shape.len() == 1);
+    let probs = model
+        .outputs
+        .iter()
+        .find(|o| float(o.dtype) && o.shape.len() == 2 && o.shape[1].is_some_and(|c| c >= 2));
+    if let (Some(label), Some(probs)) = (label, probs) {
+        let classes = probs.shape[1].unwrap_or(0) as usize;
+        return Ok((
+            Task::Classification {
+                labels: Vec::new(),
+                probabilities: probs.name.clone(),
+                label: Some(label.name.clone()),
+            },
+            Some(classes),
+        ));
+    }
+    let out = model
+        .outputs
+        .iter()
+        .find(|o| float(o.dtype))
+        .ok_or_else(|| {
+            RegistryError::Invalid(
+                "the model has no float output: neither a classifier (int64 label + float \
+             probabilities) nor a regressor"
+                    .into(),
+            )
+        })?;
+    Ok((
+        Task::Regression {
+            output: out.name.clone(),
+        },
+        None,
+    ))
+}
+
+/// Splits a batch output into per-row vectors.
+fn rows_of(values: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let per = values.len() / n;
+    values.chunks(per.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+/// Deterministic synthetic inputs for health checks when no CSV is given.
+fn synthetic_rows(features: usize) -> Vec<Vec<f32>> {
+    (0..profile::HEALTH_SAMPLES)
+        .map(|k| {
+            (0..features)
+                .map(|j| ((k * 7 + j * 3) % 11) as f32 - 5.0)
+                .collect()
+        })
+        .collect()
+}
+
+/// Everything about a new version except its version number and signature:
+/// loads the model, reads its schema, builds the reference profile, health
+/// checks and lineage. Touches no state.
+pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest, RegistryError> {
+    let name = req
+        .name
+        .clone()
+        .ok_or_else(|| RegistryError::Invalid("a model name is required".into()))?;
+    let model = LoadedModel::load(&req.onnx)?;
+    let features = model.features_per_row().ok_or_else(|| {
+        RegistryError::Invalid(format!(
+            "input {:?} has shape {:?}; Drover needs static non-batch dimensions",
+            model.inputs[0].name, model.inputs[0].shape
+        ))
+    })?;
+    let (mut task, classes) = infer_task(&model)?;
+    let data = req
+        .reference_csv
+        .as_deref()
+        .map(|csv| profile::parse_csv(csv, features))
+        .transpose()?;
+
+    if let (Task::Classification { labels, .. }, Some(classes)) = (&mut task, classes) {
+        *labels = match (&req.labels, data.as_ref().and_then(|d| d.labels.as_ref())) {
+            (Some(given), _) => {
+                if given.len() != classes {
+                    return Err(RegistryError::Invalid(format!(
+                        "--labels names {} classes but the model outputs {classes}",
+                        given.len()
+                    )));
+                }
+                given.clone()
+            }
+            (None, Some(values)) => {
+                let distinct: std::collections::BTreeSet<&String> = values.iter().collect();
+                let numeric = distinct.iter().all(|v| v.parse::<usize>().is_ok());
+                if numeric || distinct.len() != classes {
+                    if !numeric {
+                        return Err(RegistryError::Invalid(format!(
+                            "the reference CSV's label column has {} distinct values but the \
+                             model has {classes} classes; pass --labels a,b,... in class order",
+                            distinct.len()
+                        )));
+                    }
+                    (0..classes).map(|i| format!("class_{i}")).collect()
+                } else {
+                    distinct.into_iter().cloned().collect()
+                }
+            }
+            (None, None) => (0..classes).map(|i| format!("class_{i}")).collect(),
+        };
+    } else if req.labels.is_some() {
+        return Err(RegistryError::Invalid(
+            "--labels given but the model is a regressor (no int64 label + float probabilities outputs)"
+                .into(),
+        ));
+    }
+
+    let rows = match &data {
+        Some(d) => d.rows.clone(),
+        None => synthetic_rows(features),
+    };
+    let outputs = model.run(&rows)?;
+    let n = rows.len();
+    let primary = model
+        .output_index(task.primary_output())
+        .and_then(|i| outputs.get(i))
+        .ok_or_else(|| RegistryError::Invalid("primary output missing from the run".into()))?;
+    let primary_rows = rows_of(tensor_f32(primary)?, n);
+
+    let mut eval_metrics = req.eval_metrics.clone();
+    let (output_profile, predicted_classes) = match &task {
+        Task::Classification { labels, label, .. } => {
+            let label_out = label
+                .as_deref()
+                .and_then(|l| model.output_index(l))
+                .and_then(|i| outputs.get(i));
+            let predicted: Vec<usize> = match label_out {
+                Some(t) => tensor_i64(t)?
+                    .into_iter()
+                    .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
+                    .collect(),
+                None => primary_rows.iter().map(|p| argmax(p)).collect(),
+            };
+            if let Some(truth) = data.as_ref().and_then(|d| d.labels.as_ref()) {
+                let idx = profile::label_indices(truth, labels).map_err(|bad| {
+                    RegistryError::Invalid(format!(
+                        "reference CSV label {bad:?} is not one of the model's classes {labels:?}"
+                    ))
+                })?;
+                let correct = idx.iter().zip(&predicted).filter(|(a, b)| a == b).count();
+                eval_metrics.insert("accuracy".into(), correct as f64 / n.max(1) as f64);
+                eval_metrics.insert("reference_rows".into(), n as f64);
+            }
+            let profile = BinnedProfile {
+                edges: Vec::new(),
+                frequencies: profile::frequencies(predicted.iter().copied(), labels.len()),
+            };
+            (profile, Some(predicted))
+        }
+        Task::Regression { .. } => {
+            let preds: Vec<f32> = primary_rows
+                .iter()
+                .filter_map(|r| r.first().copied())
+                .collect();
+            if let Some(truth) = data.as_ref().and_then(|d| d.labels.as_ref()) {
+                let targets: Option<Vec<f64>> = truth.iter().map(|t| t.parse().ok()).collect();
+                if let Some(targets) = targets {
+                    let (mut abs, mut sq) = (0.0, 0.0);
+                    for (p, t) in preds.iter().zip(&targets) {
+                        let e = f64::from(*p) - t;
+                        abs += e.abs();
+                        sq += e * e;
+                    }
+                    let k = targets.len().max(1) as f64;
+                    eval_metrics.insert("mae".into(), abs / k);
+                    eval_metrics.insert("rmse".into(), (sq / k).sqrt());
+                    eval_metrics.insert("reference_rows".into(), n as f64);
+                }
+            }
+            (profile::quantile_bins(&preds), None)
+        }
+    };
+    let health = profile::pick_health_samples(&rows, predicted_classes.as_deref(), &primary_rows);
+    let reference = match &data {
+        Some(d) => ReferenceProfile {
+            features: profile::feature_profiles(d),
+            output: output_profile,
+        },
+        None => ReferenceProfile::default(),
+    };
+    Ok(ModelManifest {
+        name,
+        version: Version(0),
+        artifact: Artifact {
+            sha256: Sha256::of(&req.onnx),
+            size: req.onnx.len() as u64,
+        },
+        inputs: model.inputs.clone(),
+        outputs: model.outputs.clone(),
+        task,
+        reference,
+        health_checks: HealthChecks {
+            samples: health,
+            tolerance: HEALTH_TOLERANCE,
+        },
+        latency_budget_us: req.latency_budget_ms.map(|ms| ms.saturating_mul(1000)),
+        lineage: Lineage {
+            parent: req.parent,
+            dataset_sha256: req.reference_csv.as_deref().map(Sha256::of),
+            training_run: req.training_run.clone(),
+            retrain_job: req.retrain_job,
+            eval_metrics,
+        },
+        created_at: now,
+        expires_at: now.plus_ms(req.validity_ms.unwrap_or(DEFAULT_VALIDITY_MS)),
+        min_agent_version: req.min_agent_version.unwrap_or(DEFAULT_MIN_AGENT_VERSION),
+    })
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, x)| {
+            if *x > bv { (i, *x) } else { (bi, bv) }
+        })
+        .0
+}
+
+/// A registered version, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: u64,
+    /// Artifact digest (hex).
+    pub sha256: String,
+    /// Artifact size.
+    pub size: u64,
+    /// `classification` or `regression`.
+    pub task: String,
+    /// Aliases pointing here.
+    pub aliases: Vec<String>,
+    /// Parent version.
+    pub parent: Option<u64>,
+    /// Signing time (ms since epoch).
+    pub created_at: u64,
+}
+
+/// The human/JSON view of a manifest (`drover model show`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestView {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: u64,
+    /// Artifact digest (hex).
+    pub sha256: String,
+    /// Artifact size in bytes.
+    pub size: u64,
+    /// Inputs.
+    pub inputs: Vec<drover_protocol::manifest::TensorSpec>,
+    /// Outputs.
+    pub outputs: Vec<drover_protocol::manifest::TensorSpec>,
+    /// Task.
+    pub task: Task,
+    /// Reference profile.
+    pub reference: ReferenceProfile,
+    /// Health-check samples.
+    pub health_checks: HealthChecks,
+    /// Latency budget (µs).
+    pub latency_budget_us: Option<u64>,
+    /// Parent version.
+    pub parent: Option<u64>,
+    /// Reference dataset digest (hex).
+    pub dataset_sha256: Option<String>,
+    /// Training run id.
+    pub training_run: Option<String>,
+    /// Retraining job id.
+    pub retrain_job: Option<u64>,
+    /// Evaluation metrics.
+    pub eval_metrics: BTreeMap<String, f64>,
+    /// Signing time (ms).
+    pub created_at: u64,
+    /// Expiry (ms).
+    pub expires_at: u64,
+    /// Oldest agent version.
+    pub min_agent_version: String,
+    /// Key id of the models key that signed it.
+    pub signed_by: String,
+    /// Aliases pointing here.
+    pub aliases: Vec<String>,
+}
+
+impl ManifestView {
+    /// Builds the view.
+    pub fn new(m: &ModelManifest, signed_by: String, aliases: Vec<String>) -> ManifestView {
+        ManifestView {
+            name: m.name.to_string(),
+            version: m.version.0,
+            sha256: m.artifact.sha256.to_hex(),
+            size: m.artifact.size,
+            inputs: m.inputs.clone(),
+            outputs: m.outputs.clone(),
+            task: m.task.clone(),
+            reference: m.reference.clone(),
+            health_checks: m.health_checks.clone(),
+            latency_budget_us: m.latency_budget_us,
+            parent: m.lineage.parent.map(|v| v.0),
+            dataset_sha256: m.lineage.dataset_sha256.map(|d| d.to_hex()),
+            training_run: m.lineage.training_run.clone(),
+            retrain_job: m.lineage.retrain_job,
+            eval_metrics: m.lineage.eval_metrics.clone(),
+            created_at: m.created_at.0,
+            expires_at: m.expires_at.0,
+            min_agent_version: m.min_agent_version.to_string(),
+            signed_by,
+            aliases,
+        }
+    }
+}
+
+/// Task kind as a word.
+pub fn task_kind(t: &Task) -> &'static str {
+    match t {
+        Task::Classification { .. } => "classification",
+        Task::Regression { .. } => "regression",
+    }
+}
+
+#[cfg(test)]
+mod tests;

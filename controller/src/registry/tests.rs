@@ -1,0 +1,282 @@
+//! Registry tests on the committed ONNX fixtures and reference CSVs.
+
+use std::path::{Path, PathBuf};
+
+use drover_protocol::manifest::{Task, bin_index};
+use drover_protocol::{Ed25519Signer, ModelName, Sign, Timestamp, Version};
+
+use super::inspect::{InspectError, LoadedModel, tensor_f32};
+use super::store::ModelStore;
+use super::*;
+use crate::db::Db;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn read(rel: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join(rel)).unwrap()
+}
+
+fn push_req(model: &str, csv: Option<&str>) -> PushRequest {
+    PushRequest {
+        name: Some(ModelName::new("sensor").unwrap()),
+        onnx: read(model),
+        reference_csv: csv.map(read),
+        ..PushRequest::default()
+    }
+}
+
+const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+#[test]
+fn classifier_manifest_from_fixture() {
+    let m = build_manifest(
+        &push_req(
+            "models/sensor_clf_v1.onnx",
+            Some("data/sensor_reference.csv"),
+        ),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(m.inputs[0].name, "input");
+    assert_eq!(m.inputs[0].shape, vec![None, Some(4)]);
+    match &m.task {
+        Task::Classification {
+            labels,
+            probabilities,
+            label,
+        } => {
+            assert_eq!(labels, &["fault", "normal", "warning"]);
+            assert_eq!(probabilities, "probabilities");
+            assert_eq!(label.as_deref(), Some("label"));
+        }
+        other => panic!("expected classification, got {other:?}"),
+    }
+    let bytes = read("models/sensor_clf_v1.onnx");
+    assert_eq!(m.artifact.sha256, drover_protocol::Sha256::of(&bytes));
+    assert_eq!(m.artifact.size, bytes.len() as u64);
+    assert_eq!(
+        m.lineage.dataset_sha256,
+        Some(drover_protocol::Sha256::of(&read(
+            "data/sensor_reference.csv"
+        )))
+    );
+    let acc = m.lineage.eval_metrics["accuracy"];
+    assert!((0.7..=1.0).contains(&acc), "accuracy {acc}");
+    assert_eq!(m.created_at, NOW);
+    assert_eq!(m.expires_at, NOW.plus_ms(DEFAULT_VALIDITY_MS));
+    assert_eq!(m.min_agent_version, DEFAULT_MIN_AGENT_VERSION);
+
+    // Reference profile: 4 features, 9 sorted decile edges, frequencies sum to 1.
+    let names: Vec<_> = m
+        .reference
+        .features
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(names, ["temp", "vibration", "current", "humidity"]);
+    for f in &m.reference.features {
+        assert_eq!(f.bins.edges.len(), 9, "{}", f.name);
+        assert!(f.bins.edges.windows(2).all(|w| w[0] < w[1]), "{}", f.name);
+        assert_eq!(f.bins.frequencies.len(), 10);
+        let sum: f32 = f.bins.frequencies.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{}: {sum}", f.name);
+    }
+    // The profile is what an agent would measure on the same rows.
+    let data = profile::parse_csv(&read("data/sensor_reference.csv"), 4).unwrap();
+    let temp = &m.reference.features[0].bins;
+    let mut counts = vec![0u32; temp.frequencies.len()];
+    for r in &data.rows {
+        counts[bin_index(&temp.edges, r[0])] += 1;
+    }
+    for (c, f) in counts.iter().zip(&temp.frequencies) {
+        assert!((*c as f32 / data.rows.len() as f32 - f).abs() < 1e-6);
+    }
+    // Output distribution: 3 class frequencies summing to 1.
+    assert!(m.reference.output.edges.is_empty());
+    assert_eq!(m.reference.output.frequencies.len(), 3);
+    let sum: f32 = m.reference.output.frequencies.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn health_checks_reproduce_and_cover_classes() {
+    let m = build_manifest(
+        &push_req(
+            "models/sensor_clf_v1.onnx",
+            Some("data/sensor_reference.csv"),
+        ),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(m.health_checks.samples.len(), profile::HEALTH_SAMPLES);
+    assert_eq!(m.health_checks.tolerance, HEALTH_TOLERANCE);
+    let model = LoadedModel::load(&read("models/sensor_clf_v1.onnx")).unwrap();
+    let rows: Vec<Vec<f32>> = m
+        .health_checks
+        .samples
+        .iter()
+        .map(|s| s.input.clone())
+        .collect();
+    let out = model.run(&rows).unwrap();
+    let probs = tensor_f32(&out[1]).unwrap();
+    let mut classes = std::collections::BTreeSet::new();
+    for (i, s) in m.health_checks.samples.iter().enumerate() {
+        assert_eq!(s.expected.len(), 3);
+        for (a, b) in s.expected.iter().zip(&probs[i * 3..i * 3 + 3]) {
+            assert!((a - b).abs() <= m.health_checks.tolerance);
+        }
+        let argmax = (0..3)
+            .max_by(|a, b| s.expected[*a].total_cmp(&s.expected[*b]))
+            .unwrap();
+        classes.insert(argmax);
+    }
+    assert_eq!(
+        classes.len(),
+        3,
+        "health checks must cover every predicted class"
+    );
+}
+
+#[test]
+fn regressor_manifest() {
+    let m = build_manifest(&push_req("models/regressor_v1.onnx", None), NOW).unwrap();
+    assert!(matches!(&m.task, Task::Regression { output } if output == "variable"));
+    assert_eq!(m.health_checks.samples.len(), profile::HEALTH_SAMPLES);
+    assert_eq!(m.health_checks.samples[0].expected.len(), 1);
+    assert!(m.reference.features.is_empty());
+}
+
+#[test]
+fn labels_flag_and_mismatch() {
+    let mut req = push_req(
+        "models/sensor_clf_v1.onnx",
+        Some("data/sensor_reference.csv"),
+    );
+    req.labels = Some(vec!["fault".into(), "normal".into(), "warning".into()]);
+    assert!(build_manifest(&req, NOW).is_ok());
+    req.labels = Some(vec!["a".into(), "b".into()]);
+    let err = build_manifest(&req, NOW).unwrap_err().to_string();
+    assert!(err.contains("2 classes") && err.contains("3"), "{err}");
+    let mut no_csv = push_req("models/sensor_clf_v1.onnx", None);
+    no_csv.labels = None;
+    let m = build_manifest(&no_csv, NOW).unwrap();
+    assert!(
+        matches!(&m.task, Task::Classification { labels, .. } if labels == &["class_0", "class_1", "class_2"])
+    );
+}
+
+#[test]
+fn bad_inputs_are_refused_with_specific_errors() {
+    match build_manifest(&push_req("models/unsupported_op.onnx", None), NOW) {
+        Err(RegistryError::Model(InspectError::UnsupportedOperator { op, .. })) => {
+            assert_eq!(op, "Scaler")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut not_onnx = push_req("models/sensor_clf_v1.onnx", None);
+    not_onnx.onnx = read("data/sensor_reference.csv");
+    assert!(matches!(
+        build_manifest(&not_onnx, NOW),
+        Err(RegistryError::Model(InspectError::NotOnnx(_)))
+    ));
+    match build_manifest(
+        &push_req(
+            "models/sensor_clf_v1.onnx",
+            Some("data/sensor_reference_3cols.csv"),
+        ),
+        NOW,
+    ) {
+        Err(RegistryError::Csv(profile::CsvError::ColumnCount {
+            expected, found, ..
+        })) => {
+            assert_eq!((expected, found), (4, 3));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn store() -> (tempfile::TempDir, ModelStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("d.db")).unwrap();
+    let s = ModelStore::new(db, dir.path()).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn versions_increase_aliases_move_and_artifacts_are_content_addressed() {
+    let (_dir, s) = store();
+    let key = Ed25519Signer::from_seed([3; 32]);
+    let name = ModelName::new("sensor").unwrap();
+    let v1 = build_manifest(&push_req("models/sensor_clf_v1.onnx", None), NOW).unwrap();
+    let a = s
+        .insert(
+            v1.clone(),
+            &read("models/sensor_clf_v1.onnx"),
+            &key,
+            Some("production"),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(a.manifest.version, Version(1));
+    assert_eq!(a.signed.verify(&key.public_key()).unwrap(), a.manifest);
+    let path = s.artifact_path(&a.manifest.artifact.sha256);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        read("models/sensor_clf_v1.onnx")
+    );
+
+    let mut v2 = build_manifest(&push_req("models/sensor_clf_v2.onnx", None), NOW).unwrap();
+    v2.lineage.parent = Some(Version(1));
+    let b = s
+        .insert(
+            v2.clone(),
+            &read("models/sensor_clf_v2.onnx"),
+            &key,
+            None,
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(b.manifest.version, Version(2));
+    assert_eq!(s.resolve(&name, "production").unwrap(), Version(1));
+    s.set_alias(&name, "production", Version(2), NOW).unwrap();
+    assert_eq!(s.resolve(&name, "production").unwrap(), Version(2));
+    assert!(
+        s.get(&name, Version(1))
+            .unwrap()
+            .unwrap()
+            .aliases
+            .is_empty()
+    );
+    assert!(matches!(
+        s.set_alias(&name, "production", Version(9), NOW),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(s.set_alias(&name, "Bad Alias", Version(1), NOW).is_err());
+    let list = s.list().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1].aliases, ["production"]);
+    assert_eq!(list[1].parent, Some(1));
+
+    // Unknown parent: refused, nothing stored (and no new artifact left behind).
+    let mut orphan = build_manifest(&push_req("models/regressor_v1.onnx", None), NOW).unwrap();
+    orphan.lineage.parent = Some(Version(7));
+    let orphan_bytes = read("models/regressor_v1.onnx");
+    assert!(matches!(
+        s.insert(orphan, &orphan_bytes, &key, None, NOW),
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(
+        !s.artifact_path(&drover_protocol::Sha256::of(&orphan_bytes))
+            .exists()
+    );
+    assert_eq!(s.list().unwrap().len(), 2);
+
+    // Re-signing after a models-key rotation keeps bodies, replaces signatures.
+    let fresh = Ed25519Signer::from_seed([4; 32]);
+    assert_eq!(s.resign_all(&fresh).unwrap(), 2);
+    let again = s.get(&name, Version(1)).unwrap().unwrap();
+    assert_eq!(again.signed.body, a.signed.body);
+    assert!(again.signed.verify(&fresh.public_key()).is_ok());
+}

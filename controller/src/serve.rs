@@ -1,0 +1,342 @@
+//! `drover serve` as a library: [`ServeConfig`] → [`start`] →
+//! [`RunningController`]. Startup runs in phases — check config, open
+//! state, bind ports, spawn tasks — and [`RunningController::shutdown`]
+//! drains with a grace timeout. `main` and in-process tests call the same.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_protocol::FleetId;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::artifacts::{self, ChunkConfig};
+use crate::broker::{self, BrokerChoice, BrokerError};
+use crate::clock::{SharedClock, SystemClock};
+use crate::controller::{Controller, ControllerConfig, ControllerError};
+use crate::link::{self, LinkSettings};
+
+/// Everything `drover serve` takes.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// State directory (`drover.db`, `keys/`, `artifacts/`).
+    pub data_dir: PathBuf,
+    /// HTTP API address (`127.0.0.1:0` picks a free port).
+    pub http: SocketAddr,
+    /// Embedded broker or an external one.
+    pub broker: BrokerChoice,
+    /// Fleet served (second topic segment).
+    pub fleet: FleetId,
+    /// MQTT username for an external broker.
+    pub username: Option<String>,
+    /// MQTT password for an external broker.
+    pub password: Option<String>,
+    /// Global cap on artifact chunk bytes per second.
+    pub chunk_rate_bytes_per_sec: u64,
+    /// Memory for hot artifacts.
+    pub artifact_cache_bytes: usize,
+    /// Telemetry windows older than this many days are pruned.
+    pub telemetry_retention_days: u64,
+    /// How long shutdown waits for tasks to drain.
+    pub shutdown_grace: Duration,
+    /// How long startup waits for the MQTT subscription.
+    pub mqtt_ready_timeout: Duration,
+    /// Time source.
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("http", &self.http)
+            .field("broker", &self.broker)
+            .field("fleet", &self.fleet)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default fleet name.
+pub const DEFAULT_FLEET: &str = "default";
+
+impl ServeConfig {
+    /// Defaults: HTTP on 127.0.0.1:8080, embedded broker on 127.0.0.1:1883,
+    /// fleet `default`, 50 MB/s chunk cap, 7 days of telemetry.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServeConfig {
+        ServeConfig {
+            data_dir: data_dir.into(),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            broker: BrokerChoice::Embedded {
+                listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            },
+            fleet: FleetId::new(DEFAULT_FLEET).unwrap_or_else(|_| unreachable_fleet()),
+            username: None,
+            password: None,
+            chunk_rate_bytes_per_sec: artifacts::DEFAULT_RATE_BYTES_PER_SEC,
+            artifact_cache_bytes: 256 * 1024 * 1024,
+            telemetry_retention_days: 7,
+            shutdown_grace: Duration::from_secs(5),
+            mqtt_ready_timeout: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// For tests: free ports everywhere (HTTP and embedded broker on
+    /// 127.0.0.1:0).
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> ServeConfig {
+        let mut c = ServeConfig::new(data_dir);
+        c.http = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.broker = BrokerChoice::Embedded {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        c
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_fleet() -> FleetId {
+    // DEFAULT_FLEET is a valid literal; this cannot run.
+    panic!("invalid default fleet")
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad configuration (exit code 64).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Embedded broker problem (port taken, did not start).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The HTTP port is taken.
+    #[error("cannot listen for HTTP on {addr}: {source}; pick another with --http 127.0.0.1:PORT")]
+    Http {
+        /// Address.
+        addr: SocketAddr,
+        /// Bind error.
+        source: std::io::Error,
+    },
+    /// Opening state failed.
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    /// The MQTT link did not come up.
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+}
+
+impl ServeError {
+    /// Process exit code: 64 (EX_USAGE) for configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) | ServeError::Broker(BrokerError::BadUrl(_)) => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// A running controller.
+pub struct RunningController {
+    http_addr: SocketAddr,
+    mqtt_url: String,
+    fleet: FleetId,
+    controller: Controller,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for RunningController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningController")
+            .field("http_addr", &self.http_addr)
+            .field("mqtt_url", &self.mqtt_url)
+            .field("fleet", &self.fleet)
+            .finish()
+    }
+}
+
+impl RunningController {
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+    /// `http://ADDR`, for clients.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+    /// Broker URL agents should use (`mqtt://HOST:PORT`).
+    pub fn mqtt_addr(&self) -> &str {
+        &self.mqtt_url
+    }
+    /// The fleet served.
+    pub fn fleet(&self) -> &FleetId {
+        &self.fleet
+    }
+    /// The controller handle.
+    pub fn handle(&self) -> Controller {
+        self.controller.clone()
+    }
+    /// Stops accepting work, lets tasks drain (ingest stores what it has
+    /// queued) for up to the grace period, then aborts what is left.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                abort.abort();
+            }
+        }
+        tracing::info!("controller stopped");
+    }
+}
+
+/// Starts the controller: state, broker, MQTT link, ingest, chunk server,
+/// HTTP API. Returns once the MQTT subscription is in place (embedded
+/// broker) and the HTTP port is bound.
+pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
+    // Phase 1: configuration (nothing bound yet).
+    if cfg.username.is_some() != cfg.password.is_some() {
+        return Err(ServeError::Config(
+            "--username and --password go together".into(),
+        ));
+    }
+    if cfg.chunk_rate_bytes_per_sec == 0 {
+        return Err(ServeError::Config("the chunk rate must be positive".into()));
+    }
+    if let BrokerChoice::Embedded { listen } = &cfg.broker
+        && !listen.ip().is_loopback()
+    {
+        tracing::warn!(%listen, "the embedded broker has no authentication; keep it on loopback");
+    }
+
+    // Phase 2: open state.
+    let mut ccfg = ControllerConfig::new(cfg.data_dir.clone(), cfg.fleet.clone());
+    if let Some(u) = &cfg.username {
+        ccfg.controller_username = u.clone();
+    }
+    ccfg.controller_password = cfg.password.clone();
+
+    // Phase 3: bind.
+    let http = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .map_err(|source| ServeError::Http {
+            addr: cfg.http,
+            source,
+        })?;
+    let http_addr = http.local_addr().map_err(|source| ServeError::Http {
+        addr: cfg.http,
+        source,
+    })?;
+    let (host, port, mqtt_url) = match &cfg.broker {
+        BrokerChoice::Embedded { listen } => {
+            let addr = broker::reserve(*listen)?;
+            tokio::task::spawn_blocking(move || broker::start_embedded(addr))
+                .await
+                .map_err(|e| ServeError::Mqtt(e.to_string()))??;
+            tracing::info!(%addr, "embedded MQTT broker (3.1.1) listening");
+            (addr.ip().to_string(), addr.port(), format!("mqtt://{addr}"))
+        }
+        BrokerChoice::External { host, port } => {
+            (host.clone(), *port, format!("mqtt://{host}:{port}"))
+        }
+    };
+    ccfg.broker_url = mqtt_url.clone();
+    let clock = cfg.clock.clone();
+    let controller = tokio::task::spawn_blocking(move || Controller::open(ccfg, clock))
+        .await
+        .map_err(|e| ServeError::Mqtt(e.to_string()))??;
+
+    // Phase 4: spawn.
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut nonce = [0u8; 4];
+    let _ = getrandom::fill(&mut nonce);
+    let settings = LinkSettings {
+        host,
+        port,
+        client_id: format!("drover-controller-{}-{}", cfg.fleet, hex::encode(nonce)),
+        credentials: cfg.username.clone().zip(cfg.password.clone()),
+    };
+    let (client, eventloop) = link::client(&settings);
+    controller.set_outbound_mqtt(client.clone());
+    let (inbound_tx, inbound_rx) = mpsc::channel(8192);
+    let (ingest_tx, ingest_rx) = mpsc::channel(4096);
+    let (chunk_tx, chunk_rx) = mpsc::channel(8192);
+    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let mut tasks = vec![
+        tokio::spawn(link::poll_loop(
+            eventloop,
+            client,
+            cfg.fleet.clone(),
+            inbound_tx,
+            ready_tx,
+            controller.metrics(),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(link::dispatcher(
+            controller.clone(),
+            inbound_rx,
+            ingest_tx,
+            chunk_tx,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(crate::ingest::run(
+            controller.clone(),
+            ingest_rx,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(artifacts::run(
+            controller.clone(),
+            chunk_rx,
+            ChunkConfig::with_rate(cfg.chunk_rate_bytes_per_sec),
+            cfg.artifact_cache_bytes,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(crate::ingest::retention(
+            controller.clone(),
+            cfg.telemetry_retention_days,
+            shutdown_rx.clone(),
+        )),
+    ];
+    let router = crate::http::router(controller.clone());
+    let mut http_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(http, router).with_graceful_shutdown(async move {
+            let _ = http_shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    tracing::info!("http listening on http://{http_addr}");
+
+    let ready = tokio::time::timeout(cfg.mqtt_ready_timeout, ready_rx.wait_for(|r| *r)).await;
+    let running = RunningController {
+        http_addr,
+        mqtt_url,
+        fleet: cfg.fleet.clone(),
+        controller,
+        shutdown: shutdown_tx,
+        tasks,
+        grace: cfg.shutdown_grace,
+    };
+    match (ready, &cfg.broker) {
+        (Ok(Ok(_)), _) => {
+            tracing::info!(broker = %running.mqtt_url, fleet = %running.fleet, "subscribed to device topics");
+        }
+        (_, BrokerChoice::Embedded { .. }) => {
+            let url = running.mqtt_url.clone();
+            running.shutdown().await;
+            return Err(ServeError::Mqtt(format!(
+                "could not subscribe on the embedded broker {url}"
+            )));
+        }
+        (_, BrokerChoice::External { .. }) => {
+            tracing::warn!(broker = %running.mqtt_url, "broker not reachable yet; retrying in the background");
+        }
+    }
+    Ok(running)
+}
