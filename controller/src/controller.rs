@@ -182,7 +182,12 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<DeviceEvent>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) outbound: RwLock<Outbound>,
+    pub(crate) capture_sink: RwLock<Option<CaptureSink>>,
 }
+
+/// Receives `Up::Capture` uploads (the retraining runner).
+pub type CaptureSink =
+    Arc<dyn Fn(&DeviceId, &drover_protocol::messages::CaptureUpload) + Send + Sync>;
 
 /// The controller handle. Cheap to clone.
 #[derive(Clone)]
@@ -336,6 +341,7 @@ impl Controller {
                 events,
                 metrics: Arc::new(Metrics::default()),
                 outbound: RwLock::new(Outbound::None),
+                capture_sink: RwLock::new(None),
             }),
         })
     }
@@ -374,6 +380,28 @@ impl Controller {
 
     pub(crate) fn emit(&self, e: DeviceEvent) {
         let _ = self.inner.events.send(e);
+    }
+
+    /// Sends every capture upload to `sink` from now on.
+    pub fn set_capture_sink(&self, sink: CaptureSink) {
+        *lock_write(&self.inner.capture_sink) = Some(sink);
+    }
+
+    /// Hands a device's capture upload to the sink, if one is set; returns
+    /// whether it was taken.
+    pub fn handle_capture(
+        &self,
+        device: &DeviceId,
+        upload: &drover_protocol::messages::CaptureUpload,
+    ) -> bool {
+        let sink = lock_read(&self.inner.capture_sink).clone();
+        match sink {
+            Some(f) => {
+                f(device, upload);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn set_outbound_mqtt(&self, client: rumqttc::AsyncClient) {
@@ -504,6 +532,13 @@ impl Controller {
 
     // ---- registry ----
 
+    /// Where the reference CSV of `name@version` is kept, if it was pushed with one.
+    pub fn reference_csv_path(&self, name: &ModelName, version: Version) -> PathBuf {
+        self.data_dir()
+            .join("references")
+            .join(format!("{name}@{version}.csv"))
+    }
+
     /// Pushes a new model version (tract inspection, profile, signing,
     /// storage); runs on the blocking pool.
     pub async fn push_model(&self, req: PushRequest) -> Result<StoredModel, ControllerError> {
@@ -520,6 +555,18 @@ impl Controller {
                 now,
             )?;
             tracing::info!(model = %stored.manifest.model_ref(), sha256 = %stored.manifest.artifact.sha256, "model pushed");
+            // Keep the reference data next to the artifact: retraining tops
+            // up small captured datasets from it.
+            if let Some(csv) = &req.reference_csv {
+                let path = this.reference_csv_path(&stored.manifest.name, stored.manifest.version);
+                if let Err(e) = path
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::write(&path, csv))
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot keep the reference CSV");
+                }
+            }
             Ok(stored)
         })
         .await

@@ -27,10 +27,16 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only (see the module docs).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "core: keys, models, aliases, devices, commands, deployments, telemetry",
-    sql: CORE_V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "core: keys, models, aliases, devices, commands, deployments, telemetry",
+        sql: CORE_V1,
+    },
+    Migration {
+        name: "rollout_service: rollouts and their audit trail",
+        sql: crate::rollout_service::store::MIGRATION,
+    },
+];
 
 const CORE_V1: &str = r#"
 CREATE TABLE key_lists (

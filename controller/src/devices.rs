@@ -267,7 +267,9 @@ pub fn mosquitto_hash_with_salt(password: &str, salt: &[u8], iterations: u32) ->
     format!("$7${iterations}${}${}", b64.encode(salt), b64.encode(hash))
 }
 
-/// What `drover device add` writes.
+/// What `drover device add` writes. `agent_toml` is the agent's config
+/// format (`drover_agent::config::AgentConfig`): the five required keys plus
+/// credentials, labels and the loopback inference API address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceBundle {
     /// Device id.
@@ -296,8 +298,15 @@ struct AgentToml<'a> {
     username: &'a str,
     password: &'a str,
     root_key: &'a str,
+    data_dir: &'a str,
+    api: &'a str,
     labels: &'a BTreeMap<String, String>,
 }
+
+/// Where the bundle tells the agent to keep its state.
+pub const AGENT_DATA_DIR: &str = "/var/lib/drover";
+/// Where the bundle tells the agent to serve its loopback inference API.
+pub const AGENT_API: &str = "127.0.0.1:7070";
 
 /// Builds the bundle (and its `agent.toml`).
 pub fn bundle(
@@ -315,6 +324,8 @@ pub fn bundle(
         username: device.as_str(),
         password: &password,
         root_key: &root_key,
+        data_dir: AGENT_DATA_DIR,
+        api: AGENT_API,
         labels: &labels,
     })?;
     let agent_toml = format!(
@@ -480,5 +491,7 @@ mod tests {
         assert_eq!(v["device_id"].as_str(), Some("dev-1"));
         assert_eq!(v["username"].as_str(), Some("dev-1"));
         assert_eq!(v["labels"]["site"].as_str(), Some("a"));
+        assert_eq!(v["data_dir"].as_str(), Some(AGENT_DATA_DIR));
+        assert_eq!(v["api"].as_str(), Some(AGENT_API));
     }
 }

@@ -42,6 +42,8 @@ pub mod keys;
 pub mod link;
 pub mod metrics;
 pub mod registry;
+pub mod retrain;
+pub mod retrain_ports;
 pub mod rollout;
 pub mod rollout_service;
 pub mod serve;

@@ -204,7 +204,9 @@ pub(crate) async fn dispatcher(
                     Ok(())
                 }
                 Ok(Up::Capture(c)) => {
-                    tracing::info!(%device, seq = c.seq, part = c.part, samples = c.samples.len(), "capture upload received (not stored yet)");
+                    if !ctrl.handle_capture(&device, &c) {
+                        tracing::info!(%device, seq = c.seq, part = c.part, "capture upload with no retraining job waiting; dropped");
+                    }
                     Ok(())
                 }
                 Err(e) => {

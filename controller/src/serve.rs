@@ -17,6 +17,7 @@ use crate::broker::{self, BrokerChoice, BrokerError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::controller::{Controller, ControllerConfig, ControllerError};
 use crate::link::{self, LinkSettings};
+use crate::rollout_service::RolloutService;
 
 /// Everything `drover serve` takes.
 #[derive(Clone)]
@@ -45,6 +46,9 @@ pub struct ServeConfig {
     pub mqtt_ready_timeout: Duration,
     /// Time source.
     pub clock: SharedClock,
+    /// Controller config file (`[retrain.<model>]` policies); default
+    /// `DATA_DIR/controller.toml` when it exists.
+    pub retrain_config: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -81,6 +85,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(5),
             mqtt_ready_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            retrain_config: None,
         }
     }
 
@@ -125,6 +130,14 @@ pub enum ServeError {
     /// The MQTT link did not come up.
     #[error("MQTT: {0}")]
     Mqtt(String),
+    /// A service on top of the controller (rollouts) failed to start.
+    #[error("starting {what}: {detail}")]
+    Service {
+        /// Which service.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
 }
 
 impl ServeError {
@@ -143,6 +156,8 @@ pub struct RunningController {
     mqtt_url: String,
     fleet: FleetId,
     controller: Controller,
+    rollouts: RolloutService,
+    retrain: crate::retrain::RetrainRunner,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
@@ -178,6 +193,14 @@ impl RunningController {
     /// The controller handle.
     pub fn handle(&self) -> Controller {
         self.controller.clone()
+    }
+    /// The retraining runner (drift policies, jobs).
+    pub fn retrain(&self) -> crate::retrain::RetrainRunner {
+        self.retrain.clone()
+    }
+    /// The rollout service (staged rollouts over this controller).
+    pub fn rollouts(&self) -> RolloutService {
+        self.rollouts.clone()
     }
     /// Stops accepting work, lets tasks drain (ingest stores what it has
     /// queued) for up to the grace period, then aborts what is left.
@@ -301,7 +324,59 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
             shutdown_rx.clone(),
         )),
     ];
-    let router = crate::http::router(controller.clone());
+    // Rollouts resume from their persisted state before the API opens.
+    let rollouts = match RolloutService::start(controller.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = shutdown_tx.send(true);
+            return Err(ServeError::Service {
+                what: "rollouts",
+                detail: e.to_string(),
+            });
+        }
+    };
+    // Retraining: policies resume from their persisted state.
+    let retrain_config = match crate::retrain::RetrainConfig::load_default(
+        cfg.retrain_config.as_deref(),
+        &cfg.data_dir,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = shutdown_tx.send(true);
+            return Err(ServeError::Config(e.to_string()));
+        }
+    };
+    let retrain = match crate::retrain::RetrainRunner::open(
+        crate::retrain_ports::ControllerPorts::new(controller.clone(), rollouts.clone()).ports(),
+        controller.db().clone(),
+        cfg.data_dir.clone(),
+        retrain_config,
+        cfg.clock.clone(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = shutdown_tx.send(true);
+            return Err(ServeError::Service {
+                what: "retraining",
+                detail: e.to_string(),
+            });
+        }
+    };
+    {
+        let sink = retrain.clone();
+        controller.set_capture_sink(std::sync::Arc::new(move |device, upload| {
+            sink.handle_capture(device, upload);
+        }));
+    }
+    let mut retrain_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(retrain.clone().run(async move {
+        let _ = retrain_shutdown.changed().await;
+    })));
+    let router = crate::http::router(controller.clone())
+        .merge(crate::rollout_service::http::routes(rollouts.clone()))
+        .merge(crate::retrain::http::routes(retrain.clone()));
     let mut http_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(http, router).with_graceful_shutdown(async move {
@@ -319,6 +394,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         mqtt_url,
         fleet: cfg.fleet.clone(),
         controller,
+        rollouts,
+        retrain,
         shutdown: shutdown_tx,
         tasks,
         grace: cfg.shutdown_grace,

@@ -414,3 +414,47 @@ async fn the_global_chunk_rate_cap_holds_across_devices() {
     assert_eq!(c.metrics().chunk_bytes.load(Ordering::Relaxed), total);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_windows_is_stored_in_batches_and_fully_acknowledged() {
+    let t = TestController::start().await;
+    let c = t.running.handle();
+    let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "burst").await;
+    let n = 1000u64;
+    let template = realistic_window(0);
+    let windows: Vec<_> = (1..=n)
+        .map(|seq| {
+            let mut w = template.clone();
+            w.seq = seq;
+            w
+        })
+        .collect();
+    let started = Instant::now();
+    for w in &windows {
+        peer.send_up(&Up::Telemetry(w.clone())).await;
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    let mut acks = 0;
+    while (acked.len() as u64) < n {
+        let seqs = peer
+            .wait_for(|d| match d {
+                Down::TelemetryAck(a) => Some(a.seqs),
+                _ => None,
+            })
+            .await;
+        acks += 1;
+        acked.extend(seqs);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{n} windows stored and acknowledged in {secs:.2} s ({:.0} windows/s, {acks} ack messages)",
+        n as f64 / secs
+    );
+    assert_eq!(acked, (1..=n).collect());
+    assert!(
+        acks <= n,
+        "acks are batched per device, never more than one per window"
+    );
+    assert_eq!(c.metrics().windows_ingested.load(Ordering::Relaxed), n);
+    t.running.shutdown().await;
+}

@@ -231,6 +231,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// Tiny deterministic PRNG for fixtures (splitmix64).
+#[derive(Debug, Clone)]
 pub struct SplitMix(pub u64);
 
 impl SplitMix {

@@ -3,6 +3,13 @@
 //! # Layout
 //! - [`data`]: synthetic sensor streams with drift on cue; the demo's dataset.
 //! - [`net`]: free ports, a restartable Mosquitto, a link-cutting TCP proxy.
+//! - [`fleet`]: N real agents in one process with input streams and faults.
+//! - [`demo`]: the narrated end-to-end demo (`drover-sim demo`).
+//! - [`bench`]: the scale run (`drover-sim bench`).
 
+pub mod bench;
 pub mod data;
+pub mod demo;
+pub mod fleet;
 pub mod net;
+pub mod retrain_step;

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Days of telemetry to keep.
     #[arg(long, default_value_t = 7)]
     pub retention_days: u64,
+    /// Controller config file with `[retrain.<model>]` policies (default:
+    /// DATA_DIR/controller.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
@@ -63,6 +67,7 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
     c.password = a.password.clone();
     c.chunk_rate_bytes_per_sec = a.chunk_rate;
     c.telemetry_retention_days = a.retention_days;
+    c.retrain_config = a.config.clone();
     Ok(c)
 }
 

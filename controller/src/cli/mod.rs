@@ -66,6 +66,16 @@ pub enum Command {
     Broker(cmd_misc::BrokerCmd),
     /// Deploy a model version to one device and wait for the result.
     Deploy(cmd_deploy::DeployArgs),
+    /// Staged rollouts over a label selector.
+    #[command(subcommand)]
+    Rollout(crate::rollout_service::cli::RolloutCmd),
+    /// Drift of the fleet's inputs and outputs against the reference profile.
+    Drift(crate::retrain::cli::DriftArgs),
+    /// Retraining jobs.
+    #[command(subcommand)]
+    Retrain(crate::retrain::cli::RetrainCmd),
+    /// Train a model with the reference trainer (runs locally, no Python).
+    Train(crate::retrain::cli::TrainArgs),
     /// Merged telemetry.
     Telemetry(cmd_misc::TelemetryArgs),
     /// Print shell completions.
@@ -93,6 +103,10 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Devices(a) => cmd_device::list(a, ctx).await,
         Command::Broker(c) => cmd_misc::broker(c, ctx).await,
         Command::Deploy(a) => cmd_deploy::run(a, ctx).await,
+        Command::Rollout(c) => crate::rollout_service::cli::run(c, ctx).await,
+        Command::Drift(a) => crate::retrain::cli::run_drift(a, &ctx.client, ctx.output).await,
+        Command::Retrain(c) => crate::retrain::cli::run_retrain(c, &ctx.client, ctx.output).await,
+        Command::Train(a) => crate::retrain::cli::run_train(a, ctx.client.base(), ctx.output).await,
         Command::Telemetry(a) => cmd_misc::telemetry(a, ctx).await,
         Command::Serve(_) | Command::Completions { .. } => Ok(()),
     }

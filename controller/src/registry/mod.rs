@@ -69,6 +69,9 @@ pub struct PushRequest {
     pub onnx: Vec<u8>,
     /// Reference CSV: header, feature columns, optional `label` column.
     pub reference_csv: Option<Vec<u8>>,
+    /// Lineage: hash of the training data when it is not the reference CSV
+    /// (a retraining job's dataset); defaults to the CSV's hash.
+    pub dataset_sha256: Option<Sha256>,
     /// Class names by index, overriding the CSV's sorted label values.
     pub labels: Option<Vec<String>>,
     /// Latency budget (p95) for the agent's local guard.
@@ -301,7 +304,9 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         latency_budget_us: req.latency_budget_ms.map(|ms| ms.saturating_mul(1000)),
         lineage: Lineage {
             parent: req.parent,
-            dataset_sha256: req.reference_csv.as_deref().map(Sha256::of),
+            dataset_sha256: req
+                .dataset_sha256
+                .or_else(|| req.reference_csv.as_deref().map(Sha256::of)),
             training_run: req.training_run.clone(),
             retrain_job: req.retrain_job,
             eval_metrics,

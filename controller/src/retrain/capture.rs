@@ -176,6 +176,9 @@ impl CaptureSession {
         if upload.model.name != self.model {
             return UploadOutcome::Ignored("samples of another model");
         }
+        if capture.last_part.is_some_and(|last| upload.part > last) {
+            return UploadOutcome::Ignored("part after the last one");
+        }
         if upload.part > MAX_PART || !capture.parts.insert(upload.part) {
             return UploadOutcome::Ignored("duplicate or out-of-range part");
         }
@@ -388,6 +391,10 @@ mod tests {
                 dropped: 1,
                 device_done: true
             }
+        );
+        assert_eq!(
+            s.handle_upload("a", &upload(7, 2, false, vec![sample(9.0)])),
+            UploadOutcome::Ignored("part after the last one")
         );
         assert!(!s.is_complete());
         s.handle_upload("b", &upload(9, 0, true, vec![sample(5.0)]));

@@ -149,9 +149,9 @@ impl RetrainConfig {
         let Some(retrain) = root.get("retrain") else {
             return Ok(RetrainConfig::default());
         };
-        let retrain = retrain
-            .as_table()
-            .ok_or_else(|| syntax("`retrain` must be a table of [retrain.<model>] tables".into()))?;
+        let retrain = retrain.as_table().ok_or_else(|| {
+            syntax("`retrain` must be a table of [retrain.<model>] tables".into())
+        })?;
         let mut models = BTreeMap::new();
         for (name, value) in retrain {
             let model_err = |message: String| ConfigError::Model {
@@ -246,13 +246,15 @@ impl ModelRetrainConfig {
             .try_into()
             .map_err(|e: toml::de::Error| e.message().to_owned())?;
         let policy: DriftPolicyConfig =
-            toml::Value::Table(policy).try_into().map_err(|e: toml::de::Error| {
-                format!(
-                    "{}; the other keys of a model table are {}",
-                    e.message().trim_end(),
-                    MODEL_KEYS.join(", ")
-                )
-            })?;
+            toml::Value::Table(policy)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    format!(
+                        "{}; the other keys of a model table are {}",
+                        e.message().trim_end(),
+                        MODEL_KEYS.join(", ")
+                    )
+                })?;
         let defaults = ModelRetrainConfig::default();
         let config = ModelRetrainConfig {
             policy,
@@ -677,13 +679,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    n.checked_mul(ms_per).map(Duration::from_millis).ok_or_else(bad)
+    n.checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
 }
 
 /// The shortest exact form of `d` for [`parse_duration`] (`90s`, `10m`).
 pub fn format_duration(d: Duration) -> String {
     let ms = millis(d);
-    for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms != 0 && ms % per == 0 {
             return format!("{}{unit}", ms / per);
         }

@@ -42,9 +42,7 @@ pub const MIN_PROFILE_ROWS: u64 = 100;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatasetError {
     /// Nothing was captured and there is no reference data to fall back on.
-    #[error(
-        "the dataset is empty: no device sent samples and no reference rows were available"
-    )]
+    #[error("the dataset is empty: no device sent samples and no reference rows were available")]
     Empty,
     /// A feature has the label column's name.
     #[error("feature `{0}` has the label column's name; set dataset.label_column")]

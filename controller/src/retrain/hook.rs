@@ -46,7 +46,8 @@
 //! `max_log_bytes` of each). Exit 0 means success. A non-zero exit fails
 //! the job with the code and the last lines of stderr; running past
 //! `timeout` kills the whole process group and fails the job with
-//! "timeout after …".
+//! "timeout after …". When the hook exits, whatever it left running in its
+//! process group is killed too, so nothing outlives the job.
 //!
 //! # webhook
 //!
@@ -253,13 +254,17 @@ async fn read_tail(mut pipe: impl AsyncRead + Unpin, limit: usize) -> Tail {
 
 async fn kill_process_group(pgid: u32) {
     // The crate has no libc binding (and denies unsafe), so kill(1) does it.
-    let _ = tokio::process::Command::new("kill")
+    // A group with no process left answers ESRCH, which is fine.
+    let killed = tokio::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .await;
+    if let Err(e) = killed {
+        tracing::warn!(pgid, error = %e, "cannot run kill(1); the hook's children may survive it");
+    }
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -290,7 +295,11 @@ async fn run_exec(cfg: &ExecHook, job: &HookJob, job_file: &Path) -> HookResult 
         .env("DROVER_DATASET", &job.dataset.path)
         .env("DROVER_JOB_ID", job.job_id.to_string())
         .env("DROVER_MODEL", &job.model)
-        .current_dir(cfg.working_dir.as_deref().unwrap_or(Path::new(&job.job_dir)))
+        .current_dir(
+            cfg.working_dir
+                .as_deref()
+                .unwrap_or(Path::new(&job.job_dir)),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -329,7 +338,10 @@ async fn run_exec(cfg: &ExecHook, job: &HookJob, job_file: &Path) -> HookResult 
         .map(|p| tokio::spawn(read_tail(p, limit)));
 
     let waited = tokio::time::timeout(cfg.timeout, child.wait()).await;
-    // Whatever happened, nothing the hook started outlives it.
+    // Whatever happened, nothing the hook started outlives it. (After a
+    // normal exit the leader is reaped, but its id stays reserved while any
+    // member of the group lives, so this cannot hit an unrelated group in
+    // practice.)
     if let Some(pgid) = pgid {
         kill_process_group(pgid).await;
     }
@@ -562,7 +574,14 @@ async fn run_builtin(cfg: &BuiltinHook, job: &HookJob) -> HookResult {
     let output = PathBuf::from(&job.output_path);
     let metrics_path = PathBuf::from(&job.metrics_path);
     let work = tokio::task::spawn_blocking(move || {
-        train_builtin(&csv, &label_column, base.as_deref(), &opts, &output, &metrics_path)
+        train_builtin(
+            &csv,
+            &label_column,
+            base.as_deref(),
+            &opts,
+            &output,
+            &metrics_path,
+        )
     });
     match tokio::time::timeout(cfg.timeout, work).await {
         Err(_) => HookResult::failed(
@@ -596,7 +615,10 @@ fn train_builtin(
     let data = match Dataset::from_csv_reader(labelled_only(csv).as_bytes(), label_column) {
         Ok(d) => d,
         Err(TrainError::NoRows) => {
-            return (log, Err("the dataset has no labelled rows to train on".into()));
+            return (
+                log,
+                Err("the dataset has no labelled rows to train on".into()),
+            );
         }
         Err(e) => return (log, Err(format!("dataset: {e}"))),
     };
@@ -767,9 +789,7 @@ fn check_onnx(bytes: &[u8], features: usize, classes: Option<usize>) -> Result<M
 fn declared_width(input: &tract_onnx::pb::ValueInfoProto) -> Option<usize> {
     use tract_onnx::pb::tensor_shape_proto::dimension::Value;
     use tract_onnx::pb::type_proto::Value as TypeValue;
-    let TypeValue::TensorType(t) = input.r#type.as_ref()?.value.as_ref()? else {
-        return None;
-    };
+    let TypeValue::TensorType(t) = input.r#type.as_ref()?.value.as_ref()?;
     let dims = &t.shape.as_ref()?.dim;
     if dims.len() != 2 {
         return None;
@@ -779,4 +799,3 @@ fn declared_width(input: &tract_onnx::pb::ValueInfoProto) -> Option<usize> {
         Value::DimParam(_) => None,
     }
 }
-

@@ -18,8 +18,8 @@ use std::fmt;
 use drover_protocol::{ModelName, Version};
 use serde::{Deserialize, Serialize};
 
-use crate::drift::DriftReport;
 use super::ports::CohortFilter;
+use crate::drift::DriftReport;
 
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -558,7 +558,14 @@ mod tests {
 
     #[test]
     fn states_round_trip_as_text() {
-        for s in ["queued", "capturing", "training", "pushed", "rolled_out", "failed"] {
+        for s in [
+            "queued",
+            "capturing",
+            "training",
+            "pushed",
+            "rolled_out",
+            "failed",
+        ] {
             assert_eq!(JobState::parse(s).unwrap().as_str(), s);
         }
         assert_eq!(JobState::parse("done"), None);

@@ -111,8 +111,11 @@ pub trait TelemetrySource: Send + Sync {
     /// Labelled and correct counts for `query` in consecutive buckets of
     /// `bucket_ms` from `query.from_ms` (the last one may be shorter), in
     /// time order; buckets with no windows are included with zero counts.
-    fn accuracy(&self, query: TelemetryQuery, bucket_ms: u64)
-    -> PortFuture<'_, Vec<AccuracyBucket>>;
+    fn accuracy(
+        &self,
+        query: TelemetryQuery,
+        bucket_ms: u64,
+    ) -> PortFuture<'_, Vec<AccuracyBucket>>;
 }
 
 /// One device, as the inventory knows it.
@@ -195,6 +198,5 @@ pub trait ModelSource: Send + Sync {
 
     /// The reference CSV `model@version` was pushed with, if the registry
     /// kept it. Used to top up a dataset with too few labelled rows.
-    fn reference_csv(&self, model: ModelName, version: Version)
-    -> PortFuture<'_, Option<Vec<u8>>>;
+    fn reference_csv(&self, model: ModelName, version: Version) -> PortFuture<'_, Option<Vec<u8>>>;
 }

@@ -171,7 +171,8 @@ impl AccuracyTrend {
                 end_ms: b.end_ms,
                 labelled: b.labelled,
                 correct: b.correct.min(b.labelled),
-                accuracy: (b.labelled > 0).then(|| b.correct.min(b.labelled) as f64 / b.labelled as f64),
+                accuracy: (b.labelled > 0)
+                    .then(|| b.correct.min(b.labelled) as f64 / b.labelled as f64),
             })
             .collect();
         let labelled: u64 = points.iter().map(|p| p.labelled).sum();
@@ -409,7 +410,12 @@ mod tests {
 
     fn window(first: Histogram, n: u64) -> ObservedWindow {
         ObservedWindow {
-            features: vec![first, stable_feature(n), stable_feature(n), stable_feature(n)],
+            features: vec![
+                first,
+                stable_feature(n),
+                stable_feature(n),
+                stable_feature(n),
+            ],
             output: Some(Histogram::from_counts(vec![70 * n, 20 * n, 10 * n])),
         }
     }
@@ -438,7 +444,12 @@ mod tests {
     #[test]
     fn empty_telemetry_is_inconclusive_not_an_error() {
         let p = reference_profile(&manifest()).unwrap();
-        let r = assess(&p, &DriftPolicyConfig::default(), &TelemetrySlice::default()).unwrap();
+        let r = assess(
+            &p,
+            &DriftPolicyConfig::default(),
+            &TelemetrySlice::default(),
+        )
+        .unwrap();
         assert_eq!(r.samples, 0);
         assert!(!r.drifting);
     }

@@ -39,7 +39,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::capture::{CaptureLimits, CaptureSession, UploadOutcome, select_capture_devices};
-use super::config::{HookConfig, ModelRetrainConfig, RetrainConfig};
+use super::config::{ModelRetrainConfig, RetrainConfig};
 use super::dataset::{DatasetLayout, build_dataset, parse_reference_csv};
 use super::hook::{HookDataset, HookJob, JOB_SCHEMA, run_hook, validate_model};
 use super::job::{
@@ -164,7 +164,10 @@ impl std::fmt::Debug for RetrainRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetrainRunner")
             .field("data_dir", &self.inner.data_dir)
-            .field("models", &self.inner.config.models.keys().collect::<Vec<_>>())
+            .field(
+                "models",
+                &self.inner.config.models.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -188,20 +191,21 @@ impl RetrainRunner {
         clock: SharedClock,
     ) -> Result<RetrainRunner, RetrainError> {
         let now = clock.now().0;
+        let states = db
+            .call(|conn| Ok(store::migrate(conn).and_then(|()| store::load_policy_states(conn))))
+            .await??;
+        let core = Scheduler::new(&config, states, now)?;
         let runner = RetrainRunner {
             inner: Arc::new(Inner {
                 ports,
                 db,
                 data_dir,
                 clock,
-                core: Mutex::new(Scheduler::new(&RetrainConfig::default(), BTreeMap::new(), now)?),
+                core: Mutex::new(core),
                 config,
                 wake: Notify::new(),
             }),
         };
-        runner.with_store(|c| store::migrate(c)).await?;
-        let states = runner.with_store(|c| store::load_policy_states(c)).await?;
-        *runner.core() = Scheduler::new(&runner.inner.config, states, now)?;
         runner.resume(now).await?;
         Ok(runner)
     }
@@ -252,7 +256,7 @@ impl RetrainRunner {
                 self.create_drift_job(model, pending, now).await?;
             }
         }
-        let active = self.with_store(|c| store::active_jobs(c)).await?;
+        let active = self.with_store(store::active_jobs).await?;
         for job in active.iter().cloned() {
             tracing::info!(job = job.id, state = %job.state, "resuming retrain job");
             match job.state {
@@ -356,9 +360,7 @@ impl RetrainRunner {
                 .await?;
             scopes.push(ScopeDrift::assess(&profile, &cfg.policy, &data));
         }
-        let outcome = self
-            .core()
-            .handle_evaluation(now, &model, version, &scopes);
+        let outcome = self.core().handle_evaluation(now, &model, version, &scopes);
         let Some(outcome) = outcome else {
             let why: Vec<String> = scopes.iter().filter_map(|s| s.error.clone()).collect();
             return Err(RetrainError::Invalid(format!(
@@ -378,7 +380,11 @@ impl RetrainRunner {
 
     /// The values of `key` among devices serving `model`, most populated
     /// first, at most [`MAX_COHORTS`].
-    async fn cohorts(&self, model: &ModelName, key: &str) -> Result<Vec<CohortFilter>, RetrainError> {
+    async fn cohorts(
+        &self,
+        model: &ModelName,
+        key: &str,
+    ) -> Result<Vec<CohortFilter>, RetrainError> {
         let devices = self.inner.ports.fleet.devices().await?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for d in devices.iter().filter(|d| model_ref_matches(d, model)) {
@@ -434,7 +440,7 @@ impl RetrainRunner {
     }
 
     async fn active_job_of(&self, model: &ModelName) -> Result<Option<u64>, RetrainError> {
-        let active = self.with_store(|c| store::active_jobs(c)).await?;
+        let active = self.with_store(store::active_jobs).await?;
         Ok(active.iter().find(|j| &j.model == model).map(|j| j.id))
     }
 
@@ -462,21 +468,19 @@ impl RetrainRunner {
             cohort: pending.cohort.clone(),
             report: Some(pending.trigger.report.clone()),
         };
-        let job = RetrainJob::new(
-            0,
-            model.clone(),
-            version.unwrap_or_default(),
-            trigger,
-            now,
-        );
+        let job = RetrainJob::new(0, model.clone(), version.unwrap_or_default(), trigger, now);
         let job = self.with_store(move |c| store::insert_job(c, &job)).await?;
         // Persist the taken trigger only after the job exists.
         self.save_policy(model, now).await?;
         tracing::info!(job = job.id, %model, reason = %job.trigger.reason, "drift triggered retraining");
         let id = job.id;
         if let Some(other) = busy {
-            self.fail_job(job, format!("retrain job {other} is still running for {model}"), now)
-                .await?;
+            self.fail_job(
+                job,
+                format!("retrain job {other} is still running for {model}"),
+                now,
+            )
+            .await?;
         } else if version.is_none() {
             self.fail_job(job, format!("{model} has no production version"), now)
                 .await?;
@@ -625,7 +629,11 @@ impl RetrainRunner {
     /// Takes one `Up::Capture` from `device` (the id the broker
     /// authenticated). Uploads nobody asked for are ignored; returns what
     /// happened, for the caller's logs and metrics.
-    pub fn handle_capture(&self, device: &DeviceId, upload: &CaptureUpload) -> Option<UploadOutcome> {
+    pub fn handle_capture(
+        &self,
+        device: &DeviceId,
+        upload: &CaptureUpload,
+    ) -> Option<UploadOutcome> {
         let now = self.now();
         let (job, outcome, over) = {
             let mut core = self.core();
@@ -739,8 +747,12 @@ impl RetrainRunner {
             tokio::fs::write(dir.join("profile.csv"), built.profile_csv.as_bytes()).await
         };
         if let Err(e) = write.await {
-            self.fail_job(job, format!("writing the dataset {}: {e}", path.display()), now)
-                .await?;
+            self.fail_job(
+                job,
+                format!("writing the dataset {}: {e}", path.display()),
+                now,
+            )
+            .await?;
             return Ok(());
         }
         job.handle_dataset_ready(
@@ -874,7 +886,11 @@ impl RetrainRunner {
         };
         if let Err(e) = written {
             return self
-                .fail_job(job, format!("writing {}: {e}", job_file.display()), self.now())
+                .fail_job(
+                    job,
+                    format!("writing {}: {e}", job_file.display()),
+                    self.now(),
+                )
                 .await;
         }
 
@@ -1045,7 +1061,10 @@ impl RetrainRunner {
                 .await?;
             let window = request.window_ms.unwrap_or_else(|| cfg.window_ms());
             let (from_ms, to_ms) = (now.saturating_sub(window), now);
-            let cohort_key = request.cohort_key.clone().or_else(|| cfg.cohort_key.clone());
+            let cohort_key = request
+                .cohort_key
+                .clone()
+                .or_else(|| cfg.cohort_key.clone());
             let fleet = self
                 .scope_data(&model, version, None, from_ms, to_ms, true)
                 .await?;

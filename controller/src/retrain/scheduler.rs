@@ -368,7 +368,10 @@ mod tests {
             .handle_evaluation(now, &m, Version(1), &[scope(false), scope(true)])
             .unwrap();
         assert_eq!(out.scope, 1);
-        assert!(matches!(out.evaluation, Evaluation::Drifting { run: 1, .. }));
+        assert!(matches!(
+            out.evaluation,
+            Evaluation::Drifting { run: 1, .. }
+        ));
         assert!(s.poll_trigger(&m).is_none());
         now += 10 * MIN;
         let out = s
@@ -406,7 +409,10 @@ mod tests {
         let out = resumed
             .handle_evaluation(15 * MIN, &m, Version(1), &[scope(true)])
             .unwrap();
-        assert!(matches!(out.evaluation, Evaluation::Triggered { run: 2, .. }));
+        assert!(matches!(
+            out.evaluation,
+            Evaluation::Triggered { run: 2, .. }
+        ));
         // Long after: due at once.
         let late = BTreeMap::from([(m.clone(), resumed.policy_state(&m).unwrap().clone())]);
         let s = Scheduler::new(&config(), late, 500 * MIN).unwrap();
@@ -423,8 +429,13 @@ mod tests {
                 .is_none()
         );
         assert!(
-            s.handle_evaluation(1, &ModelName::new("other").unwrap(), Version(1), &[scope(true)])
-                .is_none()
+            s.handle_evaluation(
+                1,
+                &ModelName::new("other").unwrap(),
+                Version(1),
+                &[scope(true)]
+            )
+            .is_none()
         );
         assert_eq!(s.policy_state(&model()).unwrap().evaluations(), 0);
     }

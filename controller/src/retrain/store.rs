@@ -156,9 +156,8 @@ pub fn list_jobs(
 
 /// Jobs with work left (queued, capturing, training), oldest first.
 pub fn active_jobs(conn: &Connection) -> Result<Vec<RetrainJob>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, job FROM retrain_jobs WHERE state IN (?1, ?2, ?3) ORDER BY id ASC",
-    )?;
+    let mut stmt = conn
+        .prepare("SELECT id, job FROM retrain_jobs WHERE state IN (?1, ?2, ?3) ORDER BY id ASC")?;
     let rows = stmt.query_map(
         params![
             JobState::Queued.as_str(),

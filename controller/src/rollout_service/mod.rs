@@ -32,7 +32,6 @@ use crate::rollout::{
     RolloutStatus,
 };
 
-pub(crate) use store::MIGRATION;
 
 /// Agent reason codes worth retrying: transient download and I/O trouble.
 /// Everything else (bad signature, hash mismatch, failed health check) would

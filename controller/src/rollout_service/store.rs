@@ -1,7 +1,7 @@
 //! SQLite persistence of rollouts: the whole state machine as JSON plus an
 //! append-only audit log, written in one transaction per step.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::rollout::{AuditEvent, Rollout};
 

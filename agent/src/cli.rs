@@ -1,0 +1,346 @@
+//! The `drover-agent` command line: `init` (write a validated config),
+//! `run`, `install` (systemd unit), `status` (ask a running agent).
+//! Bad input exits with code 64 (EX_USAGE) and a clear message.
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use drover_protocol::{DeviceId, FleetId, PublicKey};
+
+use crate::Agent;
+use crate::config::{AgentConfig, parse_labels};
+
+/// Exit code for bad input (sysexits EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+/// Exit code for everything else that fails.
+pub const EX_FAILURE: u8 = 1;
+
+/// A failed command and the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// Process exit code.
+    pub exit_code: u8,
+    /// What went wrong, with context.
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    fn usage(e: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            exit_code: EX_USAGE,
+            error: e.into(),
+        }
+    }
+
+    fn failure(e: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            exit_code: EX_FAILURE,
+            error: e.into(),
+        }
+    }
+}
+
+/// `drover-agent`: the Drover device agent.
+#[derive(Debug, Parser)]
+#[command(name = "drover-agent", version, about = "Drover device agent")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a validated, commented config file.
+    Init(Box<InitArgs>),
+    /// Run the agent until SIGTERM or SIGINT.
+    Run {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write the systemd unit, the data directory and /etc/drover/agent.toml.
+    Install {
+        /// The config file to install.
+        #[arg(long)]
+        config: PathBuf,
+        /// Install under this root instead of /.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The agent binary the unit runs.
+        #[arg(long, default_value = "/usr/bin/drover-agent")]
+        exec: PathBuf,
+    },
+    /// Print a running agent's status (GET /v1/status).
+    Status {
+        /// Read the API address from this config.
+        #[arg(long, conflicts_with = "api")]
+        config: Option<PathBuf>,
+        /// The API address (default 127.0.0.1:7070).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
+}
+
+/// Arguments of `init`.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// This device's id ([a-z0-9_-]).
+    #[arg(long)]
+    pub device_id: String,
+    /// Fleet name.
+    #[arg(long)]
+    pub fleet: String,
+    /// MQTT broker, mqtt://HOST:PORT.
+    #[arg(long)]
+    pub broker: String,
+    /// Root public key: 64 hex characters, or a file holding them.
+    #[arg(long)]
+    pub root_key: String,
+    /// MQTT username.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// MQTT password.
+    #[arg(long, requires = "username")]
+    pub password: Option<String>,
+    /// Labels, k=v,k2=v2.
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Hardware class label.
+    #[arg(long)]
+    pub hardware: Option<String>,
+    /// Data directory.
+    #[arg(long, default_value = "/var/lib/drover-agent")]
+    pub data_dir: PathBuf,
+    /// Loopback address of the inference API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api: SocketAddr,
+    /// Where to write the config.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Parses the root key argument: hex, or a file holding hex.
+pub fn parse_root_key(arg: &str) -> anyhow::Result<PublicKey> {
+    if let Ok(k) = PublicKey::from_hex(arg) {
+        return Ok(k);
+    }
+    let looks_hex = arg.len() == 64 && arg.chars().all(|c| c.is_ascii_hexdigit());
+    if looks_hex {
+        anyhow::bail!("--root-key {arg} is not a valid ed25519 public key");
+    }
+    let text = std::fs::read_to_string(arg)
+        .with_context(|| format!("--root-key {arg:?} is neither 64 hex characters nor a readable file"))?;
+    PublicKey::from_hex(text.trim())
+        .map_err(|_| anyhow::anyhow!("{arg}: does not hold a 64-hex-character ed25519 public key"))
+}
+
+/// Builds and validates the config `init` writes.
+pub fn init_config(a: &InitArgs) -> anyhow::Result<AgentConfig> {
+    let device = DeviceId::new(&a.device_id).context("--device-id")?;
+    let fleet = FleetId::new(&a.fleet).context("--fleet")?;
+    let root = parse_root_key(&a.root_key)?;
+    let mut c = AgentConfig::new(device, fleet, a.broker.clone(), root, a.data_dir.clone());
+    c.username = a.username.clone();
+    c.password = a.password.clone();
+    if let Some(l) = &a.labels {
+        c.labels = parse_labels(l).context("--labels")?;
+    }
+    if let Some(h) = &a.hardware {
+        c.hardware = h.clone();
+    }
+    c.api = Some(a.api);
+    c.validate()?;
+    Ok(c)
+}
+
+fn write_private(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| {
+        format!(
+            "writing {} (use --force to overwrite an existing file)",
+            path.display()
+        )
+    })?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs a parsed command. `env` looks up `DROVER_AGENT_*` overrides for `run`.
+pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+    match cli.command {
+        Command::Init(a) => {
+            let c = init_config(&a).map_err(CliError::usage)?;
+            let text = c.to_commented_toml().map_err(CliError::usage)?;
+            write_private(&a.out, &text, a.force).map_err(CliError::failure)?;
+            println!("wrote {}", a.out.display());
+            Ok(())
+        }
+        Command::Run { config } => run(&config, env).await,
+        Command::Install { config, root, exec } => {
+            let i = crate::install::install(&config, &root, &exec).map_err(|e| match e {
+                crate::install::InstallError::Config(_) => CliError::usage(e),
+                crate::install::InstallError::Io { .. } => CliError::failure(e),
+            })?;
+            println!("unit:     {}", i.unit.display());
+            println!("config:   {}", i.config.display());
+            println!("data dir: {}", i.data_dir.display());
+            println!("next: useradd --system drover; chown -R drover: {}; systemctl enable --now drover-agent", i.data_dir.display());
+            Ok(())
+        }
+        Command::Status { config, api } => {
+            let addr = match (config, api) {
+                (_, Some(a)) => a,
+                (Some(c), None) => AgentConfig::load(&c)
+                    .map_err(CliError::usage)?
+                    .api
+                    .ok_or_else(|| CliError::usage(anyhow::anyhow!("{} configures no api", c.display())))?,
+                (None, None) => SocketAddr::from(([127, 0, 0, 1], 7070)),
+            };
+            let body = http_get(addr, "/v1/status").await.map_err(CliError::failure)?;
+            let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or(body);
+            println!("{pretty}");
+            Ok(())
+        }
+    }
+}
+
+async fn run(config: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+    let cfg = AgentConfig::load(config)
+        .and_then(|c| c.apply_env(env))
+        .map_err(|e| CliError::usage(anyhow::Error::new(e).context(format!("config {}", config.display()))))?;
+    let agent = Agent::start(cfg).await.map_err(|e| match e {
+        crate::AgentError::Config(_) => CliError::usage(e),
+        _ => CliError::failure(e),
+    })?;
+    if let Some(a) = agent.api_addr() {
+        tracing::info!(api = %a, "agent running");
+    }
+    wait_for_signal().await.map_err(CliError::failure)?;
+    tracing::info!("shutting down");
+    agent.shutdown().await.map_err(CliError::failure)
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
+
+/// A minimal HTTP/1.1 GET against the loopback API.
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))?
+    .with_context(|| format!("connecting to the agent at {addr}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| anyhow::anyhow!("reading from {addr} timed out"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response from {addr}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        anyhow::bail!("{addr}{path}: {status}: {body}");
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_protocol::Sign as _;
+    use drover_protocol::testkit::TestKeys;
+
+    fn args(dir: &Path) -> Vec<String> {
+        let key = TestKeys::new(1).root.public_key().to_hex();
+        [
+            "drover-agent", "init", "--device-id", "dev-1", "--fleet", "prod", "--broker",
+            "mqtt://127.0.0.1:1883", "--root-key", &key, "--labels", "site=a,region=eu",
+            "--username", "dev-1", "--password", "pw", "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.join("agent.toml").display().to_string()])
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn init_writes_a_config_that_loads_and_refuses_bad_input_with_64() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = Cli::try_parse_from(args(dir.path())).unwrap();
+        dispatch(cli, &|_| None).await.unwrap();
+        let c = AgentConfig::load(&dir.path().join("agent.toml")).unwrap();
+        assert_eq!(c.device_id.as_str(), "dev-1");
+        assert_eq!(c.labels.len(), 2);
+        assert_eq!(c.api, Some("127.0.0.1:7070".parse().unwrap()));
+        // Refuses to overwrite.
+        let cli = Cli::try_parse_from(args(dir.path())).unwrap();
+        assert_eq!(dispatch(cli, &|_| None).await.unwrap_err().exit_code, EX_FAILURE);
+
+        for (flag, bad) in [
+            ("--device-id", "Dev 1"),
+            ("--broker", "http://x"),
+            ("--root-key", "/nonexistent/key"),
+            ("--labels", "novalue"),
+        ] {
+            let mut a = args(dir.path());
+            let i = a.iter().position(|s| s == flag).unwrap();
+            a[i + 1] = bad.to_string();
+            let last = a.len() - 1;
+            a[last] = dir.path().join("other.toml").display().to_string();
+            let cli = Cli::try_parse_from(a).unwrap();
+            let e = dispatch(cli, &|_| None).await.unwrap_err();
+            assert_eq!(e.exit_code, EX_USAGE, "{flag} {bad}: {:#}", e.error);
+        }
+    }
+
+    #[test]
+    fn root_key_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = TestKeys::new(3).root.public_key();
+        let p = dir.path().join("root.pub");
+        std::fs::write(&p, format!("{}\n", k.to_hex())).unwrap();
+        assert_eq!(parse_root_key(p.to_str().unwrap()).unwrap(), k);
+        assert_eq!(parse_root_key(&k.to_hex()).unwrap(), k);
+    }
+}

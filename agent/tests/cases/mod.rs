@@ -1,0 +1,11 @@
+//! Test cases, one module per behaviour.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod cli;
+mod deploy;
+mod guard;
+mod malformed;
+mod outage;
+mod refusals;
+mod resume;
+mod shadow;
