@@ -63,8 +63,10 @@ impl Default for FleetConfig {
 pub struct DeviceCounters {
     /// Successful inferences.
     pub inferences: AtomicU64,
-    /// Requests answered with an error (incl. no model yet).
+    /// Requests the model failed on (bad input or inference error).
     pub errors: AtomicU64,
+    /// Requests made before any model was active.
+    pub no_model: AtomicU64,
     /// Feedback sent.
     pub feedback: AtomicU64,
     /// Predictions that matched the true class.
@@ -340,6 +342,9 @@ fn spawn_driver(dev: &SimDevice, cfg: &FleetConfig) -> JoinHandle<()> {
                     {
                         counters.feedback.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                Err(drover_agent::InferError::NoModel) => {
+                    counters.no_model.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => {
                     counters.errors.fetch_add(1, Ordering::Relaxed);

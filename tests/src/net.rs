@@ -55,7 +55,7 @@ impl SpawnedMosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 0\nmax_queued_messages 100000\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n",
                 self.port
             ),
         )?;

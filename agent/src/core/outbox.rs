@@ -38,8 +38,10 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     state: State,
-    /// Evictions this window reports; carried on if it is evicted itself.
+    /// Evictions this window reports.
     reports: u64,
+    /// Ever handed to the link (survives a reconnect's reset to Unsent).
+    ever_sent: bool,
 }
 
 /// What pushing a window did.
@@ -79,6 +81,7 @@ impl Outbox {
                         Entry {
                             state: State::Unsent,
                             reports,
+                            ever_sent: false,
                         },
                     )
                 })
@@ -105,8 +108,10 @@ impl Outbox {
 
     /// Adds a closed window, evicting the oldest ones if full. The evictions
     /// are reported in this very window, which is the next one to leave the
-    /// device after them; an evicted window's own report is carried over, so
-    /// the reported total always equals the windows lost.
+    /// device after them. An evicted window that was never published carries
+    /// its own report over; one that was published may have reached the
+    /// controller, so its report is not repeated (never over-counted; only a
+    /// window lost in flight and then evicted takes its report with it).
     pub fn push(&mut self, mut window: TelemetryWindow) -> Pushed {
         let mut evicted = Vec::new();
         let mut reports = window.evicted_windows;
@@ -114,7 +119,10 @@ impl Outbox {
             match self.entries.pop_first() {
                 Some((seq, e)) => {
                     evicted.push(seq);
-                    reports = reports.saturating_add(1).saturating_add(e.reports);
+                    reports = reports.saturating_add(1);
+                    if !e.ever_sent {
+                        reports = reports.saturating_add(e.reports);
+                    }
                 }
                 None => break,
             }
@@ -126,6 +134,7 @@ impl Outbox {
             Entry {
                 state: State::Unsent,
                 reports,
+                ever_sent: false,
             },
         );
         Pushed { window, evicted }
@@ -181,6 +190,7 @@ impl Outbox {
             };
             if due {
                 e.state = State::Sent { at: now };
+                e.ever_sent = true;
                 out.push(*seq);
             }
         }
@@ -243,6 +253,20 @@ mod tests {
         assert_eq!(p.evicted, vec![4]);
         assert_eq!(p.window.evicted_windows, 2);
         assert_eq!(o.evicted_total(), 4);
+    }
+
+    #[test]
+    fn a_published_reporter_is_not_counted_twice() {
+        let mut o = Outbox::new(cfg(2, 10), []);
+        o.handle_connected();
+        o.push(window(1));
+        o.push(window(2));
+        assert_eq!(o.push(window(3)).window.evicted_windows, 1);
+        // Window 3 (reporting 1) is published, then evicted unacknowledged.
+        assert_eq!(o.poll_transmit(Timestamp(0), 10), vec![2, 3]);
+        o.handle_disconnected();
+        assert_eq!(o.push(window(4)).window.evicted_windows, 1);
+        assert_eq!(o.push(window(5)).window.evicted_windows, 1);
     }
 
     #[test]

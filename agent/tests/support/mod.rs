@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod peer;
+pub mod proxy;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use drover_protocol::{DeviceId, FleetId, ModelManifest, Sign as _, Timestamp};
 
 pub use broker::{Mosquitto, TestBroker};
 pub use peer::{Peer, eventually};
+pub use proxy::LinkProxy;
 
 /// Wall-clock now.
 pub fn now() -> Timestamp {
@@ -150,12 +152,23 @@ impl Setup {
 
     /// Peer and agent on an existing broker.
     pub async fn start_on(url: &str, tag: &str, tweak: impl FnOnce(&mut AgentConfig)) -> Setup {
+        Self::start_split(url, url, tag, tweak).await
+    }
+
+    /// Peer on `peer_url`, agent on `agent_url` (e.g. through a [`LinkProxy`]).
+    pub async fn start_split(
+        peer_url: &str,
+        agent_url: &str,
+        tag: &str,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Setup {
+        let url = peer_url;
         init_logs();
         let fleet = unique_fleet(tag);
         let device = DeviceId::new("dev-1").unwrap();
         let keys = TestKeys::new(7);
         let dir = tempfile::tempdir().unwrap();
-        let mut config = agent_config(url, &fleet, &device, &keys, dir.path());
+        let mut config = agent_config(agent_url, &fleet, &device, &keys, dir.path());
         tweak(&mut config);
         let peer = Peer::start(url, &fleet, &device, keys).await;
         let agent = Agent::start(config.clone()).await.unwrap();

@@ -313,6 +313,11 @@ impl Rollout {
         Ok(r)
     }
 
+    /// When the rollout was planned.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
     /// Serialises the whole state (see the persistence contract).
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(self)

@@ -347,7 +347,8 @@ impl RolloutService {
         };
         let now = self.inner.ctl.now();
         let mut st = self.inner.state.lock().await;
-        for r in st.rollouts.values_mut().filter(|r| r.is_active()) {
+        let live = live_ids(&st);
+        for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
             let model = r.spec().model.clone();
             for d in &devices {
                 if let Some(v) = view_of(d, &model) {
@@ -362,9 +363,10 @@ impl RolloutService {
             self.step().await;
             let deadline = {
                 let st = self.inner.state.lock().await;
+                let live = live_ids(&st);
                 st.rollouts
                     .values()
-                    .filter(|r| r.is_active())
+                    .filter(|r| live.contains(r.id()))
                     .filter_map(|r| r.poll_timeout().map(|(t, _)| t))
                     .min()
             };
@@ -401,7 +403,8 @@ impl RolloutService {
                 return;
             };
             let mut st = self.inner.state.lock().await;
-            for r in st.rollouts.values_mut().filter(|r| r.is_active()) {
+            let live = live_ids(&st);
+            for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
                 if let Some(v) = view_of(&info, &r.spec().model.clone()) {
                     // An error here is a device the engine does not know; it
                     // only matters for joiners, which handle_device admits.
@@ -416,7 +419,8 @@ impl RolloutService {
                 let Some(outcome) = outcome_of(&status.phase, &status.model) else {
                     return;
                 };
-                for r in st.rollouts.values_mut().filter(|r| r.is_active()) {
+                let live = live_ids(&st);
+                for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
                     if r.spec().model == status.model.name {
                         let _ = r.handle_deploy_report(now, &device, outcome.clone());
                     }
@@ -474,6 +478,10 @@ impl RolloutService {
                 for ev in &audit {
                     tracing::info!(rollout = %snapshot.id(), "{}", ev.message);
                 }
+                let completed = audit
+                    .iter()
+                    .any(|ev| matches!(ev.event, crate::rollout::AuditKind::Completed { .. }));
+                let (model, target) = (snapshot.spec().model.clone(), snapshot.spec().target);
                 let id = snapshot.id().to_string();
                 // Persist before acting (the engine's persistence contract).
                 let saved = self
@@ -485,6 +493,13 @@ impl RolloutService {
                 if let Err(e) = saved {
                     tracing::error!(rollout = %id, error = %e, "cannot persist rollout; not acting on it");
                     continue;
+                }
+                if completed {
+                    // A version that reached every device is what drift is
+                    // measured against from now on.
+                    if let Err(e) = self.inner.ctl.set_alias(&model, "production", target).await {
+                        tracing::warn!(rollout = %id, error = %e, "cannot move the production alias");
+                    }
                 }
                 for a in actions {
                     self.execute(&id, a).await;
@@ -517,7 +532,8 @@ impl RolloutService {
                 // Actions went out; the next inputs are device reports.
                 let mut more = false;
                 let st = self.inner.state.lock().await;
-                for r in st.rollouts.values().filter(|r| r.is_active()) {
+                let live = live_ids(&st);
+                for r in st.rollouts.values().filter(|r| live.contains(r.id())) {
                     if let Some((t, _)) = r.poll_timeout()
                         && t <= self.inner.ctl.now()
                     {
@@ -586,6 +602,34 @@ impl RolloutService {
             Err(e) => tracing::warn!(%device, error = %e, "rollout command not sent"),
         }
     }
+}
+
+/// Rollouts that take device events: every active one, plus the newest
+/// rollout of each model even when it has ended (completed or rolled back),
+/// so a device that comes back or joins later still gets the version of its
+/// wave. Older ended rollouts are history: feeding them too would send a
+/// returning device conflicting versions.
+fn live_ids(st: &State) -> BTreeSet<String> {
+    let mut newest: BTreeMap<String, (Timestamp, String)> = BTreeMap::new();
+    let mut live = BTreeSet::new();
+    for r in st.rollouts.values() {
+        if r.is_active() {
+            live.insert(r.id().to_string());
+        }
+        if matches!(r.phase(), crate::rollout::Phase::Aborted { .. }) {
+            continue;
+        }
+        let key = r.spec().model.to_string();
+        let created = r.created_at();
+        let replace = newest
+            .get(&key)
+            .is_none_or(|(t, id)| (created, r.id()) > (*t, id.as_str()));
+        if replace {
+            newest.insert(key, (created, r.id().to_string()));
+        }
+    }
+    live.extend(newest.into_values().map(|(_, id)| id));
+    live
 }
 
 fn summary_of(r: &Rollout) -> RolloutSummary {
