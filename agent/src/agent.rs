@@ -130,7 +130,8 @@ impl Shared {
         s.counters.insert("inference_errors".into(), sc.errors);
         s.counters.insert("no_model".into(), sc.no_model);
         s.counters.insert("bad_input".into(), sc.bad_input);
-        s.counters.insert("shadow_dropped".into(), sc.shadow_dropped);
+        s.counters
+            .insert("shadow_dropped".into(), sc.shadow_dropped);
         s.counters.insert(
             "windows_published".into(),
             m.windows_published.load(Ordering::Relaxed),
@@ -168,7 +169,11 @@ impl Shared {
         metrics::render(&self.metrics, &self.scrape())
     }
 
-    pub(crate) fn feedback(&self, request_id: u64, label: &FeedbackLabel) -> Result<bool, FeedbackError> {
+    pub(crate) fn feedback(
+        &self,
+        request_id: u64,
+        label: &FeedbackLabel,
+    ) -> Result<bool, FeedbackError> {
         let rt = &self.runtime;
         let now_ms = rt.clock().now().0;
         let mut bad_name = None;
@@ -319,16 +324,18 @@ impl Agent {
         runtime.set_active(active);
         runtime.set_previous(previous);
         let shadow = match candidate {
-            Some(c) => match Shadow::start(c, pointers.shadow_per_mille, config.shadow_queue, clock) {
-                Ok(s) => {
-                    runtime.set_shadow(Some(s.clone()));
-                    Some(s)
+            Some(c) => {
+                match Shadow::start(c, pointers.shadow_per_mille, config.shadow_queue, clock) {
+                    Ok(s) => {
+                        runtime.set_shadow(Some(s.clone()));
+                        Some(s)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the shadow worker");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the shadow worker");
-                    None
-                }
-            },
+            }
             None => None,
         };
 
@@ -355,12 +362,8 @@ impl Agent {
             None => None,
         };
 
-        let (hello_tx, hello_rx) = watch::channel(initial_hello(
-            &config,
-            &pointers,
-            &trust,
-            outbox_seqs.len(),
-        ));
+        let (hello_tx, hello_rx) =
+            watch::channel(initial_hello(&config, &pointers, &trust, outbox_seqs.len()));
         let (ev_tx, ev_rx) = mpsc::channel(256);
         let link = link::spawn(
             LinkConfig {

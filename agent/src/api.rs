@@ -120,7 +120,10 @@ fn body_error(shared: &Shared, r: &BytesRejection) -> Response {
             shared,
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("request bodies are limited to {} bytes", shared.config.max_body_bytes),
+            format!(
+                "request bodies are limited to {} bytes",
+                shared.config.max_body_bytes
+            ),
         )
     } else {
         error(shared, StatusCode::BAD_REQUEST, "bad_body", r.body_text())
@@ -128,7 +131,12 @@ fn body_error(shared: &Shared, r: &BytesRejection) -> Response {
 }
 
 async fn not_found(State(shared): State<Arc<Shared>>) -> Response {
-    error(&shared, StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    error(
+        &shared,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
 }
 
 enum BodyKind {
@@ -144,7 +152,12 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, String> {
     let ct = ct
         .to_str()
         .map_err(|_| "content type is not ASCII".to_string())?;
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(BodyKind::Json),
         "application/octet-stream" => Ok(BodyKind::Binary),
@@ -181,7 +194,11 @@ fn json_error(shared: &Shared, e: &serde_json::Error) -> Response {
     error(shared, StatusCode::BAD_REQUEST, code, e.to_string())
 }
 
-fn parse_infer(shared: &Shared, kind: BodyKind, body: &[u8]) -> Result<InferRequest, Box<Response>> {
+fn parse_infer(
+    shared: &Shared,
+    kind: BodyKind,
+    body: &[u8],
+) -> Result<InferRequest, Box<Response>> {
     match kind {
         BodyKind::Binary => {
             if body.len() % 4 != 0 {
@@ -199,7 +216,8 @@ fn parse_infer(shared: &Shared, kind: BodyKind, body: &[u8]) -> Result<InferRequ
             Ok(InferRequest::new(data))
         }
         BodyKind::Json => {
-            let b: InferBody = serde_json::from_slice(body).map_err(|e| Box::new(json_error(shared, &e)))?;
+            let b: InferBody =
+                serde_json::from_slice(body).map_err(|e| Box::new(json_error(shared, &e)))?;
             match (b.inputs, b.data) {
                 (Some(inputs), None) if b.shape.is_none() => {
                     let mut it = inputs.into_iter();
@@ -270,7 +288,12 @@ async fn infer(
     let kind = match body_kind(&headers) {
         Ok(k) => k,
         Err(detail) => {
-            return error(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail);
+            return error(
+                &shared,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                detail,
+            );
         }
     };
     let body = match body {

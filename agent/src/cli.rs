@@ -138,8 +138,9 @@ pub fn parse_root_key(arg: &str) -> anyhow::Result<PublicKey> {
     if looks_hex {
         anyhow::bail!("--root-key {arg} is not a valid ed25519 public key");
     }
-    let text = std::fs::read_to_string(arg)
-        .with_context(|| format!("--root-key {arg:?} is neither 64 hex characters nor a readable file"))?;
+    let text = std::fs::read_to_string(arg).with_context(|| {
+        format!("--root-key {arg:?} is neither 64 hex characters nor a readable file")
+    })?;
     PublicKey::from_hex(text.trim())
         .map_err(|_| anyhow::anyhow!("{arg}: does not hold a 64-hex-character ed25519 public key"))
 }
@@ -206,7 +207,10 @@ pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<
             println!("unit:     {}", i.unit.display());
             println!("config:   {}", i.config.display());
             println!("data dir: {}", i.data_dir.display());
-            println!("next: useradd --system drover; chown -R drover: {}; systemctl enable --now drover-agent", i.data_dir.display());
+            println!(
+                "next: useradd --system drover; chown -R drover: {}; systemctl enable --now drover-agent",
+                i.data_dir.display()
+            );
             Ok(())
         }
         Command::Status { config, api } => {
@@ -215,10 +219,14 @@ pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<
                 (Some(c), None) => AgentConfig::load(&c)
                     .map_err(CliError::usage)?
                     .api
-                    .ok_or_else(|| CliError::usage(anyhow::anyhow!("{} configures no api", c.display())))?,
+                    .ok_or_else(|| {
+                        CliError::usage(anyhow::anyhow!("{} configures no api", c.display()))
+                    })?,
                 (None, None) => SocketAddr::from(([127, 0, 0, 1], 7070)),
             };
-            let body = http_get(addr, "/v1/status").await.map_err(CliError::failure)?;
+            let body = http_get(addr, "/v1/status")
+                .await
+                .map_err(CliError::failure)?;
             let pretty = serde_json::from_str::<serde_json::Value>(&body)
                 .and_then(|v| serde_json::to_string_pretty(&v))
                 .unwrap_or(body);
@@ -231,7 +239,9 @@ pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<
 async fn run(config: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
     let cfg = AgentConfig::load(config)
         .and_then(|c| c.apply_env(env))
-        .map_err(|e| CliError::usage(anyhow::Error::new(e).context(format!("config {}", config.display()))))?;
+        .map_err(|e| {
+            CliError::usage(anyhow::Error::new(e).context(format!("config {}", config.display())))
+        })?;
     let agent = Agent::start(cfg).await.map_err(|e| match e {
         crate::AgentError::Config(_) => CliError::usage(e),
         _ => CliError::failure(e),
@@ -294,9 +304,23 @@ mod tests {
     fn args(dir: &Path) -> Vec<String> {
         let key = TestKeys::new(1).root.public_key().to_hex();
         [
-            "drover-agent", "init", "--device-id", "dev-1", "--fleet", "prod", "--broker",
-            "mqtt://127.0.0.1:1883", "--root-key", &key, "--labels", "site=a,region=eu",
-            "--username", "dev-1", "--password", "pw", "--out",
+            "drover-agent",
+            "init",
+            "--device-id",
+            "dev-1",
+            "--fleet",
+            "prod",
+            "--broker",
+            "mqtt://127.0.0.1:1883",
+            "--root-key",
+            &key,
+            "--labels",
+            "site=a,region=eu",
+            "--username",
+            "dev-1",
+            "--password",
+            "pw",
+            "--out",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -315,7 +339,10 @@ mod tests {
         assert_eq!(c.api, Some("127.0.0.1:7070".parse().unwrap()));
         // Refuses to overwrite.
         let cli = Cli::try_parse_from(args(dir.path())).unwrap();
-        assert_eq!(dispatch(cli, &|_| None).await.unwrap_err().exit_code, EX_FAILURE);
+        assert_eq!(
+            dispatch(cli, &|_| None).await.unwrap_err().exit_code,
+            EX_FAILURE
+        );
 
         for (flag, bad) in [
             ("--device-id", "Dev 1"),

@@ -251,39 +251,151 @@ enum Kind {
 /// Every key, how its env override parses, and its one-line doc for the
 /// commented file `init` writes.
 const KEYS: &[(&str, Kind, &str)] = &[
-    ("device_id", Kind::Str, "This device's id ([a-z0-9_-], at most 64 bytes)."),
-    ("fleet", Kind::Str, "Fleet name; the second segment of every topic."),
+    (
+        "device_id",
+        Kind::Str,
+        "This device's id ([a-z0-9_-], at most 64 bytes).",
+    ),
+    (
+        "fleet",
+        Kind::Str,
+        "Fleet name; the second segment of every topic.",
+    ),
     ("broker", Kind::Str, "MQTT broker, mqtt://HOST[:PORT]."),
-    ("root_key", Kind::Str, "Pinned root public key (hex) that signs key lists."),
-    ("data_dir", Kind::Str, "Database, model files and downloads live here."),
+    (
+        "root_key",
+        Kind::Str,
+        "Pinned root public key (hex) that signs key lists.",
+    ),
+    (
+        "data_dir",
+        Kind::Str,
+        "Database, model files and downloads live here.",
+    ),
     ("username", Kind::Str, "MQTT username (optional)."),
     ("password", Kind::Str, "MQTT password (optional)."),
-    ("labels", Kind::Labels, "Operator labels reported in Hello (env: k=v,k2=v2)."),
-    ("hardware", Kind::Str, "Hardware class label reported in Hello."),
-    ("api", Kind::Str, "Loopback HTTP API address; omit to disable, port 0 = any."),
-    ("max_body_bytes", Kind::Int, "Largest HTTP request body, bytes."),
-    ("telemetry_window_ms", Kind::Int, "Telemetry window length, ms."),
-    ("outbox_capacity", Kind::Int, "Windows kept at most; oldest evicted and counted."),
-    ("outbox_max_in_flight", Kind::Int, "Windows published and not yet acknowledged, at most."),
-    ("outbox_retransmit_ms", Kind::Int, "Unacknowledged windows are re-published after this long, ms."),
+    (
+        "labels",
+        Kind::Labels,
+        "Operator labels reported in Hello (env: k=v,k2=v2).",
+    ),
+    (
+        "hardware",
+        Kind::Str,
+        "Hardware class label reported in Hello.",
+    ),
+    (
+        "api",
+        Kind::Str,
+        "Loopback HTTP API address; omit to disable, port 0 = any.",
+    ),
+    (
+        "max_body_bytes",
+        Kind::Int,
+        "Largest HTTP request body, bytes.",
+    ),
+    (
+        "telemetry_window_ms",
+        Kind::Int,
+        "Telemetry window length, ms.",
+    ),
+    (
+        "outbox_capacity",
+        Kind::Int,
+        "Windows kept at most; oldest evicted and counted.",
+    ),
+    (
+        "outbox_max_in_flight",
+        Kind::Int,
+        "Windows published and not yet acknowledged, at most.",
+    ),
+    (
+        "outbox_retransmit_ms",
+        Kind::Int,
+        "Unacknowledged windows are re-published after this long, ms.",
+    ),
     ("chunk_size", Kind::Int, "Bytes per chunk request."),
-    ("chunk_window", Kind::Int, "Chunk requests outstanding at most."),
-    ("chunk_timeout_ms", Kind::Int, "Unanswered chunk requests are re-sent after this long, ms."),
-    ("download_stall_ms", Kind::Int, "A download with no progress this long (online) fails, ms."),
-    ("max_model_bytes", Kind::Int, "Largest model artifact accepted, bytes."),
-    ("disk_budget_bytes", Kind::Int, "Disk budget for model files, bytes."),
-    ("guard_max_error_rate", Kind::Float, "Local guard: error rate that rolls a new model back."),
-    ("guard_min_samples", Kind::Int, "Local guard: inferences a window needs to be judged."),
-    ("guard_max_windows", Kind::Int, "Local guard: windows to wait for traffic before giving up."),
-    ("shadow_queue", Kind::Int, "Shadow queue length; overflow is dropped and counted."),
-    ("capture_capacity", Kind::Int, "Input rows kept per model for Capture commands."),
-    ("capture_per_mille", Kind::Int, "Share of inputs kept for capture, per mille."),
-    ("feedback_capacity", Kind::Int, "Recent request ids remembered per model for feedback."),
-    ("feedback_ttl_ms", Kind::Int, "Feedback older than this is refused, ms."),
+    (
+        "chunk_window",
+        Kind::Int,
+        "Chunk requests outstanding at most.",
+    ),
+    (
+        "chunk_timeout_ms",
+        Kind::Int,
+        "Unanswered chunk requests are re-sent after this long, ms.",
+    ),
+    (
+        "download_stall_ms",
+        Kind::Int,
+        "A download with no progress this long (online) fails, ms.",
+    ),
+    (
+        "max_model_bytes",
+        Kind::Int,
+        "Largest model artifact accepted, bytes.",
+    ),
+    (
+        "disk_budget_bytes",
+        Kind::Int,
+        "Disk budget for model files, bytes.",
+    ),
+    (
+        "guard_max_error_rate",
+        Kind::Float,
+        "Local guard: error rate that rolls a new model back.",
+    ),
+    (
+        "guard_min_samples",
+        Kind::Int,
+        "Local guard: inferences a window needs to be judged.",
+    ),
+    (
+        "guard_max_windows",
+        Kind::Int,
+        "Local guard: windows to wait for traffic before giving up.",
+    ),
+    (
+        "shadow_queue",
+        Kind::Int,
+        "Shadow queue length; overflow is dropped and counted.",
+    ),
+    (
+        "capture_capacity",
+        Kind::Int,
+        "Input rows kept per model for Capture commands.",
+    ),
+    (
+        "capture_per_mille",
+        Kind::Int,
+        "Share of inputs kept for capture, per mille.",
+    ),
+    (
+        "feedback_capacity",
+        Kind::Int,
+        "Recent request ids remembered per model for feedback.",
+    ),
+    (
+        "feedback_ttl_ms",
+        Kind::Int,
+        "Feedback older than this is refused, ms.",
+    ),
     ("keep_alive_secs", Kind::Int, "MQTT keep-alive, seconds."),
-    ("reconnect_min_ms", Kind::Int, "First reconnect delay, ms (doubles, with jitter)."),
-    ("reconnect_max_ms", Kind::Int, "Longest reconnect delay, ms."),
-    ("simulated_extra_latency_us", Kind::Int, "Simulation only: added to measured latency. Keep 0."),
+    (
+        "reconnect_min_ms",
+        Kind::Int,
+        "First reconnect delay, ms (doubles, with jitter).",
+    ),
+    (
+        "reconnect_max_ms",
+        Kind::Int,
+        "Longest reconnect delay, ms.",
+    ),
+    (
+        "simulated_extra_latency_us",
+        Kind::Int,
+        "Simulation only: added to measured latency. Keep 0.",
+    ),
 ];
 
 /// A broker address parsed from `mqtt://HOST[:PORT]`.
@@ -308,7 +420,10 @@ pub fn parse_broker(url: &str) -> Result<BrokerAddr, ConfigError> {
         })?;
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-        return Err(invalid("broker", format!("{url:?} is not mqtt://HOST[:PORT]")));
+        return Err(invalid(
+            "broker",
+            format!("{url:?} is not mqtt://HOST[:PORT]"),
+        ));
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, _)) if !h.ends_with(']') && h.contains(':') => (rest, "1883"),
@@ -398,26 +513,28 @@ impl AgentConfig {
         &self,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<AgentConfig, ConfigError> {
-        let mut table = toml::Table::try_from(self).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut table =
+            toml::Table::try_from(self).map_err(|e| ConfigError::Parse(e.to_string()))?;
         for (key, kind, _) in KEYS {
             let var = format!("DROVER_AGENT_{}", key.to_ascii_uppercase());
             let Some(raw) = lookup(&var) else { continue };
-            let value = match kind {
-                Kind::Str => toml::Value::String(raw),
-                Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| {
-                    ConfigError::Parse(format!("{var}={raw:?} is not an integer"))
-                })?),
-                Kind::Float => toml::Value::Float(raw.trim().parse().map_err(|_| {
-                    ConfigError::Parse(format!("{var}={raw:?} is not a number"))
-                })?),
-                Kind::Labels => {
-                    let mut t = toml::Table::new();
-                    for (k, v) in parse_labels(&raw)? {
-                        t.insert(k, toml::Value::String(v));
+            let value =
+                match kind {
+                    Kind::Str => toml::Value::String(raw),
+                    Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| {
+                        ConfigError::Parse(format!("{var}={raw:?} is not an integer"))
+                    })?),
+                    Kind::Float => toml::Value::Float(raw.trim().parse().map_err(|_| {
+                        ConfigError::Parse(format!("{var}={raw:?} is not a number"))
+                    })?),
+                    Kind::Labels => {
+                        let mut t = toml::Table::new();
+                        for (k, v) in parse_labels(&raw)? {
+                            t.insert(k, toml::Value::String(v));
+                        }
+                        toml::Value::Table(t)
                     }
-                    toml::Value::Table(t)
-                }
-            };
+                };
             table.insert((*key).to_string(), value);
         }
         let c: AgentConfig = table
@@ -438,7 +555,9 @@ impl AgentConfig {
         {
             return Err(invalid(
                 "api",
-                format!("{api} is not a loopback address; the inference API serves local apps only"),
+                format!(
+                    "{api} is not a loopback address; the inference API serves local apps only"
+                ),
             ));
         }
         for (k, v) in &self.labels {
@@ -652,7 +771,10 @@ mod tests {
         let zero = |k: &str| (k == "DROVER_AGENT_CHUNK_WINDOW").then(|| "0".to_string());
         assert!(matches!(
             c.apply_env(&zero),
-            Err(ConfigError::Invalid { key: "chunk_window", .. })
+            Err(ConfigError::Invalid {
+                key: "chunk_window",
+                ..
+            })
         ));
     }
 
@@ -660,15 +782,31 @@ mod tests {
     fn bad_values_are_refused_with_the_key() {
         assert!(parse_broker("mqtt://h:1").is_ok());
         assert_eq!(parse_broker("mqtt://[::1]:99").unwrap().host, "::1");
-        for bad in ["http://h", "mqtt://", "mqtt://h:0", "mqtt://h:x", "mqtt://u@h", "mqtts://h"] {
+        for bad in [
+            "http://h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://u@h",
+            "mqtts://h",
+        ] {
             assert!(parse_broker(bad).is_err(), "{bad}");
         }
         let mut c = config();
         c.api = Some("0.0.0.0:7070".parse().unwrap());
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "api", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid { key: "api", .. })
+        ));
         let mut c = config();
         c.chunk_size = 10 * 1024 * 1024;
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "chunk_size", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "chunk_size",
+                ..
+            })
+        ));
         let text = config().to_commented_toml().unwrap();
         assert!(AgentConfig::from_toml(&format!("{text}\nbogus = 1\n")).is_err());
         assert!(

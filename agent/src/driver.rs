@@ -90,9 +90,7 @@ fn agent_version() -> AgentVersion {
     AgentVersion::parse(crate::AGENT_VERSION).unwrap_or_default()
 }
 
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, Reason> {
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, Reason> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Reason::new("internal", format!("worker task failed: {e}")))
@@ -241,9 +239,8 @@ impl Driver {
             self.tick(now).await;
             self.publish_state();
             let deadline = self.next_deadline();
-            let deadline = tokio::time::Instant::from_std(
-                self.shared.runtime.clock().instant_of(deadline),
-            );
+            let deadline =
+                tokio::time::Instant::from_std(self.shared.runtime.clock().instant_of(deadline));
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.handle_link_event(ev).await,
@@ -327,9 +324,10 @@ impl Driver {
             }
         });
         let metrics = &self.shared.metrics;
-        metrics
-            .outbox_depth
-            .store(self.outbox.depth() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.outbox_depth.store(
+            self.outbox.depth() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let downloads = [&self.deploy_job, &self.shadow_job]
             .into_iter()
             .flatten()
@@ -440,10 +438,7 @@ impl Driver {
                 let deleted = self.outbox.handle_ack(&ack.seqs);
                 self.last_ack = Some(now);
                 if !deleted.is_empty() {
-                    let r = self
-                        .store
-                        .call(move |s| s.outbox_delete(&deleted))
-                        .await;
+                    let r = self.store.call(move |s| s.outbox_delete(&deleted)).await;
                     if let Err(e) = r {
                         tracing::error!(error = %e, "deleting acknowledged windows");
                     }
@@ -547,7 +542,11 @@ impl Driver {
             return;
         }
         self.trust = next;
-        tracing::info!(seq = cmd.seq, action = cmd.action.kind(), "command accepted");
+        tracing::info!(
+            seq = cmd.seq,
+            action = cmd.action.kind(),
+            "command accepted"
+        );
         self.link.send(
             &Up::Ack(CommandAck {
                 seq: cmd.seq,
@@ -561,7 +560,9 @@ impl Driver {
     async fn act(&mut self, cmd: Command, now: Timestamp) {
         let seq = cmd.seq;
         match cmd.action {
-            Action::Deploy { manifest } => self.start_job(seq, JobKind::Deploy, manifest, now).await,
+            Action::Deploy { manifest } => {
+                self.start_job(seq, JobKind::Deploy, manifest, now).await
+            }
             Action::Shadow {
                 manifest,
                 sample_per_mille,
@@ -573,8 +574,10 @@ impl Driver {
             }
             Action::StopShadow => {
                 if let Some(mut j) = self.shadow_job.take() {
-                    j.core
-                        .cancel(Reason::new("cancelled", format!("stopped by command {seq}")), true);
+                    j.core.cancel(
+                        Reason::new("cancelled", format!("stopped by command {seq}")),
+                        true,
+                    );
                     self.run_actions(&mut j).await;
                 }
                 self.stop_shadow().await;
@@ -654,7 +657,12 @@ impl Driver {
             }
             JobKind::Deploy => {}
         }
-        if let Err(r) = deploy::admit(&m, agent_version(), &self.cfg.limits(), self.disk_in_use(kind)) {
+        if let Err(r) = deploy::admit(
+            &m,
+            agent_version(),
+            &self.cfg.limits(),
+            self.disk_in_use(kind),
+        ) {
             self.report(seq, model, DeployPhase::Failed(r));
             return;
         }
@@ -763,11 +771,15 @@ impl Driver {
                         Ok(Ok(())) => {
                             let p = j.core.pending();
                             let slot = j.slot;
-                            if let Err(e) = self.store.call(move |s| s.put_pending(slot, &p)).await {
-                                j.core.handle_write_failed(&format!("recording progress: {e}"));
+                            if let Err(e) = self.store.call(move |s| s.put_pending(slot, &p)).await
+                            {
+                                j.core
+                                    .handle_write_failed(&format!("recording progress: {e}"));
                             }
                         }
-                        Ok(Err(e)) => j.core.handle_write_failed(&format!("{}: {e}", j.file.display())),
+                        Ok(Err(e)) => j
+                            .core
+                            .handle_write_failed(&format!("{}: {e}", j.file.display())),
                         Err(r) => j.core.handle_write_failed(&r.detail),
                     }
                 }
@@ -802,7 +814,10 @@ impl Driver {
                 DeployAction::RunHealthChecks => {
                     let r = match j.loaded.clone() {
                         Some(lm) => blocking(move || lm.health_check()).await.and_then(|r| r),
-                        None => Err(Reason::new("internal", "health check without a loaded model")),
+                        None => Err(Reason::new(
+                            "internal",
+                            "health check without a loaded model",
+                        )),
                     };
                     j.core.handle_health(r);
                 }
@@ -917,7 +932,11 @@ impl Driver {
         self.retired.push(old.candidate().clone());
     }
 
-    async fn begin_shadow(&mut self, candidate: Arc<LoadedModel>, per_mille: u16) -> Result<(), Reason> {
+    async fn begin_shadow(
+        &mut self,
+        candidate: Arc<LoadedModel>,
+        per_mille: u16,
+    ) -> Result<(), Reason> {
         let clock = *self.shared.runtime.clock();
         let shadow = Shadow::start(candidate, per_mille, self.cfg.shadow_queue, clock)
             .map_err(|e| Reason::new("shadow_failed", e.to_string()))?;
@@ -934,10 +953,10 @@ impl Driver {
             if !Arc::ptr_eq(old.candidate(), shadow.candidate()) {
                 self.retire_shadow(&old);
             } else {
-                self.shared.metrics.shadow_dropped_closed.fetch_add(
-                    old.dropped_total(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.shared
+                    .metrics
+                    .shadow_dropped_closed
+                    .fetch_add(old.dropped_total(), std::sync::atomic::Ordering::Relaxed);
             }
         }
         self.shadow = Some(shadow);
@@ -1237,26 +1256,34 @@ impl Driver {
         for m in others {
             let acc = m.recorder().take();
             if acc.count() > 0 || acc.labelled() > 0 {
-                windows.push(
-                    self.windower
-                        .seal(&b, m.recorder().spec(), ModelRole::Active, acc, None),
-                );
+                windows.push(self.windower.seal(
+                    &b,
+                    m.recorder().spec(),
+                    ModelRole::Active,
+                    acc,
+                    None,
+                ));
             }
         }
         if let Some(s) = &self.shadow {
             let c = s.candidate();
             let acc = c.recorder().take();
             if acc.count() > 0 {
-                windows.push(
-                    self.windower
-                        .seal(&b, c.recorder().spec(), ModelRole::Shadow, acc, None),
-                );
+                windows.push(self.windower.seal(
+                    &b,
+                    c.recorder().spec(),
+                    ModelRole::Shadow,
+                    acc,
+                    None,
+                ));
             }
         }
         let mut decisions = Vec::new();
         for w in windows {
             if w.role == ModelRole::Active {
-                self.shared.metrics.add_closed(w.count, w.errors, &w.latency);
+                self.shared
+                    .metrics
+                    .add_closed(w.count, w.errors, &w.latency);
             }
             if let Some(d) = self.guard.handle_window(&w) {
                 decisions.push(d);
@@ -1297,7 +1324,11 @@ impl Driver {
                 }
                 let Some(prev) = rt.previous() else {
                     tracing::error!(%from, %reason, "local guard wants a rollback but there is no previous model");
-                    self.report(0, from, DeployPhase::Failed(Reason::new("guard_no_previous", reason.detail)));
+                    self.report(
+                        0,
+                        from,
+                        DeployPhase::Failed(Reason::new("guard_no_previous", reason.detail)),
+                    );
                     return;
                 };
                 let to = prev.model_ref().clone();

@@ -166,7 +166,9 @@ mod tests {
         assert!(unit.contains("Restart=on-failure"));
         assert!(unit.contains("ProtectSystem=strict"));
         assert!(unit.contains("ReadWritePaths=/var/lib/drover-agent"));
-        assert!(unit.contains("ExecStart=/usr/bin/drover-agent run --config /etc/drover/agent.toml"));
+        assert!(
+            unit.contains("ExecStart=/usr/bin/drover-agent run --config /etc/drover/agent.toml")
+        );
         assert_eq!(got.config, root.join("etc/drover/agent.toml"));
         assert_eq!(
             AgentConfig::load(&got.config).unwrap(),

@@ -128,9 +128,7 @@ enum Polled {
 }
 
 fn jittered(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let exp = min
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(max);
+    let exp = min.saturating_mul(1u32 << attempt.min(20)).min(max);
     let mut b = [0u8; 8];
     let r = if getrandom::fill(&mut b).is_ok() {
         u64::from_le_bytes(b)
@@ -208,12 +206,7 @@ pub(crate) fn spawn(
     Link { tx }
 }
 
-async fn poll_loop(
-    mut el: EventLoop,
-    tx: mpsc::Sender<Polled>,
-    min: Duration,
-    max: Duration,
-) {
+async fn poll_loop(mut el: EventLoop, tx: mpsc::Sender<Polled>, min: Duration, max: Duration) {
     let mut failures: u32 = 0;
     loop {
         let polled = match el.poll().await {
@@ -330,10 +323,12 @@ impl Manager {
             } else {
                 &self.topics.up
             };
-            match self
-                .client
-                .try_publish(topic.clone(), QoS::AtLeastOnce, o.retain, o.payload.clone())
-            {
+            match self.client.try_publish(
+                topic.clone(),
+                QoS::AtLeastOnce,
+                o.retain,
+                o.payload.clone(),
+            ) {
                 Ok(()) => {
                     if let Some(mut o) = self.queue.pop_front() {
                         if o.delivery == Delivery::BestEffort {
@@ -416,7 +411,10 @@ impl Manager {
                     tracing::warn!(%topic, "message on a topic this agent did not subscribe to");
                     return;
                 };
-                let _ = self.events.send(LinkEvent::Message { channel, payload }).await;
+                let _ = self
+                    .events
+                    .send(LinkEvent::Message { channel, payload })
+                    .await;
             }
             Polled::Closed => {}
         }

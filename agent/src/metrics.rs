@@ -115,7 +115,9 @@ pub(crate) struct Scrape {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition.
@@ -124,8 +126,18 @@ pub(crate) fn render(m: &Metrics, s: &Scrape) -> String {
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
-    counter(&mut o, "drover_agent_inferences_total", "Inferences run.", s.inferences);
-    counter(&mut o, "drover_agent_inference_errors_total", "Inferences that failed.", s.errors);
+    counter(
+        &mut o,
+        "drover_agent_inferences_total",
+        "Inferences run.",
+        s.inferences,
+    );
+    counter(
+        &mut o,
+        "drover_agent_inference_errors_total",
+        "Inferences that failed.",
+        s.errors,
+    );
     counter(
         &mut o,
         "drover_agent_no_model_total",
@@ -199,7 +211,10 @@ pub(crate) fn render(m: &Metrics, s: &Scrape) -> String {
     );
     for q in [0.5, 0.9, 0.95, 0.99] {
         if let Some(v) = s.latency.quantile(q) {
-            let _ = writeln!(o, "drover_agent_inference_latency_us{{quantile=\"{q}\"}} {v}");
+            let _ = writeln!(
+                o,
+                "drover_agent_inference_latency_us{{quantile=\"{q}\"}} {v}"
+            );
         }
     }
     let _ = writeln!(
@@ -208,12 +223,13 @@ pub(crate) fn render(m: &Metrics, s: &Scrape) -> String {
         (s.latency.mean() * s.latency.count() as f64).round(),
         s.latency.count()
     );
-    let labelled = |o: &mut String, name: &str, help: &str, label: &str, map: BTreeMap<String, u64>| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (k, v) in map {
-            let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {v}", esc(&k));
-        }
-    };
+    let labelled =
+        |o: &mut String, name: &str, help: &str, label: &str, map: BTreeMap<String, u64>| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (k, v) in map {
+                let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {v}", esc(&k));
+            }
+        };
     labelled(
         &mut o,
         "drover_agent_rejected_commands_total",
@@ -278,7 +294,9 @@ mod tests {
         s.active = Some("sensor@1".into());
         let text = render(&m, &s);
         assert!(text.contains("drover_agent_inferences_total 100"));
-        assert!(text.contains("drover_agent_rejected_commands_total{reason=\"replayed_command\"} 2"));
+        assert!(
+            text.contains("drover_agent_rejected_commands_total{reason=\"replayed_command\"} 2")
+        );
         assert!(text.contains("drover_agent_malformed_payloads_total{kind=\"down:malformed\"} 1"));
         assert!(text.contains("drover_agent_inference_latency_us{quantile=\"0.5\"}"));
         assert!(text.contains("drover_agent_active_model{model=\"sensor@1\"} 1"));

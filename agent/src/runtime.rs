@@ -134,12 +134,13 @@ impl LoadedModel {
                 input.shape
             )));
         }
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(|e| match classify(&e) {
-                RuntimeError::Tract(s) => RuntimeError::NotOnnx(s),
-                other => other,
-            })?;
+        let model =
+            tract_onnx::onnx()
+                .model_for_read(&mut &bytes[..])
+                .map_err(|e| match classify(&e) {
+                    RuntimeError::Tract(s) => RuntimeError::NotOnnx(s),
+                    other => other,
+                })?;
         let plan = model
             .with_input_fact(0, f32::fact(&input_shape).into())
             .and_then(|m| m.into_optimized())
@@ -270,7 +271,9 @@ impl LoadedModel {
         }
         let cast = t.cast_to::<f32>().ok()?;
         let view = cast.try_as_plain_ram().ok()?;
-        Some(std::borrow::Cow::Owned(view.as_slice::<f32>().ok()?.to_vec()))
+        Some(std::borrow::Cow::Owned(
+            view.as_slice::<f32>().ok()?.to_vec(),
+        ))
     }
 
     /// The primary output of a run, as f32.
@@ -295,12 +298,12 @@ impl LoadedModel {
         let index = match from_label {
             Some(i) => i,
             None => {
-                let (i, _) = primary
-                    .iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, v)| {
+                let (i, _) = primary.iter().enumerate().fold(
+                    (0usize, f32::NEG_INFINITY),
+                    |(bi, bv), (i, v)| {
                         if *v > bv { (i, *v) } else { (bi, bv) }
-                    });
+                    },
+                );
                 u32::try_from(i).ok()?
             }
         };
@@ -314,20 +317,22 @@ impl LoadedModel {
             .map(|(t, slot)| {
                 let plain = t.try_as_plain_ram().ok();
                 let data = match (t.datum_type(), plain) {
-                    (DatumType::F32, Some(v)) => {
-                        TensorData::F32(v.as_slice::<f32>().map(<[f32]>::to_vec).unwrap_or_default())
-                    }
-                    (DatumType::F64, Some(v)) => {
-                        TensorData::F64(v.as_slice::<f64>().map(<[f64]>::to_vec).unwrap_or_default())
-                    }
-                    (DatumType::I32, Some(v)) => {
-                        TensorData::I32(v.as_slice::<i32>().map(<[i32]>::to_vec).unwrap_or_default())
-                    }
-                    (DatumType::I64, Some(v)) => {
-                        TensorData::I64(v.as_slice::<i64>().map(<[i64]>::to_vec).unwrap_or_default())
-                    }
+                    (DatumType::F32, Some(v)) => TensorData::F32(
+                        v.as_slice::<f32>().map(<[f32]>::to_vec).unwrap_or_default(),
+                    ),
+                    (DatumType::F64, Some(v)) => TensorData::F64(
+                        v.as_slice::<f64>().map(<[f64]>::to_vec).unwrap_or_default(),
+                    ),
+                    (DatumType::I32, Some(v)) => TensorData::I32(
+                        v.as_slice::<i32>().map(<[i32]>::to_vec).unwrap_or_default(),
+                    ),
+                    (DatumType::I64, Some(v)) => TensorData::I64(
+                        v.as_slice::<i64>().map(<[i64]>::to_vec).unwrap_or_default(),
+                    ),
                     _ => TensorData::F32(
-                        Self::f32_values(t).map(|c| c.into_owned()).unwrap_or_default(),
+                        Self::f32_values(t)
+                            .map(|c| c.into_owned())
+                            .unwrap_or_default(),
                     ),
                 };
                 OutputTensor {
@@ -345,10 +350,16 @@ impl LoadedModel {
         let hc = &self.manifest.health_checks;
         for (i, s) in hc.samples.iter().enumerate() {
             let outs = self.run(&s.input).map_err(|e| {
-                Reason::new("health_check_failed", format!("sample {i} did not run: {e}"))
+                Reason::new(
+                    "health_check_failed",
+                    format!("sample {i} did not run: {e}"),
+                )
             })?;
             let got = self.primary_values(&outs).ok_or_else(|| {
-                Reason::new("health_check_failed", format!("sample {i}: no primary output"))
+                Reason::new(
+                    "health_check_failed",
+                    format!("sample {i}: no primary output"),
+                )
             })?;
             if got.len() != s.expected.len() {
                 return Err(Reason::new(
@@ -493,7 +504,10 @@ impl Runtime {
         {
             return Err(self.bad_input(
                 "bad_shape",
-                format!("shape {shape:?} does not match the model's input shape {:?}", model.input_shape),
+                format!(
+                    "shape {shape:?} does not match the model's input shape {:?}",
+                    model.input_shape
+                ),
             ));
         }
         if req.data.len() != model.input_len {
@@ -633,8 +647,12 @@ pub(crate) mod tests {
     #[test]
     fn unsupported_operator_and_garbage_are_typed_errors() {
         let m = classifier_manifest("sensor_clf_v1.onnx", 1);
-        let e = LoadedModel::load(&fixture("unsupported_op.onnx"), m.clone(), RecorderConfig::default())
-            .unwrap_err();
+        let e = LoadedModel::load(
+            &fixture("unsupported_op.onnx"),
+            m.clone(),
+            RecorderConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(e, RuntimeError::UnsupportedOperator("Scaler".into()));
         assert_eq!(e.reason().code, "unsupported_operator");
         let e = LoadedModel::load(b"not onnx at all", m.clone(), RecorderConfig::default())
@@ -672,21 +690,36 @@ pub(crate) mod tests {
     #[test]
     fn infer_checks_input_swaps_atomically_and_records() {
         let rt = Runtime::new(Clock::new());
-        assert_eq!(rt.infer(InferRequest::new(vec![0.0; 4])), Err(InferError::NoModel));
+        assert_eq!(
+            rt.infer(InferRequest::new(vec![0.0; 4])),
+            Err(InferError::NoModel)
+        );
         let m1 = classifier_manifest("sensor_clf_v1.onnx", 1);
         let v1 = Arc::new(
-            LoadedModel::load(&fixture("sensor_clf_v1.onnx"), m1, RecorderConfig::default())
-                .unwrap(),
+            LoadedModel::load(
+                &fixture("sensor_clf_v1.onnx"),
+                m1,
+                RecorderConfig::default(),
+            )
+            .unwrap(),
         );
         rt.set_active(Some(v1.clone()));
-        let r = rt.infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0])).unwrap();
+        let r = rt
+            .infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0]))
+            .unwrap();
         assert_eq!(r.model.to_string(), "sensor@1");
         assert_eq!(r.outputs.len(), 2);
         assert_eq!(&*r.outputs[1].name, "probabilities");
         assert_eq!(r.outputs[1].shape, vec![1, 3]);
         assert!(r.label.is_some() && r.score.is_some());
         let bad = rt.infer(InferRequest::new(vec![0.0; 3])).unwrap_err();
-        assert!(matches!(bad, InferError::BadInput { code: "bad_shape", .. }));
+        assert!(matches!(
+            bad,
+            InferError::BadInput {
+                code: "bad_shape",
+                ..
+            }
+        ));
         let mut wrong = InferRequest::new(vec![0.0; 4]);
         wrong.shape = Some(vec![2, 2]);
         assert!(matches!(rt.infer(wrong), Err(InferError::BadInput { .. })));
@@ -694,7 +727,10 @@ pub(crate) mod tests {
         named.input = Some("nope".into());
         assert!(matches!(
             rt.infer(named),
-            Err(InferError::BadInput { code: "unknown_input", .. })
+            Err(InferError::BadInput {
+                code: "unknown_input",
+                ..
+            })
         ));
         assert_eq!(rt.bad_input_count(), 3);
         assert_eq!(v1.recorder().peek().count(), 1);
@@ -703,20 +739,28 @@ pub(crate) mod tests {
         let in_flight = rt.active().unwrap();
         let m2 = classifier_manifest("sensor_clf_v2.onnx", 2);
         let v2 = Arc::new(
-            LoadedModel::load(&fixture("sensor_clf_v2.onnx"), m2, RecorderConfig::default())
-                .unwrap(),
+            LoadedModel::load(
+                &fixture("sensor_clf_v2.onnx"),
+                m2,
+                RecorderConfig::default(),
+            )
+            .unwrap(),
         );
         let old = rt.set_active(Some(v2));
         rt.set_previous(old);
         assert_eq!(in_flight.model_ref().to_string(), "sensor@1");
         assert!(in_flight.run(&[0.0; 4]).is_ok());
-        let r2 = rt.infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0])).unwrap();
+        let r2 = rt
+            .infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0]))
+            .unwrap();
         assert_eq!(r2.model.to_string(), "sensor@2");
         assert!(r2.request_id > r.request_id);
         assert_eq!(rt.previous().unwrap().model_ref().to_string(), "sensor@1");
 
         rt.set_extra_latency_us(1_000_000);
-        let r3 = rt.infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0])).unwrap();
+        let r3 = rt
+            .infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0]))
+            .unwrap();
         assert!(r3.latency_us >= 1_000_000);
     }
 }

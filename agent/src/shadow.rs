@@ -97,7 +97,8 @@ impl Shadow {
 
     /// Takes the stats gathered since the last call.
     pub(crate) fn take_stats(&self) -> ShadowStats {
-        let mut s = std::mem::take(&mut *self.stats.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut s =
+            std::mem::take(&mut *self.stats.inner.lock().unwrap_or_else(|e| e.into_inner()));
         s.dropped = self.stats.dropped.swap(0, Ordering::Relaxed);
         s
     }
@@ -146,8 +147,12 @@ mod tests {
 
     fn model(file: &str, v: u64) -> Arc<LoadedModel> {
         Arc::new(
-            LoadedModel::load(&fixture(file), classifier_manifest(file, v), RecorderConfig::default())
-                .unwrap(),
+            LoadedModel::load(
+                &fixture(file),
+                classifier_manifest(file, v),
+                RecorderConfig::default(),
+            )
+            .unwrap(),
         )
     }
 

@@ -140,10 +140,12 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &'static str) -> Resul
 }
 
 fn parse_ref(s: &str) -> Result<ModelRef, StoreError> {
-    s.parse().map_err(|e: drover_protocol::ids::ModelRefError| StoreError::Corrupt {
-        what: "model ref",
-        detail: e.to_string(),
-    })
+    s.parse().map_err(
+        |e: drover_protocol::ids::ModelRefError| StoreError::Corrupt {
+            what: "model ref",
+            detail: e.to_string(),
+        },
+    )
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -179,12 +181,16 @@ impl Store {
 
     /// Where an installed artifact lives.
     pub fn model_path(&self, sha: &Sha256) -> PathBuf {
-        self.dir.join("models").join(format!("{}.onnx", sha.to_hex()))
+        self.dir
+            .join("models")
+            .join(format!("{}.onnx", sha.to_hex()))
     }
 
     /// Where a download in progress lives.
     pub fn partial_path(&self, sha: &Sha256) -> PathBuf {
-        self.dir.join("partial").join(format!("{}.part", sha.to_hex()))
+        self.dir
+            .join("partial")
+            .join(format!("{}.part", sha.to_hex()))
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -351,9 +357,9 @@ impl Store {
 
     /// Every installed model.
     pub fn models(&self) -> Result<Vec<InstalledModel>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT name, version, sha256, size, manifest FROM models ORDER BY name, version")?;
+        let mut st = self.conn.prepare(
+            "SELECT name, version, sha256, size, manifest FROM models ORDER BY name, version",
+        )?;
         let rows = st.query_map([], row_to_parts)?;
         let mut out = Vec::new();
         for r in rows {
@@ -598,7 +604,8 @@ mod tests {
             };
             s.put_pending(Slot::Deploy, &pending).unwrap();
             s.put_pending(Slot::Shadow, &pending).unwrap();
-            s.commit_install(&m, &p, &trust, Some(Slot::Deploy)).unwrap();
+            s.commit_install(&m, &p, &trust, Some(Slot::Deploy))
+                .unwrap();
             s.install_settings_for_test();
             let mut w = testkit::realistic_window(1);
             s.outbox_push(&w, &[]).unwrap();

@@ -202,9 +202,20 @@ impl RunningController {
     pub fn rollouts(&self) -> RolloutService {
         self.rollouts.clone()
     }
+    /// Stops everything at once, without draining: what `kill -9` leaves
+    /// behind is what SQLite committed. For crash tests and simulations.
+    pub fn kill(self) {
+        self.rollouts.stop();
+        for t in self.tasks {
+            t.abort();
+        }
+        tracing::info!("controller killed");
+    }
+
     /// Stops accepting work, lets tasks drain (ingest stores what it has
     /// queued) for up to the grace period, then aborts what is left.
     pub async fn shutdown(self) {
+        self.rollouts.stop();
         let _ = self.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + self.grace;
         for t in self.tasks {

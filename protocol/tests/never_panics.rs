@@ -1,5 +1,7 @@
 //! Arbitrary bytes never panic a decoder; they give a typed error or a value.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use drover_protocol::codec;
 use drover_protocol::messages::{Command, Down};
 use drover_protocol::testkit::{self, TestKeys};

@@ -1,6 +1,8 @@
 //! Every message survives encode → decode unchanged, and a realistic
 //! telemetry window stays within its size budget.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use drover_protocol::codec::{self, CodecError};
 use drover_protocol::messages::*;
 use drover_protocol::testkit::{self, TestKeys};

@@ -2,6 +2,8 @@
 //! suite: each must be refused with its specific error and leave the trust
 //! state exactly as it was.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use drover_protocol::manifest::ModelManifest;
 use drover_protocol::signing::{Ed25519Signer, Sign, SignatureError};
 use drover_protocol::testkit::{self, TestKeys};

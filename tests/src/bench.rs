@@ -109,16 +109,55 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let rss_end = rss_kib();
 
     println!();
-    println!("drover-sim bench: {} agents, {} inf/s each, {} ms windows", opts.agents, opts.rate, opts.window_ms);
+    println!(
+        "drover-sim bench: {} agents, {} inf/s each, {} ms windows",
+        opts.agents, opts.rate, opts.window_ms
+    );
     let rows = [
-        ("agents started (process)", format!("{:.1} s", started.as_secs_f64())),
-        ("all agents online", format!("{:.1} s", connected.as_secs_f64())),
-        ("rollout 50/100% to all (incl. 1 s bakes)", format!("{:.1} s ({phase})", dispatch.as_secs_f64())),
-        ("inference rate (whole fleet)", format!("{:.0} /s", (i1 - i0) as f64 / secs)),
-        ("telemetry ingest", format!("{:.0} windows/s", (w1 - w0) as f64 / secs)),
-        ("expected window rate", format!("{:.0} windows/s", opts.agents as f64 * 1000.0 / opts.window_ms as f64)),
-        ("RSS: before / controller / fleet / end", format!("{} / {} / {} / {} MiB", rss0 / 1024, rss_controller / 1024, rss_fleet / 1024, rss_end / 1024)),
-        ("RSS per agent (approx.)", format!("{:.0} KiB", (rss_fleet.saturating_sub(rss_controller)) as f64 / opts.agents.max(1) as f64)),
+        (
+            "agents started (process)",
+            format!("{:.1} s", started.as_secs_f64()),
+        ),
+        (
+            "all agents online",
+            format!("{:.1} s", connected.as_secs_f64()),
+        ),
+        (
+            "rollout 50/100% to all (incl. 1 s bakes)",
+            format!("{:.1} s ({phase})", dispatch.as_secs_f64()),
+        ),
+        (
+            "inference rate (whole fleet)",
+            format!("{:.0} /s", (i1 - i0) as f64 / secs),
+        ),
+        (
+            "telemetry ingest",
+            format!("{:.0} windows/s", (w1 - w0) as f64 / secs),
+        ),
+        (
+            "expected window rate",
+            format!(
+                "{:.0} windows/s",
+                opts.agents as f64 * 1000.0 / opts.window_ms as f64
+            ),
+        ),
+        (
+            "RSS: before / controller / fleet / end",
+            format!(
+                "{} / {} / {} / {} MiB",
+                rss0 / 1024,
+                rss_controller / 1024,
+                rss_fleet / 1024,
+                rss_end / 1024
+            ),
+        ),
+        (
+            "RSS per agent (approx.)",
+            format!(
+                "{:.0} KiB",
+                (rss_fleet.saturating_sub(rss_controller)) as f64 / opts.agents.max(1) as f64
+            ),
+        ),
     ];
     for (k, v) in rows {
         println!("  {k:<44} {v}");

@@ -81,7 +81,10 @@ fn spinner(msg: &str) -> ProgressBar {
 
 /// Trains a model with the reference trainer on `samples`; `scramble`
 /// permutes the labels first (the deliberately bad model).
-pub fn train_model(samples: &[data::Sample], scramble: bool) -> anyhow::Result<(Vec<u8>, Vec<u8>, f64)> {
+pub fn train_model(
+    samples: &[data::Sample],
+    scramble: bool,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, f64)> {
     let mut rows = samples.to_vec();
     if scramble {
         for s in rows.iter_mut() {
@@ -130,7 +133,9 @@ pub async fn rollout_and_wait(
     timeout: Duration,
     label: &str,
 ) -> anyhow::Result<(String, Value)> {
-    let spec: RolloutSpec = body.to_spec().map_err(|e| anyhow::anyhow!("{}", e.body.detail))?;
+    let spec: RolloutSpec = body
+        .to_spec()
+        .map_err(|e| anyhow::anyhow!("{}", e.body.detail))?;
     let created = rollouts.create(spec).await?;
     let pb = spinner(label);
     let deadline = Instant::now() + timeout;
@@ -142,7 +147,10 @@ pub async fn rollout_and_wait(
             .as_array()
             .map(|w| w.iter().filter_map(|w| w["updated"].as_u64()).sum())
             .unwrap_or(0);
-        pb.set_message(format!("{label}: {phase}, {updated}/{} devices", status["devices"]));
+        pb.set_message(format!(
+            "{label}: {phase}, {updated}/{} devices",
+            status["devices"]
+        ));
         if !d.status.active {
             pb.finish_and_clear();
             return Ok((phase, status));
@@ -172,7 +180,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         (name.to_string(), outcome, t.elapsed().as_secs_f64())
     };
     let dir = tempfile::tempdir()?;
-    println!("Drover demo: {} agents, embedded broker, SQLite in {}", opts.agents, dir.path().display());
+    println!(
+        "Drover demo: {} agents, embedded broker, SQLite in {}",
+        opts.agents,
+        dir.path().display()
+    );
 
     let t = Instant::now();
     let bake = format!("{}ms", opts.bake.as_millis());
@@ -187,14 +199,28 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .context("starting the controller")?;
     let ctl = running.handle();
     let rollouts = running.rollouts();
-    println!("  controller API: {}   broker: {}", running.http_url(), running.mqtt_addr());
-    summary.steps.push(step("controller", "up with embedded broker".into(), t));
+    println!(
+        "  controller API: {}   broker: {}",
+        running.http_url(),
+        running.mqtt_addr()
+    );
+    summary
+        .steps
+        .push(step("controller", "up with embedded broker".into(), t));
 
     // v1: the reference trainer on the built-in dataset.
     let t = Instant::now();
     let reference = data::reference_samples(3000, 1);
     let (onnx, ref_csv, acc) = train_model(&reference, false)?;
-    let v1 = push(&ctl, "sensor", onnx, ref_csv.clone(), None, Some("production")).await?;
+    let v1 = push(
+        &ctl,
+        "sensor",
+        onnx,
+        ref_csv.clone(),
+        None,
+        Some("production"),
+    )
+    .await?;
     summary.steps.push(step(
         "v1 trained and pushed",
         format!("sensor@{v1}, holdout accuracy {acc:.3}"),
@@ -207,7 +233,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         telemetry_window_ms: opts.window_ms,
         ..FleetConfig::default()
     };
-    let fleet = Fleet::start(&ctl, running.mqtt_addr(), &fleet_cfg, Some(dir.path().join("agents"))).await?;
+    let fleet = Fleet::start(
+        &ctl,
+        running.mqtt_addr(),
+        &fleet_cfg,
+        Some(dir.path().join("agents")),
+    )
+    .await?;
     let pb = spinner("agents connecting");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -222,7 +254,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     pb.finish_and_clear();
-    summary.steps.push(step("fleet", format!("{} agents online", opts.agents), t));
+    summary
+        .steps
+        .push(step("fleet", format!("{} agents online", opts.agents), t));
 
     let t = Instant::now();
     let (phase, _) = rollout_and_wait(
@@ -239,8 +273,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         "v1 rollout",
     )
     .await?;
-    summary.rollouts.insert(format!("sensor@{v1}"), phase.clone());
-    summary.steps.push(step("v1 rolled out in waves 10/50/100%", phase, t));
+    summary
+        .rollouts
+        .insert(format!("sensor@{v1}"), phase.clone());
+    summary
+        .steps
+        .push(step("v1 rolled out in waves 10/50/100%", phase, t));
 
     let t = Instant::now();
     let before = fleet.totals();
@@ -308,7 +346,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .and_then(|g| g.iter().find(|g| g["decision"] == "fail"))
         .map(|g| g["why"].as_str().unwrap_or("").to_string())
         .unwrap_or_default();
-    summary.rollouts.insert(format!("sensor@{v3}"), phase.clone());
+    summary
+        .rollouts
+        .insert(format!("sensor@{v3}"), phase.clone());
     summary.steps.push(step(
         "bad v3 stopped at the canary",
         format!("{phase}: {why}"),
@@ -350,8 +390,22 @@ fn print_summary(s: &DemoSummary) {
         println!("  {name:<38} {outcome:<60} {secs:>7.1}");
     }
     println!();
-    println!("  rollouts: {}", s.rollouts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
-    println!("  devices by active model: {}", s.versions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  rollouts: {}",
+        s.rollouts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  devices by active model: {}",
+        s.versions
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let (n, e, f, c) = s.totals;
     println!(
         "  inferences {n}, errors {e}, feedback {f}, agent-side accuracy {:.3}, telemetry windows stored {}",

@@ -185,7 +185,11 @@ impl Fleet {
         let mut devices = Vec::with_capacity(cfg.agents);
         for i in 0..cfg.agents {
             let id = DeviceId::new(format!("{}-{i:04}", cfg.prefix))?;
-            let region = cfg.regions.get(i % cfg.regions.len().max(1)).cloned().unwrap_or_default();
+            let region = cfg
+                .regions
+                .get(i % cfg.regions.len().max(1))
+                .cloned()
+                .unwrap_or_default();
             let hw = cfg
                 .hardware
                 .get((i / cfg.regions.len().max(1)) % cfg.hardware.len().max(1))
@@ -200,7 +204,9 @@ impl Fleet {
             } else {
                 None
             };
-            let broker = proxy.as_ref().map_or_else(|| broker_url.to_string(), LinkProxy::url);
+            let broker = proxy
+                .as_ref()
+                .map_or_else(|| broker_url.to_string(), LinkProxy::url);
             let mut config = AgentConfig::new(
                 id.clone(),
                 ctl.fleet().clone(),
@@ -221,7 +227,9 @@ impl Fleet {
                 proxy,
                 counters: Arc::new(DeviceCounters::default()),
                 agent: Arc::new(Mutex::new(None)),
-                stream: Arc::new(std::sync::Mutex::new(SensorStream::new(seed_of(id.as_str())))),
+                stream: Arc::new(std::sync::Mutex::new(SensorStream::new(seed_of(
+                    id.as_str(),
+                )))),
                 paused: Arc::new(AtomicBool::new(false)),
                 driver: None,
             };
@@ -238,14 +246,15 @@ impl Fleet {
         for dev in devices.iter_mut() {
             dev.driver = Some(spawn_driver(dev, cfg));
         }
-        Ok(Fleet {
-            devices,
-            _dir: dir,
-        })
+        Ok(Fleet { devices, _dir: dir })
     }
 
     /// Devices whose label `key` equals `value`.
-    pub fn with_label<'a>(&'a self, key: &'a str, value: &'a str) -> impl Iterator<Item = &'a SimDevice> {
+    pub fn with_label<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> impl Iterator<Item = &'a SimDevice> {
         self.devices
             .iter()
             .filter(move |d| d.labels.get(key).map(String::as_str) == Some(value))
@@ -277,7 +286,11 @@ impl Fleet {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{} devices not on {model} after {timeout:?}: {:?}", missing.len(), &missing[..missing.len().min(5)]);
+                bail!(
+                    "{} devices not on {model} after {timeout:?}: {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -336,8 +349,7 @@ fn spawn_driver(dev: &SimDevice, cfg: &FleetConfig) -> JoinHandle<()> {
                         counters.correct.fetch_add(1, Ordering::Relaxed);
                     }
                     if rng.uniform() < feedback_rate
-                        && a
-                            .feedback(resp.request_id, FeedbackLabel::ClassName(truth.to_string()))
+                        && a.feedback(resp.request_id, FeedbackLabel::ClassName(truth.to_string()))
                             .is_ok()
                     {
                         counters.feedback.fetch_add(1, Ordering::Relaxed);

@@ -98,12 +98,22 @@ pub async fn run(
         .and_then(|o| {
             o.cohorts
                 .iter()
-                .filter_map(|c| Some((c.cohort.as_ref()?.value.clone(), c.report.as_ref()?.fleet_score)))
+                .filter_map(|c| {
+                    Some((
+                        c.cohort.as_ref()?.value.clone(),
+                        c.report.as_ref()?.fleet_score,
+                    ))
+                })
                 .max_by(|a, b| a.1.total_cmp(&b.1))
         })
         .map(|(cohort, s)| format!("worst cohort {cohort}: PSI {s:.3}"))
         .unwrap_or_default();
-    line("drift detected", format!("retraining job {job} created; {score}"), t, summary);
+    line(
+        "drift detected",
+        format!("retraining job {job} created; {score}"),
+        t,
+        summary,
+    );
     summary.retrain_job = Some(job.to_string());
 
     let t = Instant::now();
@@ -138,7 +148,10 @@ pub async fn run(
 
     let t = Instant::now();
     let Some(rollout_id): Option<String> = j.rollout_id.clone() else {
-        bail!("retraining job {job} started no rollout: {}", j.rollout_error.unwrap_or_default());
+        bail!(
+            "retraining job {job} started no rollout: {}",
+            j.rollout_error.unwrap_or_default()
+        );
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     let phase = loop {
@@ -147,11 +160,16 @@ pub async fn run(
             break d.status.phase.name().to_string();
         }
         if Instant::now() > deadline {
-            bail!("v2 rollout {rollout_id} still {} after 120 s", d.status.phase.name());
+            bail!(
+                "v2 rollout {rollout_id} still {} after 120 s",
+                d.status.phase.name()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    summary.rollouts.insert(format!("sensor@{v2}"), phase.clone());
+    summary
+        .rollouts
+        .insert(format!("sensor@{v2}"), phase.clone());
     if phase != "completed" {
         bail!("v2 rollout ended {phase}");
     }

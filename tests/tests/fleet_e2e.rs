@@ -15,7 +15,9 @@ use drover_sim::fleet::{Fleet, FleetConfig};
 use drover_sim::net::SpawnedMosquitto;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -25,7 +27,11 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-async fn world(agents: usize, cfg: impl FnOnce(&mut ServeConfig), fleet_cfg: impl FnOnce(&mut FleetConfig)) -> World {
+async fn world(
+    agents: usize,
+    cfg: impl FnOnce(&mut ServeConfig),
+    fleet_cfg: impl FnOnce(&mut FleetConfig),
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let mut sc = ServeConfig::ephemeral(dir.path().join("controller"));
     cfg(&mut sc);
@@ -37,9 +43,14 @@ async fn world(agents: usize, cfg: impl FnOnce(&mut ServeConfig), fleet_cfg: imp
         ..FleetConfig::default()
     };
     fleet_cfg(&mut fc);
-    let fleet = Fleet::start(&running.handle(), running.mqtt_addr(), &fc, Some(dir.path().join("agents")))
-        .await
-        .unwrap();
+    let fleet = Fleet::start(
+        &running.handle(),
+        running.mqtt_addr(),
+        &fc,
+        Some(dir.path().join("agents")),
+    )
+    .await
+    .unwrap();
     wait_online(&running, agents).await;
     World {
         running,
@@ -76,10 +87,17 @@ async fn install_v1(w: &World) -> drover_protocol::Version {
     let samples = drover_sim::data::reference_samples(2000, 1);
     let (onnx, csv, _) = train_model(&samples, false).unwrap();
     let ctl = w.running.handle();
-    let v1 = push(&ctl, "sensor", onnx, csv, None, Some("production")).await.unwrap();
-    let (phase, status) = rollout_and_wait(&w.running.rollouts(), quick(format!("sensor@{v1}")), Duration::from_secs(60), "v1")
+    let v1 = push(&ctl, "sensor", onnx, csv, None, Some("production"))
         .await
         .unwrap();
+    let (phase, status) = rollout_and_wait(
+        &w.running.rollouts(),
+        quick(format!("sensor@{v1}")),
+        Duration::from_secs(60),
+        "v1",
+    )
+    .await
+    .unwrap();
     assert_eq!(phase, "completed", "{status:#}");
     w.fleet
         .wait_all_active(&format!("sensor@{v1}"), Duration::from_secs(30))
@@ -97,23 +115,40 @@ async fn good_version_is_promoted_and_bad_one_rolled_back_at_the_canary() {
 
     // A good v2 passes its gates and reaches every device.
     let (onnx, csv, _) = train_model(&samples, false).unwrap();
-    let v2 = push(&ctl, "sensor", onnx, csv.clone(), Some(v1), None).await.unwrap();
+    let v2 = push(&ctl, "sensor", onnx, csv.clone(), Some(v1), None)
+        .await
+        .unwrap();
     let mut body = quick(format!("sensor@{v2}"));
-    body.gates = vec!["p95_latency_ratio<=3.0".into(), "error_rate_delta<=0.02".into(), "accuracy_delta>=-0.15".into()];
+    body.gates = vec![
+        "p95_latency_ratio<=3.0".into(),
+        "error_rate_delta<=0.02".into(),
+        "accuracy_delta>=-0.15".into(),
+    ];
     body.min_samples = Some(60);
-    let (phase, status) = rollout_and_wait(&w.running.rollouts(), body, Duration::from_secs(90), "v2").await.unwrap();
+    let (phase, status) =
+        rollout_and_wait(&w.running.rollouts(), body, Duration::from_secs(90), "v2")
+            .await
+            .unwrap();
     assert_eq!(phase, "completed", "{status:#}");
-    w.fleet.wait_all_active(&format!("sensor@{v2}"), Duration::from_secs(30)).await.unwrap();
+    w.fleet
+        .wait_all_active(&format!("sensor@{v2}"), Duration::from_secs(30))
+        .await
+        .unwrap();
 
     // A v3 that is less accurate (labels scrambled) fails the canary on
     // accuracy measured with label feedback, and is rolled back.
     let (onnx, _, _) = train_model(&samples, true).unwrap();
-    let v3 = push(&ctl, "sensor", onnx, csv, Some(v2), None).await.unwrap();
+    let v3 = push(&ctl, "sensor", onnx, csv, Some(v2), None)
+        .await
+        .unwrap();
     let mut body = quick(format!("sensor@{v3}"));
     body.gates = vec!["accuracy_delta>=-0.15".into()];
     body.min_samples = Some(60);
     body.on_fail = Some("rollback".into());
-    let (phase, status) = rollout_and_wait(&w.running.rollouts(), body, Duration::from_secs(90), "v3").await.unwrap();
+    let (phase, status) =
+        rollout_and_wait(&w.running.rollouts(), body, Duration::from_secs(90), "v3")
+            .await
+            .unwrap();
     assert_eq!(phase, "rolled_back", "{status:#}");
     let failed_gate = status["waves"][0]["gates"]
         .as_array()
@@ -122,7 +157,10 @@ async fn good_version_is_promoted_and_bad_one_rolled_back_at_the_canary() {
         .any(|g| g["decision"] == "fail" && g["gate"]["metric"] == "accuracy_delta");
     assert!(failed_gate, "the canary failed on accuracy: {status:#}");
     // Only the canary ever ran v3, and every device serves v2 again.
-    w.fleet.wait_all_active(&format!("sensor@{v2}"), Duration::from_secs(30)).await.unwrap();
+    w.fleet
+        .wait_all_active(&format!("sensor@{v2}"), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(status["waves"][1]["updated"], 0, "{status:#}");
     w.fleet.shutdown().await;
     w.running.shutdown().await;
@@ -133,18 +171,47 @@ async fn slower_version_fails_the_latency_gate() {
     let w = world(8, |_| {}, |_| {}).await;
     let ctl = w.running.handle();
     let csv = fixture("data/sensor_reference.csv");
-    let v1 = push(&ctl, "sensor", fixture("models/sensor_clf_v1.onnx"), csv.clone(), None, None).await.unwrap();
-    let (phase, _) = rollout_and_wait(&w.running.rollouts(), quick(format!("sensor@{v1}")), Duration::from_secs(60), "v1")
-        .await
-        .unwrap();
+    let v1 = push(
+        &ctl,
+        "sensor",
+        fixture("models/sensor_clf_v1.onnx"),
+        csv.clone(),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let (phase, _) = rollout_and_wait(
+        &w.running.rollouts(),
+        quick(format!("sensor@{v1}")),
+        Duration::from_secs(60),
+        "v1",
+    )
+    .await
+    .unwrap();
     assert_eq!(phase, "completed");
-    let slow = push(&ctl, "sensor", fixture("models/sensor_clf_slow.onnx"), csv, Some(v1), None).await.unwrap();
+    let slow = push(
+        &ctl,
+        "sensor",
+        fixture("models/sensor_clf_slow.onnx"),
+        csv,
+        Some(v1),
+        None,
+    )
+    .await
+    .unwrap();
     let mut body = quick(format!("sensor@{slow}"));
     body.gates = vec!["p95_latency_ratio<=1.5".into()];
     body.min_samples = Some(60);
-    let (phase, status) = rollout_and_wait(&w.running.rollouts(), body, Duration::from_secs(90), "slow").await.unwrap();
+    let (phase, status) =
+        rollout_and_wait(&w.running.rollouts(), body, Duration::from_secs(90), "slow")
+            .await
+            .unwrap();
     assert_eq!(phase, "rolled_back", "{status:#}");
-    w.fleet.wait_all_active(&format!("sensor@{v1}"), Duration::from_secs(30)).await.unwrap();
+    w.fleet
+        .wait_all_active(&format!("sensor@{v1}"), Duration::from_secs(30))
+        .await
+        .unwrap();
     w.fleet.shutdown().await;
     w.running.shutdown().await;
 }
@@ -156,7 +223,9 @@ async fn device_offline_during_a_rollout_catches_up_when_back() {
     let ctl = w.running.handle();
     let samples = drover_sim::data::reference_samples(2000, 3);
     let (onnx, csv, _) = train_model(&samples, false).unwrap();
-    let v2 = push(&ctl, "sensor", onnx, csv, Some(v1), None).await.unwrap();
+    let v2 = push(&ctl, "sensor", onnx, csv, Some(v1), None)
+        .await
+        .unwrap();
 
     // Cut one device's link, roll out to everyone else.
     let away = &w.fleet.devices[5];
@@ -181,7 +250,10 @@ async fn device_offline_during_a_rollout_catches_up_when_back() {
     assert_eq!(away.active().await.unwrap(), format!("sensor@{v1}"));
     // Back online: it gets the version of its wave.
     away.proxy.as_ref().unwrap().restore();
-    w.fleet.wait_all_active(&format!("sensor@{v2}"), Duration::from_secs(60)).await.unwrap();
+    w.fleet
+        .wait_all_active(&format!("sensor@{v2}"), Duration::from_secs(60))
+        .await
+        .unwrap();
     let detail = rollouts.detail(&id, 50).await.unwrap();
     assert!(detail.status.devices == 6);
     w.fleet.shutdown().await;
@@ -194,9 +266,20 @@ async fn agent_killed_mid_download_resumes_after_restart() {
     let w = world(1, |c| c.chunk_rate_bytes_per_sec = 64 * 1024, |_| {}).await;
     let ctl = w.running.handle();
     let csv = fixture("data/sensor_reference.csv");
-    let v = push(&ctl, "sensor", fixture("models/sensor_clf_slow.onnx"), csv, None, None).await.unwrap();
+    let v = push(
+        &ctl,
+        "sensor",
+        fixture("models/sensor_clf_slow.onnx"),
+        csv,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     let dev = &w.fleet.devices[0];
-    ctl.deploy(&format!("sensor@{v}").parse().unwrap(), &dev.id, false).await.unwrap();
+    ctl.deploy(&format!("sensor@{v}").parse().unwrap(), &dev.id, false)
+        .await
+        .unwrap();
     // Wait until part of it is on disk, then crash the agent.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -215,7 +298,10 @@ async fn agent_killed_mid_download_resumes_after_restart() {
     let served_before = served_bytes(&w.running).await;
     // Faster link for the rest, then restart on the same data dir.
     dev.start_agent().await.unwrap();
-    w.fleet.wait_all_active(&format!("sensor@{v}"), Duration::from_secs(120)).await.unwrap();
+    w.fleet
+        .wait_all_active(&format!("sensor@{v}"), Duration::from_secs(120))
+        .await
+        .unwrap();
     let served_total = served_bytes(&w.running).await;
     let size = fixture("models/sensor_clf_slow.onnx").len() as f64;
     // Resumed, not restarted: everything served adds up to about one copy.
@@ -252,7 +338,12 @@ async fn broker_restart_loses_no_telemetry_window_and_counts_none_twice() {
         |_| {},
     )
     .await;
-    assert!(w.running.mqtt_addr().contains(&broker.addr().port().to_string()), "{url}");
+    assert!(
+        w.running
+            .mqtt_addr()
+            .contains(&broker.addr().port().to_string()),
+        "{url}"
+    );
     let v1 = install_v1(&w).await;
     let _ = v1;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -274,7 +365,10 @@ async fn broker_restart_loses_no_telemetry_window_and_counts_none_twice() {
         if depth == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "outboxes never drained ({depth} left)");
+        assert!(
+            Instant::now() < deadline,
+            "outboxes never drained ({depth} left)"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Every inference the devices made is in a stored window, once.
@@ -292,7 +386,10 @@ async fn broker_restart_loses_no_telemetry_window_and_counts_none_twice() {
         .await
         .unwrap();
     let (inferences, _, _, _) = w.fleet.totals();
-    assert_eq!(sum.merged.count, inferences, "stored inference count equals what the devices did");
+    assert_eq!(
+        sum.merged.count, inferences,
+        "stored inference count equals what the devices did"
+    );
     w.running.shutdown().await;
 }
 
@@ -303,9 +400,15 @@ async fn tampered_artifact_is_refused_fleet_wide_and_every_device_keeps_serving(
     let ctl = w.running.handle();
     let samples = drover_sim::data::reference_samples(2000, 4);
     let (onnx, csv, _) = train_model(&samples, false).unwrap();
-    let v2 = push(&ctl, "sensor", onnx, csv, Some(v1), None).await.unwrap();
+    let v2 = push(&ctl, "sensor", onnx, csv, Some(v1), None)
+        .await
+        .unwrap();
     // Flip a byte of the stored artifact behind the registry's back.
-    let m = ctl.model(&"sensor".parse().unwrap(), v2).await.unwrap().unwrap();
+    let m = ctl
+        .model(&"sensor".parse().unwrap(), v2)
+        .await
+        .unwrap()
+        .unwrap();
     let path = ctl
         .data_dir()
         .join("artifacts")
@@ -318,7 +421,9 @@ async fn tampered_artifact_is_refused_fleet_wide_and_every_device_keeps_serving(
     body.waves = Some("100".into());
     let _ = body;
     for d in &w.fleet.devices {
-        ctl.deploy(&format!("sensor@{v2}").parse().unwrap(), &d.id, false).await.unwrap();
+        ctl.deploy(&format!("sensor@{v2}").parse().unwrap(), &d.id, false)
+            .await
+            .unwrap();
     }
     // Every device reports the failure and still serves v1.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -326,18 +431,29 @@ async fn tampered_artifact_is_refused_fleet_wide_and_every_device_keeps_serving(
         let devices = ctl.devices(&Default::default()).await.unwrap();
         let failed = devices
             .iter()
-            .filter(|d| d.deploy.as_ref().is_some_and(|r| format!("{r:?}").contains("mismatch")))
+            .filter(|d| {
+                d.deploy
+                    .as_ref()
+                    .is_some_and(|r| format!("{r:?}").contains("mismatch"))
+            })
             .count();
         if failed == devices.len() {
             break;
         }
-        assert!(Instant::now() < deadline, "{failed}/{} devices refused the artifact", devices.len());
+        assert!(
+            Instant::now() < deadline,
+            "{failed}/{} devices refused the artifact",
+            devices.len()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for d in &w.fleet.devices {
         assert_eq!(d.active().await.unwrap(), format!("sensor@{v1}"));
         let served = d
-            .with_agent(|a| a.infer(drover_agent::InferRequest::new(vec![45.0, 2.0, 12.0, 40.0])).is_ok())
+            .with_agent(|a| {
+                a.infer(drover_agent::InferRequest::new(vec![45.0, 2.0, 12.0, 40.0]))
+                    .is_ok()
+            })
             .await
             .unwrap();
         assert!(served, "{} still serves", d.id);

@@ -560,7 +560,12 @@ impl DeployJob {
         );
         self.outstanding
             .iter()
-            .map(|o| (o.sent_at.plus_ms(self.cfg.request_timeout_ms), "chunk_request"))
+            .map(|o| {
+                (
+                    o.sent_at.plus_ms(self.cfg.request_timeout_ms),
+                    "chunk_request",
+                )
+            })
             .chain(std::iter::once(stall))
             .min_by_key(|(t, _)| *t)
     }
@@ -775,7 +780,10 @@ mod tests {
         assert!(requests(&a).is_empty(), "nothing requested while offline");
         j.handle_link(true, Timestamp(0));
         assert_eq!(requests(&drain(&mut j)), vec![(0, CS), (10, CS)]);
-        assert_eq!(j.handle_chunk(chunk(10, 10), Timestamp(1)), ChunkOutcome::Accepted);
+        assert_eq!(
+            j.handle_chunk(chunk(10, 10), Timestamp(1)),
+            ChunkOutcome::Accepted
+        );
         let a = drain(&mut j);
         assert!(matches!(a[0], DeployAction::WriteChunk { offset: 10, .. }));
         assert_eq!(requests(&a), vec![(20, CS)]);
@@ -790,8 +798,14 @@ mod tests {
         let mut other = chunk(0, 10);
         other.sha256 = Sha256::of(b"other");
         assert_eq!(j.handle_chunk(other, Timestamp(1)), ChunkOutcome::NotOurs);
-        assert_eq!(j.handle_chunk(chunk(30, 10), Timestamp(1)), ChunkOutcome::Unrequested);
-        assert_eq!(j.handle_chunk(chunk(5, 10), Timestamp(1)), ChunkOutcome::Unrequested);
+        assert_eq!(
+            j.handle_chunk(chunk(30, 10), Timestamp(1)),
+            ChunkOutcome::Unrequested
+        );
+        assert_eq!(
+            j.handle_chunk(chunk(5, 10), Timestamp(1)),
+            ChunkOutcome::Unrequested
+        );
         let mut bad_total = chunk(0, 10);
         bad_total.total = 99;
         assert!(matches!(
@@ -800,10 +814,19 @@ mod tests {
         ));
         let mut empty = chunk(0, 10);
         empty.data.clear();
-        assert!(matches!(j.handle_chunk(empty, Timestamp(1)), ChunkOutcome::Invalid(_)));
+        assert!(matches!(
+            j.handle_chunk(empty, Timestamp(1)),
+            ChunkOutcome::Invalid(_)
+        ));
         assert!(drain(&mut j).is_empty());
-        assert_eq!(j.handle_chunk(chunk(0, 10), Timestamp(1)), ChunkOutcome::Accepted);
-        assert_eq!(j.handle_chunk(chunk(0, 10), Timestamp(1)), ChunkOutcome::Duplicate);
+        assert_eq!(
+            j.handle_chunk(chunk(0, 10), Timestamp(1)),
+            ChunkOutcome::Accepted
+        );
+        assert_eq!(
+            j.handle_chunk(chunk(0, 10), Timestamp(1)),
+            ChunkOutcome::Duplicate
+        );
         assert_eq!(j.retry_counts().1, 1);
         assert_eq!(j.held_bytes(), 10);
     }
@@ -813,7 +836,10 @@ mod tests {
         let mut j = job();
         j.handle_link(true, Timestamp(0));
         drain(&mut j);
-        assert_eq!(j.handle_chunk(chunk(0, 4), Timestamp(1)), ChunkOutcome::Accepted);
+        assert_eq!(
+            j.handle_chunk(chunk(0, 4), Timestamp(1)),
+            ChunkOutcome::Accepted
+        );
         // The gap 4..10 comes first, aligned to the next boundary.
         assert_eq!(requests(&drain(&mut j)), vec![(4, 6)]);
     }
@@ -829,8 +855,14 @@ mod tests {
         j.handle_timeout(Timestamp(100));
         assert_eq!(requests(&drain(&mut j)), vec![(0, CS), (10, CS)]);
         assert_eq!(j.retry_counts().0, 2);
-        assert_eq!(j.handle_chunk(chunk(0, 10), Timestamp(101)), ChunkOutcome::Accepted);
-        assert_eq!(j.handle_chunk(chunk(0, 10), Timestamp(102)), ChunkOutcome::Duplicate);
+        assert_eq!(
+            j.handle_chunk(chunk(0, 10), Timestamp(101)),
+            ChunkOutcome::Accepted
+        );
+        assert_eq!(
+            j.handle_chunk(chunk(0, 10), Timestamp(102)),
+            ChunkOutcome::Duplicate
+        );
     }
 
     #[test]
@@ -840,7 +872,10 @@ mod tests {
         drain(&mut j);
         j.handle_link(false, Timestamp(5));
         assert_eq!(j.poll_timeout(), None);
-        assert_eq!(j.handle_chunk(chunk(0, 10), Timestamp(6)), ChunkOutcome::Unrequested);
+        assert_eq!(
+            j.handle_chunk(chunk(0, 10), Timestamp(6)),
+            ChunkOutcome::Unrequested
+        );
         j.handle_link(true, Timestamp(50_000));
         assert_eq!(requests(&drain(&mut j)), vec![(0, CS), (10, CS)]);
         // Offline time does not count as a stall.
@@ -1057,7 +1092,10 @@ mod tests {
         assert_eq!(admit(&m, v, &limits, 0), Ok(()));
         let mut old = m.clone();
         old.min_agent_version = AgentVersion::parse("9.0.0").unwrap();
-        assert_eq!(admit(&old, v, &limits, 0).unwrap_err().code, "agent_too_old");
+        assert_eq!(
+            admit(&old, v, &limits, 0).unwrap_err().code,
+            "agent_too_old"
+        );
         let big = Limits {
             max_model_bytes: 50,
             ..limits
@@ -1066,6 +1104,9 @@ mod tests {
         assert_eq!(admit(&m, v, &limits, 950).unwrap_err().code, "disk_budget");
         let mut two = m.clone();
         two.inputs.push(two.inputs[0].clone());
-        assert_eq!(admit(&two, v, &limits, 0).unwrap_err().code, "unsupported_model");
+        assert_eq!(
+            admit(&two, v, &limits, 0).unwrap_err().code,
+            "unsupported_model"
+        );
     }
 }

@@ -91,7 +91,11 @@ impl Guard {
     }
 
     /// A health check of the watched model failed after activation.
-    pub fn handle_health_failure(&mut self, model: &ModelRef, detail: &str) -> Option<GuardDecision> {
+    pub fn handle_health_failure(
+        &mut self,
+        model: &ModelRef,
+        detail: &str,
+    ) -> Option<GuardDecision> {
         let w = self.watch.as_ref().filter(|w| &w.model == model)?;
         let from = w.model.clone();
         self.watch = None;

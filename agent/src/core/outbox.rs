@@ -295,7 +295,10 @@ mod tests {
         assert!(o.poll_transmit(Timestamp(10), 10).is_empty());
         assert_eq!(o.handle_ack(&[1, 99]), vec![1]);
         assert_eq!(o.poll_transmit(Timestamp(20), 10), vec![3]);
-        assert_eq!(o.poll_timeout(), Some((Timestamp(1000), "telemetry_retransmit")));
+        assert_eq!(
+            o.poll_timeout(),
+            Some((Timestamp(1000), "telemetry_retransmit"))
+        );
     }
 
     #[test]

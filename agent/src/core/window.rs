@@ -570,7 +570,11 @@ impl Windower {
         if now < due {
             return None;
         }
-        let end = if now >= due.plus_ms(self.len_ms) { now } else { due };
+        let end = if now >= due.plus_ms(self.len_ms) {
+            now
+        } else {
+            due
+        };
         Some(self.close_at(end))
     }
 
@@ -735,11 +739,23 @@ mod tests {
                 correct: Some(false)
             }
         );
-        assert_eq!(r.feedback(12, Label::Class(0), 500), FeedbackOutcome::Unknown);
+        assert_eq!(
+            r.feedback(12, Label::Class(0), 500),
+            FeedbackOutcome::Unknown
+        );
         r.record(&rec(13, 0, &[0.0; 4], class(0, 0.9)));
-        assert_eq!(r.feedback(13, Label::Class(0), 1001), FeedbackOutcome::Expired);
-        assert_eq!(r.feedback(13, Label::Class(9), 5), FeedbackOutcome::Mismatch);
-        assert_eq!(r.feedback(13, Label::Value(1.0), 5), FeedbackOutcome::Mismatch);
+        assert_eq!(
+            r.feedback(13, Label::Class(0), 1001),
+            FeedbackOutcome::Expired
+        );
+        assert_eq!(
+            r.feedback(13, Label::Class(9), 5),
+            FeedbackOutcome::Mismatch
+        );
+        assert_eq!(
+            r.feedback(13, Label::Value(1.0), 5),
+            FeedbackOutcome::Mismatch
+        );
         // Eight more requests overwrite id 13's slot.
         for id in 14..22 {
             r.record(&rec(id, 0, &[0.0; 4], class(0, 0.9)));
@@ -762,7 +778,10 @@ mod tests {
             r.feedback(2, Label::Value(-1.0), 0),
             FeedbackOutcome::Recorded { correct: None }
         );
-        assert_eq!(r.feedback(2, Label::Class(0), 0), FeedbackOutcome::Duplicate);
+        assert_eq!(
+            r.feedback(2, Label::Class(0), 0),
+            FeedbackOutcome::Duplicate
+        );
         let a = r.take();
         assert_eq!(a.labelled, 2);
         assert!((a.abs_error_sum - 1.5).abs() < 1e-9);

@@ -39,10 +39,17 @@ async fn init_install_run_status_and_sigterm() {
     let bad = init("Not A Valid Id", &dir.path().join("bad.toml"));
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("device"));
-    let missing = Command::new(BIN).args(["init", "--fleet", "x"]).output().unwrap();
+    let missing = Command::new(BIN)
+        .args(["init", "--fleet", "x"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(64));
     let ok = init("dev-1", &cfg);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("# MQTT broker"));
 
@@ -55,8 +62,15 @@ async fn init_install_run_status_and_sigterm() {
         .arg(&root)
         .output()
         .unwrap();
-    assert!(inst.status.success(), "{}", String::from_utf8_lossy(&inst.stderr));
-    assert!(root.join("etc/systemd/system/drover-agent.service").exists());
+    assert!(
+        inst.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inst.stderr)
+    );
+    assert!(
+        root.join("etc/systemd/system/drover-agent.service")
+            .exists()
+    );
     assert!(root.join("etc/drover/agent.toml").exists());
 
     // run: the broker in the file is wrong; the environment fixes it.
@@ -94,7 +108,10 @@ async fn init_install_run_status_and_sigterm() {
     assert_eq!(v["telemetry_window_ms"], 250);
 
     let pid = child.id().unwrap();
-    let kill = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await

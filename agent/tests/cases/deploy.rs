@@ -92,12 +92,16 @@ async fn deploy_infer_feedback_telemetry_ack() {
     );
     assert_eq!(agent.active_model(), Some(m.model_ref()));
     s.peer
-        .wait("retained Online with the active model", Duration::from_secs(10), |st| {
-            st.statuses
+        .wait(
+            "retained Online with the active model",
+            Duration::from_secs(10),
+            |st| {
+                st.statuses
                 .iter()
                 .any(|x| matches!(x, Status::Online { active: Some(a), .. } if *a == m.model_ref()))
                 .then_some(())
-        })
+            },
+        )
         .await;
 
     // Library inference.
@@ -179,20 +183,27 @@ async fn deploy_infer_feedback_telemetry_ack() {
     let v1 = m.model_ref();
     let labelled_seen = s
         .peer
-        .wait("windows with every inference and both labels", Duration::from_secs(20), |st| {
-            let mut by_seq = BTreeMap::new();
-            for w in st.windows() {
-                if w.model == v1 && w.role == ModelRole::Active {
-                    by_seq.insert(w.seq, (w.count, w.labelled, w.correct));
+        .wait(
+            "windows with every inference and both labels",
+            Duration::from_secs(20),
+            |st| {
+                let mut by_seq = BTreeMap::new();
+                for w in st.windows() {
+                    if w.model == v1 && w.role == ModelRole::Active {
+                        by_seq.insert(w.seq, (w.count, w.labelled, w.correct));
+                    }
                 }
-            }
-            let count: u64 = by_seq.values().map(|v| v.0).sum();
-            let labelled: u64 = by_seq.values().map(|v| v.1).sum();
-            let correct: u64 = by_seq.values().map(|v| v.2).sum();
-            (count == inferences && labelled == 2).then_some((by_seq, correct))
-        })
+                let count: u64 = by_seq.values().map(|v| v.0).sum();
+                let labelled: u64 = by_seq.values().map(|v| v.1).sum();
+                let correct: u64 = by_seq.values().map(|v| v.2).sum();
+                (count == inferences && labelled == 2).then_some((by_seq, correct))
+            },
+        )
         .await;
-    assert!(labelled_seen.1 >= 1, "the library feedback named the predicted class");
+    assert!(
+        labelled_seen.1 >= 1,
+        "the library feedback named the predicted class"
+    );
     let w = s
         .peer
         .state()
@@ -209,7 +220,10 @@ async fn deploy_infer_feedback_telemetry_ack() {
     s.peer
         .wait("a window published twice", Duration::from_secs(20), |st| {
             let mut seen = std::collections::BTreeSet::new();
-            st.windows().iter().any(|w| !seen.insert(w.seq)).then_some(())
+            st.windows()
+                .iter()
+                .any(|w| !seen.insert(w.seq))
+                .then_some(())
         })
         .await;
     let depth = agent.status().outbox_depth;
@@ -218,9 +232,11 @@ async fn deploy_infer_feedback_telemetry_ack() {
     let seen: Vec<u64> = s.peer.state().windows().iter().map(|w| w.seq).collect();
     s.peer.set_auto_ack(true);
     s.peer.ack(seen).await;
-    eventually("outbox empty after acks", Duration::from_secs(20), || async {
-        (agent.status().outbox_depth == 0).then_some(())
-    })
+    eventually(
+        "outbox empty after acks",
+        Duration::from_secs(20),
+        || async { (agent.status().outbox_depth == 0).then_some(()) },
+    )
     .await;
     assert!(agent.status().last_ack_ms.is_some());
 
@@ -292,7 +308,10 @@ async fn deploy_infer_feedback_telemetry_ack() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("drover_agent_inferences_total 5"), "{metrics}");
+    assert!(
+        metrics.contains("drover_agent_inferences_total 5"),
+        "{metrics}"
+    );
     assert!(metrics.contains("drover_agent_feedback_total{outcome=\"unknown\"} 2"));
     assert!(metrics.contains("drover_agent_inference_latency_us{quantile=\"0.5\"}"));
 
@@ -310,8 +329,14 @@ async fn deploy_infer_feedback_telemetry_ack() {
 async fn rollback_idempotence_downgrade_and_disk_hygiene() {
     let s = Setup::start("rollback").await;
     let agent = s.agent();
-    let v1 = s.deploy_classifier("sensor_clf_v1.onnx", 1).await.model_ref();
-    let v2 = s.deploy_classifier("sensor_clf_v2.onnx", 2).await.model_ref();
+    let v1 = s
+        .deploy_classifier("sensor_clf_v1.onnx", 1)
+        .await
+        .model_ref();
+    let v2 = s
+        .deploy_classifier("sensor_clf_v2.onnx", 2)
+        .await
+        .model_ref();
     let st = agent.status();
     assert_eq!(st.active.as_deref(), Some("sensor@2"));
     assert_eq!(st.previous.as_deref(), Some("sensor@1"));
@@ -390,7 +415,9 @@ async fn rollback_idempotence_downgrade_and_disk_hygiene() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(files.len(), 2, "{files:?}");
-    let partial = std::fs::read_dir(s.dir.path().join("partial")).unwrap().count();
+    let partial = std::fs::read_dir(s.dir.path().join("partial"))
+        .unwrap()
+        .count();
     assert_eq!(partial, 0);
     assert_eq!(agent.status().previous.as_deref(), Some("sensor@2"));
 }

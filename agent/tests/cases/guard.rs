@@ -19,7 +19,10 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
     })
     .await;
     let agent = s.agent();
-    let v1 = s.deploy_classifier("sensor_clf_v1.onnx", 1).await.model_ref();
+    let v1 = s
+        .deploy_classifier("sensor_clf_v1.onnx", 1)
+        .await
+        .model_ref();
     let (mut slow, bytes) = classifier_manifest("sensor_clf_slow.onnx", 2);
     // The slow fixture takes milliseconds per row; v1 takes microseconds.
     slow.latency_budget_us = Some(500);
@@ -46,9 +49,11 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
     let r = agent.infer(InferRequest::new(ROWS[0].to_vec())).unwrap();
     assert_eq!(r.model, v1, "serving v1 again while still offline");
     assert!(!agent.status().link.connected);
-    eventually("the bad model is not kept as previous", Duration::from_secs(10), || async {
-        agent.status().previous.is_none().then_some(())
-    })
+    eventually(
+        "the bad model is not kept as previous",
+        Duration::from_secs(10),
+        || async { agent.status().previous.is_none().then_some(()) },
+    )
     .await;
 
     link.restore();

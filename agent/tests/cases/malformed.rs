@@ -1,8 +1,6 @@
 //! Malformed HTTP bodies and malformed MQTT payloads: typed errors and
 //! counters, and the agent keeps serving.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use drover_agent::InferRequest;
@@ -14,18 +12,15 @@ use drover_protocol::{Action, Sha256};
 
 use crate::support::{ROWS, Setup};
 
-async fn expect(
-    http: &reqwest::Client,
-    req: reqwest::RequestBuilder,
-    status: u16,
-    code: &str,
-) {
-    let _ = http;
+async fn expect(req: reqwest::RequestBuilder, status: u16, code: &str) {
     let r = req.send().await.unwrap();
     assert_eq!(r.status().as_u16(), status, "expected {code}");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], code, "{body}");
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +29,7 @@ async fn malformed_http_bodies_are_refused_and_counted() {
     let http = reqwest::Client::new();
     let api = s.api();
     let infer = || http.post(format!("{api}/v1/infer"));
-    expect(&http, infer().json(&json!({"data": ROWS[0]})), 503, "no_model").await;
+    expect(infer().json(&json!({"data": ROWS[0]})), 503, "no_model").await;
     s.deploy_classifier("sensor_clf_v1.onnx", 1).await;
 
     let json_body = |b: &str| {
@@ -42,35 +37,47 @@ async fn malformed_http_bodies_are_refused_and_counted() {
             .header("content-type", "application/json")
             .body(b.to_string())
     };
-    expect(&http, json_body("{\"data\": [1, 2"), 400, "bad_json").await;
-    expect(&http, json_body("not json"), 400, "bad_json").await;
-    expect(&http, json_body(""), 400, "bad_json").await;
-    expect(&http, json_body("{\"data\": [\"a\", \"b\", \"c\", \"d\"]}"), 400, "wrong_type").await;
-    expect(&http, json_body("{\"data\": {\"x\": 1}}"), 400, "wrong_type").await;
-    expect(&http, json_body("{\"unexpected\": 1}"), 400, "wrong_type").await;
-    expect(&http, json_body("{\"data\": [1, 2, 3]}"), 400, "bad_shape").await;
-    expect(&http, json_body("{\"data\": [1, 2, 3, 4], \"shape\": [2, 2]}"), 400, "bad_shape").await;
+    expect(json_body("{\"data\": [1, 2"), 400, "bad_json").await;
+    expect(json_body("not json"), 400, "bad_json").await;
+    expect(json_body(""), 400, "bad_json").await;
     expect(
-        &http,
+        json_body("{\"data\": [\"a\", \"b\", \"c\", \"d\"]}"),
+        400,
+        "wrong_type",
+    )
+    .await;
+    expect(json_body("{\"data\": {\"x\": 1}}"), 400, "wrong_type").await;
+    expect(json_body("{\"unexpected\": 1}"), 400, "wrong_type").await;
+    expect(json_body("{\"data\": [1, 2, 3]}"), 400, "bad_shape").await;
+    expect(
+        json_body("{\"data\": [1, 2, 3, 4], \"shape\": [2, 2]}"),
+        400,
+        "bad_shape",
+    )
+    .await;
+    expect(
         json_body("{\"inputs\": {\"input\": {\"shape\": [1, 5], \"data\": [1, 2, 3, 4, 5]}}}"),
         400,
         "bad_shape",
     )
     .await;
-    expect(&http, json_body("{\"inputs\": {\"nope\": {\"data\": [1, 2, 3, 4]}}}"), 400, "unknown_input").await;
-    expect(&http, json_body("{\"inputs\": {}}"), 400, "bad_inputs").await;
-    expect(&http, json_body("{}"), 400, "bad_request").await;
-    let big = json!({"data": vec![0.5f32; 2000]});
-    expect(&http, infer().json(&big), 413, "body_too_large").await;
     expect(
-        &http,
+        json_body("{\"inputs\": {\"nope\": {\"data\": [1, 2, 3, 4]}}}"),
+        400,
+        "unknown_input",
+    )
+    .await;
+    expect(json_body("{\"inputs\": {}}"), 400, "bad_inputs").await;
+    expect(json_body("{}"), 400, "bad_request").await;
+    let big = json!({"data": vec![0.5f32; 2000]});
+    expect(infer().json(&big), 413, "body_too_large").await;
+    expect(
         infer().header("content-type", "text/plain").body("1,2,3,4"),
         415,
         "unsupported_media_type",
     )
     .await;
     expect(
-        &http,
         infer()
             .header("content-type", "application/octet-stream")
             .body(vec![0u8; 15]),
@@ -79,7 +86,6 @@ async fn malformed_http_bodies_are_refused_and_counted() {
     )
     .await;
     expect(
-        &http,
         infer()
             .header("content-type", "application/octet-stream")
             .body(vec![0u8; 20]),
@@ -88,10 +94,25 @@ async fn malformed_http_bodies_are_refused_and_counted() {
     )
     .await;
     let fb = || http.post(format!("{api}/v1/feedback"));
-    expect(&http, fb().header("content-type", "application/json").body("{"), 400, "bad_json").await;
-    expect(&http, fb().json(&json!({"request_id": 1})), 400, "bad_request").await;
-    expect(&http, fb().json(&json!({"request_id": "x", "label": 1})), 400, "wrong_type").await;
-    expect(&http, fb().json(&json!({"request_id": 7, "label": 1})), 404, "unknown_request").await;
+    expect(
+        fb().header("content-type", "application/json").body("{"),
+        400,
+        "bad_json",
+    )
+    .await;
+    expect(fb().json(&json!({"request_id": 1})), 400, "bad_request").await;
+    expect(
+        fb().json(&json!({"request_id": "x", "label": 1})),
+        400,
+        "wrong_type",
+    )
+    .await;
+    expect(
+        fb().json(&json!({"request_id": 7, "label": 1})),
+        404,
+        "unknown_request",
+    )
+    .await;
     let ok: serde_json::Value = infer()
         .json(&json!({"data": ROWS[0]}))
         .send()
@@ -101,16 +122,19 @@ async fn malformed_http_bodies_are_refused_and_counted() {
         .await
         .unwrap();
     expect(
-        &http,
         fb().json(&json!({"request_id": ok["request_id"], "label": "no-such-class"})),
         400,
         "label_mismatch",
     )
     .await;
-    expect(&http, http.get(format!("{api}/v2/nothing")), 404, "not_found").await;
+    expect(http.get(format!("{api}/v2/nothing")), 404, "not_found").await;
 
     // Still serving, over HTTP and in-process.
-    let r = infer().json(&json!({"data": ROWS[1]})).send().await.unwrap();
+    let r = infer()
+        .json(&json!({"data": ROWS[1]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(s.agent().infer(InferRequest::new(ROWS[1].to_vec())).is_ok());
     let metrics = http
@@ -136,7 +160,10 @@ async fn malformed_http_bodies_are_refused_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_mqtt_payloads_are_counted_and_ignored() {
     let s = Setup::start("mqtt").await;
-    let v1 = s.deploy_classifier("sensor_clf_v1.onnx", 1).await.model_ref();
+    let v1 = s
+        .deploy_classifier("sensor_clf_v1.onnx", 1)
+        .await
+        .model_ref();
     let mut rng = SplitMix(5);
     for channel in [Channel::Down, Channel::Chunk] {
         for len in [1usize, 2, 7, 64, 1000, 60_000] {
@@ -146,7 +173,9 @@ async fn malformed_mqtt_payloads_are_counted_and_ignored() {
         }
         s.peer.send_raw(channel, Vec::new()).await;
         s.peer.send_raw(channel, vec![9, 0, 0]).await;
-        s.peer.send_raw(channel, vec![codec::PROTOCOL_VERSION; 260 * 1024]).await;
+        s.peer
+            .send_raw(channel, vec![codec::PROTOCOL_VERSION; 260 * 1024])
+            .await;
     }
     // Valid messages on the wrong channel.
     let ack = codec::encode(
@@ -162,7 +191,10 @@ async fn malformed_mqtt_payloads_are_counted_and_ignored() {
         data: vec![1, 2, 3, 4],
     });
     s.peer
-        .send_raw(Channel::Down, codec::encode(&chunk, codec::MAX_CHUNK_PAYLOAD).unwrap())
+        .send_raw(
+            Channel::Down,
+            codec::encode(&chunk, codec::MAX_CHUNK_PAYLOAD).unwrap(),
+        )
         .await;
     // An unsolicited chunk on the right channel is ignored.
     s.peer.send_down(&chunk).await;
@@ -185,13 +217,18 @@ async fn malformed_mqtt_payloads_are_counted_and_ignored() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(malformed, 2 * 9 + 2, "{:?}", st.counters);
-    assert!(st.counters.get("malformed.down_empty").is_some());
-    assert!(st.counters.get("malformed.chunk_too_large").is_some());
-    assert!(st.counters.get("malformed.down_unsupported_version").is_some());
-    assert!(st.counters.get("malformed.chunk_wrong_channel").is_some());
+    assert!(st.counters.contains_key("malformed.down_empty"));
+    assert!(st.counters.contains_key("malformed.chunk_too_large"));
+    assert!(
+        st.counters
+            .contains_key("malformed.down_unsupported_version")
+    );
+    assert!(st.counters.contains_key("malformed.chunk_wrong_channel"));
     assert_eq!(st.telemetry_window_ms, 400);
-    let r = s.agent().infer(InferRequest::new(ROWS[0].to_vec())).unwrap();
+    let r = s
+        .agent()
+        .infer(InferRequest::new(ROWS[0].to_vec()))
+        .unwrap();
     assert_eq!(r.model, v1);
     assert!(st.link.connected);
-    let _ = Duration::ZERO;
 }

@@ -14,7 +14,10 @@ async fn windows_survive_a_broker_outage() {
     let mut mq = Mosquitto::start().await;
     let s = Setup::start_on(&mq.url(), "outage", |_| {}).await;
     s.peer.set_auto_ack(true);
-    let v1 = s.deploy_classifier("sensor_clf_v1.onnx", 1).await.model_ref();
+    let v1 = s
+        .deploy_classifier("sensor_clf_v1.onnx", 1)
+        .await
+        .model_ref();
     let agent = s.agent();
     let mut n = 0u64;
     for r in ROWS.iter().cycle().take(20) {
@@ -38,11 +41,17 @@ async fn windows_survive_a_broker_outage() {
         agent.infer(InferRequest::new(r.to_vec())).unwrap();
         n += 1;
     }
-    eventually("windows buffered in the outbox", Duration::from_secs(20), || async {
-        (agent.status().outbox_depth >= depth_at_stop + 4).then_some(())
-    })
+    eventually(
+        "windows buffered in the outbox",
+        Duration::from_secs(20),
+        || async { (agent.status().outbox_depth >= depth_at_stop + 4).then_some(()) },
+    )
     .await;
-    assert_eq!(s.peer.state().windows().len(), seen_at_stop, "nothing delivered while down");
+    assert_eq!(
+        s.peer.state().windows().len(),
+        seen_at_stop,
+        "nothing delivered while down"
+    );
 
     mq.restart().await;
     eventually("link back", Duration::from_secs(20), || async {
@@ -52,24 +61,28 @@ async fn windows_survive_a_broker_outage() {
     // Every inference is in exactly one delivered window (by sequence).
     let by_seq: BTreeMap<u64, TelemetryWindow> = s
         .peer
-        .wait("all inferences delivered, no gaps", Duration::from_secs(30), |st| {
-            let mut by_seq = BTreeMap::new();
-            for w in st.windows() {
-                by_seq.insert(w.seq, (*w).clone());
-            }
-            let count: u64 = by_seq
-                .values()
-                .filter(|w| w.model == v1 && w.role == ModelRole::Active)
-                .map(|w| w.count)
-                .sum();
-            // Windows may arrive out of order after a reconnect (a publish
-            // lost while the controller re-subscribed is re-sent later), so
-            // wait for the gaps to close too.
-            let first = *by_seq.keys().next()?;
-            let last = *by_seq.keys().last()?;
-            let contiguous = by_seq.len() as u64 == last - first + 1;
-            (count == n && contiguous).then_some(by_seq)
-        })
+        .wait(
+            "all inferences delivered, no gaps",
+            Duration::from_secs(30),
+            |st| {
+                let mut by_seq = BTreeMap::new();
+                for w in st.windows() {
+                    by_seq.insert(w.seq, (*w).clone());
+                }
+                let count: u64 = by_seq
+                    .values()
+                    .filter(|w| w.model == v1 && w.role == ModelRole::Active)
+                    .map(|w| w.count)
+                    .sum();
+                // Windows may arrive out of order after a reconnect (a publish
+                // lost while the controller re-subscribed is re-sent later), so
+                // wait for the gaps to close too.
+                let first = *by_seq.keys().next()?;
+                let last = *by_seq.keys().last()?;
+                let contiguous = by_seq.len() as u64 == last - first + 1;
+                (count == n && contiguous).then_some(by_seq)
+            },
+        )
         .await;
     let first = *by_seq.keys().next().unwrap();
     let last = *by_seq.keys().last().unwrap();
@@ -80,7 +93,11 @@ async fn windows_survive_a_broker_outage() {
     );
     // A window delivered twice (at-least-once) is the same window.
     for w in s.peer.state().windows() {
-        assert_eq!(&by_seq[&w.seq], w, "window {} differs between deliveries", w.seq);
+        assert_eq!(
+            &by_seq[&w.seq], w,
+            "window {} differs between deliveries",
+            w.seq
+        );
     }
     assert!(by_seq.values().all(|w| w.evicted_windows == 0));
     eventually("outbox drained", Duration::from_secs(20), || async {
@@ -125,5 +142,8 @@ async fn a_full_outbox_evicts_the_oldest_and_reports_it() {
         })
         .await;
     assert!(reported >= 3);
-    assert!(lost <= reported, "{lost} windows lost, {reported} evictions reported");
+    assert!(
+        lost <= reported,
+        "{lost} windows lost, {reported} evictions reported"
+    );
 }

@@ -21,7 +21,10 @@ fn failed_code(p: DeployPhase) -> String {
 async fn refusals_leave_the_old_model_serving() {
     let s = Setup::start("refuse").await;
     let agent = s.agent();
-    let v1 = s.deploy_classifier("sensor_clf_v1.onnx", 1).await.model_ref();
+    let v1 = s
+        .deploy_classifier("sensor_clf_v1.onnx", 1)
+        .await
+        .model_ref();
     let before = agent.infer(InferRequest::new(ROWS[2].to_vec())).unwrap();
     let serving = |what: &str| {
         let r = agent.infer(InferRequest::new(ROWS[2].to_vec())).unwrap();
@@ -38,13 +41,17 @@ async fn refusals_leave_the_old_model_serving() {
     assert_eq!(s.peer.ack_of(seq).await.result, Ok(()));
     assert_eq!(failed_code(s.peer.outcome(seq).await), "artifact_mismatch");
     serving("a tampered artifact");
-    let partial = std::fs::read_dir(s.dir.path().join("partial")).unwrap().count();
+    let partial = std::fs::read_dir(s.dir.path().join("partial"))
+        .unwrap()
+        .count();
     assert_eq!(partial, 0, "the tampered download is discarded");
     let last_seq = agent.status().last_command_seq;
 
     // Bad signatures and other trust failures: Ack with the reason, nothing changes.
     let mut cases: Vec<(&str, Signed<drover_protocol::Command>)> = Vec::new();
-    let cmd = s.peer.command_with_seq(s.peer.next_seq(), Action::StopShadow);
+    let cmd = s
+        .peer
+        .command_with_seq(s.peer.next_seq(), Action::StopShadow);
     let mut bad_sig = s.peer.keys.sign_command(&cmd);
     bad_sig.signature[0] ^= 1;
     cases.push(("bad_signature", bad_sig));
@@ -62,7 +69,9 @@ async fn refusals_leave_the_old_model_serving() {
     swapped.body = s.peer.keys.sign_command(&other).body;
     cases.push(("bad_signature", swapped));
     let foreign = TestKeys::new(99);
-    let cmd = s.peer.command_with_seq(s.peer.next_seq(), Action::StopShadow);
+    let cmd = s
+        .peer
+        .command_with_seq(s.peer.next_seq(), Action::StopShadow);
     cases.push(("unknown_key", foreign.sign_command(&cmd)));
     // A good command carrying a manifest signed by an unlisted key.
     let (m2, _) = classifier_manifest("sensor_clf_v2.onnx", 2);
@@ -81,10 +90,14 @@ async fn refusals_leave_the_old_model_serving() {
         },
     );
     cases.push(("missing_role", s.peer.keys.sign_command(&cmd)));
-    let mut cmd = s.peer.command_with_seq(s.peer.next_seq(), Action::StopShadow);
+    let mut cmd = s
+        .peer
+        .command_with_seq(s.peer.next_seq(), Action::StopShadow);
     cmd.target = DeviceId::new("someone-else").unwrap();
     cases.push(("wrong_target", s.peer.keys.sign_command(&cmd)));
-    let mut cmd = s.peer.command_with_seq(s.peer.next_seq(), Action::StopShadow);
+    let mut cmd = s
+        .peer
+        .command_with_seq(s.peer.next_seq(), Action::StopShadow);
     cmd.expires_at = now().plus_ms(0).0.saturating_sub(1000).into_ts();
     cases.push(("command_expired", s.peer.keys.sign_command(&cmd)));
     let cmd = s.peer.command_with_seq(1, Action::StopShadow);
@@ -104,28 +117,42 @@ async fn refusals_leave_the_old_model_serving() {
         s.peer.send_signed(signed).await;
         let reason = s
             .peer
-            .wait(&format!("refusal {code}"), std::time::Duration::from_secs(20), |st| {
-                st.acks(seq).iter().find_map(|a| a.result.clone().err())
-            })
+            .wait(
+                &format!("refusal {code}"),
+                std::time::Duration::from_secs(20),
+                |st| st.acks(seq).iter().find_map(|a| a.result.clone().err()),
+            )
             .await;
         assert_eq!(reason.code, code, "{}", reason.detail);
         if code != "replayed_command" {
-            assert!(s.peer.state().statuses_for(seq).is_empty(), "{code}: no action taken");
+            assert!(
+                s.peer.state().statuses_for(seq).is_empty(),
+                "{code}: no action taken"
+            );
         }
         serving(code);
     }
     let st = agent.status();
-    assert_eq!(st.last_command_seq, last_seq, "refused commands do not move the sequence");
+    assert_eq!(
+        st.last_command_seq, last_seq,
+        "refused commands do not move the sequence"
+    );
     assert_eq!(st.counters.get("rejected_commands.bad_signature"), Some(&2));
     assert_eq!(st.counters.get("rejected_commands.unknown_key"), Some(&2));
-    assert_eq!(st.counters.get("rejected_commands.replayed_command"), Some(&1));
+    assert_eq!(
+        st.counters.get("rejected_commands.replayed_command"),
+        Some(&1)
+    );
 
     // Health checks that do not reproduce.
     let (mut bad, bad_bytes) = classifier_manifest("sensor_clf_bad.onnx", 3);
     bad.health_checks = classifier_manifest("sensor_clf_v1.onnx", 1).0.health_checks;
     s.peer.add_artifact(&bad_bytes);
     let seq = s.peer.deploy(&bad).await;
-    assert_eq!(failed_code(s.peer.outcome(seq).await), "health_check_failed");
+    assert_eq!(
+        failed_code(s.peer.outcome(seq).await),
+        "health_check_failed"
+    );
     serving("a failing health check");
 
     // An operator tract does not implement.

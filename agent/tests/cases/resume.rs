@@ -36,10 +36,14 @@ async fn restart_mid_download_resumes_without_refetching() {
         .await;
     let held_before: u64 = s.peer.state().served.iter().map(|x| x.2).sum();
     let agent = s.agent();
-    eventually("the agent holds every served byte", Duration::from_secs(20), || async {
-        let st = agent.status();
-        (st.downloads.first().map(|d| d.received) == Some(held_before)).then_some(())
-    })
+    eventually(
+        "the agent holds every served byte",
+        Duration::from_secs(20),
+        || async {
+            let st = agent.status();
+            (st.downloads.first().map(|d| d.received) == Some(held_before)).then_some(())
+        },
+    )
     .await;
     s.agent.take().unwrap().shutdown().await.unwrap();
 
@@ -61,7 +65,10 @@ async fn restart_mid_download_resumes_without_refetching() {
             _ => None,
         })
         .any(|r| r == held_before);
-    assert!(resumed_report, "the restarted agent reports the bytes it held");
+    assert!(
+        resumed_report,
+        "the restarted agent reports the bytes it held"
+    );
     let after: Vec<(u64, u64)> = st.served[before.len()..]
         .iter()
         .filter(|x| x.0 == sha)
@@ -69,7 +76,10 @@ async fn restart_mid_download_resumes_without_refetching() {
         .collect();
     for a in &after {
         for b in &before {
-            assert!(!overlaps(*a, *b), "range {a:?} was served again (held {b:?})");
+            assert!(
+                !overlaps(*a, *b),
+                "range {a:?} was served again (held {b:?})"
+            );
         }
     }
     for r in &st.requested[requested_before..] {

@@ -16,7 +16,10 @@ async fn shadow_stats_reach_telemetry_and_promotion_needs_no_download() {
     let s = Setup::start("shadow").await;
     s.peer.set_auto_ack(true);
     let agent = s.agent();
-    let v1 = s.deploy_classifier("sensor_clf_v1.onnx", 1).await.model_ref();
+    let v1 = s
+        .deploy_classifier("sensor_clf_v1.onnx", 1)
+        .await
+        .model_ref();
     let (m2, b2) = classifier_manifest("sensor_clf_v2.onnx", 2);
     s.peer.add_artifact(&b2);
     let seq = s
@@ -28,7 +31,11 @@ async fn shadow_stats_reach_telemetry_and_promotion_needs_no_download() {
         .await;
     assert_eq!(s.peer.outcome(seq).await, DeployPhase::Shadowing);
     assert_eq!(agent.status().shadow.as_deref(), Some("sensor@2"));
-    assert_eq!(agent.active_model(), Some(v1.clone()), "shadow does not serve");
+    assert_eq!(
+        agent.active_model(),
+        Some(v1.clone()),
+        "shadow does not serve"
+    );
 
     let n = 40u64;
     for r in ROWS.iter().cycle().take(n as usize) {
@@ -37,31 +44,43 @@ async fn shadow_stats_reach_telemetry_and_promotion_needs_no_download() {
     }
     let (compared, agreed, latency, shadow_count) = s
         .peer
-        .wait("shadow stats for every input", Duration::from_secs(30), |st| {
-            let mut active = BTreeMap::new();
-            let mut shadow = BTreeMap::new();
-            for w in st.windows() {
-                match w.role {
-                    ModelRole::Active => active.insert(w.seq, (*w).clone()),
-                    ModelRole::Shadow => shadow.insert(w.seq, (*w).clone()),
-                };
-            }
-            let stats: Vec<_> = active.values().filter_map(|w| w.shadow.clone()).collect();
-            let compared: u64 = stats.iter().map(|x| x.compared).sum();
-            let agreed: u64 = stats.iter().map(|x| x.agreed).sum();
-            let latency: u64 = stats.iter().map(|x| x.latency.count()).sum();
-            let shadow_count: u64 = shadow
-                .values()
-                .filter(|w| w.model == m2.model_ref())
-                .map(|w| w.count)
-                .sum();
-            (compared == n && shadow_count == n).then_some((compared, agreed, latency, shadow_count))
-        })
+        .wait(
+            "shadow stats for every input",
+            Duration::from_secs(30),
+            |st| {
+                let mut active = BTreeMap::new();
+                let mut shadow = BTreeMap::new();
+                for w in st.windows() {
+                    match w.role {
+                        ModelRole::Active => active.insert(w.seq, (*w).clone()),
+                        ModelRole::Shadow => shadow.insert(w.seq, (*w).clone()),
+                    };
+                }
+                let stats: Vec<_> = active.values().filter_map(|w| w.shadow.clone()).collect();
+                let compared: u64 = stats.iter().map(|x| x.compared).sum();
+                let agreed: u64 = stats.iter().map(|x| x.agreed).sum();
+                let latency: u64 = stats.iter().map(|x| x.latency.count()).sum();
+                let shadow_count: u64 = shadow
+                    .values()
+                    .filter(|w| w.model == m2.model_ref())
+                    .map(|w| w.count)
+                    .sum();
+                (compared == n && shadow_count == n).then_some((
+                    compared,
+                    agreed,
+                    latency,
+                    shadow_count,
+                ))
+            },
+        )
         .await;
     assert_eq!(compared, n);
     assert_eq!(latency, n);
     assert_eq!(shadow_count, n);
-    assert!(agreed >= n / 2 && agreed <= n, "v1 and v2 mostly agree: {agreed}/{n}");
+    assert!(
+        agreed >= n / 2 && agreed <= n,
+        "v1 and v2 mostly agree: {agreed}/{n}"
+    );
 
     // Promoting the candidate reuses its installed file.
     let requested = s.peer.state().requested.len();

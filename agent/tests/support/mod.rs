@@ -111,8 +111,20 @@ pub fn fill_health_checks(m: &mut ModelManifest, bytes: &[u8]) {
 }
 
 /// An agent config for tests: small windows, quick retries, API on a free port.
-pub fn agent_config(url: &str, fleet: &FleetId, device: &DeviceId, keys: &TestKeys, dir: &Path) -> AgentConfig {
-    let mut c = AgentConfig::new(device.clone(), fleet.clone(), url, keys.root.public_key(), dir);
+pub fn agent_config(
+    url: &str,
+    fleet: &FleetId,
+    device: &DeviceId,
+    keys: &TestKeys,
+    dir: &Path,
+) -> AgentConfig {
+    let mut c = AgentConfig::new(
+        device.clone(),
+        fleet.clone(),
+        url,
+        keys.root.public_key(),
+        dir,
+    );
     c.api = Some("127.0.0.1:0".parse().unwrap());
     c.telemetry_window_ms = 300;
     c.chunk_timeout_ms = 1_000;

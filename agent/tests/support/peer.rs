@@ -88,7 +88,10 @@ impl PeerState {
 
     /// Number of Hello messages.
     pub fn hellos(&self) -> usize {
-        self.ups.iter().filter(|u| matches!(u, Up::Hello(_))).count()
+        self.ups
+            .iter()
+            .filter(|u| matches!(u, Up::Hello(_)))
+            .count()
     }
 }
 
@@ -141,8 +144,14 @@ impl Peer {
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let subs = [
-                            rumqttc::SubscribeFilter::new(topic(&f, &d, Channel::Up), QoS::AtLeastOnce),
-                            rumqttc::SubscribeFilter::new(topic(&f, &d, Channel::Status), QoS::AtLeastOnce),
+                            rumqttc::SubscribeFilter::new(
+                                topic(&f, &d, Channel::Up),
+                                QoS::AtLeastOnce,
+                            ),
+                            rumqttc::SubscribeFilter::new(
+                                topic(&f, &d, Channel::Status),
+                                QoS::AtLeastOnce,
+                            ),
                         ];
                         let _ = cl.try_subscribe_many(subs);
                         st.lock().unwrap().connects += 1;
@@ -229,7 +238,8 @@ impl Peer {
     pub async fn command(&self, action: Action) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let cmd = self.command_with_seq(seq, action);
-        self.send_down(&Down::Command(self.keys.sign_command(&cmd))).await;
+        self.send_down(&Down::Command(self.keys.sign_command(&cmd)))
+            .await;
         seq
     }
 
@@ -266,7 +276,12 @@ impl Peer {
     /// Publishes raw bytes on the device's `down` or `chunk` topic.
     pub async fn send_raw(&self, channel: Channel, bytes: Vec<u8>) {
         self.client
-            .publish(topic(&self.fleet, &self.device, channel), QoS::AtLeastOnce, false, bytes)
+            .publish(
+                topic(&self.fleet, &self.device, channel),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
             .await
             .unwrap();
     }
@@ -279,33 +294,40 @@ impl Peer {
     /// Acknowledges windows.
     pub async fn ack(&self, seqs: Vec<u64>) {
         self.state().acked.extend(seqs.iter().copied());
-        self.send_down(&Down::TelemetryAck(TelemetryAck { seqs })).await;
+        self.send_down(&Down::TelemetryAck(TelemetryAck { seqs }))
+            .await;
     }
 
     /// Waits for the final status of command `seq` (Active, Shadowing,
     /// Failed or RolledBack) and returns it.
     pub async fn outcome(&self, seq: u64) -> DeployPhase {
-        self.wait(&format!("outcome of command {seq}"), Duration::from_secs(60), |s| {
-            s.last_phase(seq)
-                .filter(|p| {
-                    matches!(
-                        p,
-                        DeployPhase::Active
-                            | DeployPhase::Shadowing
-                            | DeployPhase::Failed(_)
-                            | DeployPhase::RolledBack { .. }
-                    )
-                })
-                .cloned()
-        })
+        self.wait(
+            &format!("outcome of command {seq}"),
+            Duration::from_secs(60),
+            |s| {
+                s.last_phase(seq)
+                    .filter(|p| {
+                        matches!(
+                            p,
+                            DeployPhase::Active
+                                | DeployPhase::Shadowing
+                                | DeployPhase::Failed(_)
+                                | DeployPhase::RolledBack { .. }
+                        )
+                    })
+                    .cloned()
+            },
+        )
         .await
     }
 
     /// Waits for the Ack of command `seq`.
     pub async fn ack_of(&self, seq: u64) -> CommandAck {
-        self.wait(&format!("ack of command {seq}"), Duration::from_secs(20), |s| {
-            s.acks(seq).first().map(|a| (*a).clone())
-        })
+        self.wait(
+            &format!("ack of command {seq}"),
+            Duration::from_secs(20),
+            |s| s.acks(seq).first().map(|a| (*a).clone()),
+        )
         .await
     }
 }
@@ -334,7 +356,12 @@ fn handle(
             match &up {
                 Up::Hello(h) if h.key_list_version < 1 => {
                     let msg = codec::encode_down(&Down::KeyList(key_list.clone())).unwrap();
-                    let _ = client.try_publish(topic(fleet, device, Channel::Down), QoS::AtLeastOnce, false, msg);
+                    let _ = client.try_publish(
+                        topic(fleet, device, Channel::Down),
+                        QoS::AtLeastOnce,
+                        false,
+                        msg,
+                    );
                 }
                 Up::ChunkRequest(r) => {
                     s.requested.push((r.sha256, r.offset, r.len));
@@ -367,8 +394,15 @@ fn handle(
                 }
                 Up::Telemetry(w) if s.auto_ack => {
                     s.acked.insert(w.seq);
-                    let msg = codec::encode_down(&Down::TelemetryAck(TelemetryAck { seqs: vec![w.seq] })).unwrap();
-                    let _ = client.try_publish(topic(fleet, device, Channel::Down), QoS::AtLeastOnce, false, msg);
+                    let msg =
+                        codec::encode_down(&Down::TelemetryAck(TelemetryAck { seqs: vec![w.seq] }))
+                            .unwrap();
+                    let _ = client.try_publish(
+                        topic(fleet, device, Channel::Down),
+                        QoS::AtLeastOnce,
+                        false,
+                        msg,
+                    );
                 }
                 _ => {}
             }

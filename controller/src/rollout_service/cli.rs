@@ -12,7 +12,7 @@ use crate::cli::{Ctx, Output, output};
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum RolloutCmd {
     /// Start a staged rollout; prints its id.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// List rollouts.
     List,
     /// Per-wave progress, gate values and decisions.
@@ -204,6 +204,7 @@ fn is_active(d: &Value) -> bool {
 pub async fn run(cmd: RolloutCmd, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         RolloutCmd::Start(a) => {
+            let a = *a;
             let body = StartBody {
                 model: a.model,
                 id: a.id,

@@ -32,7 +32,6 @@ use crate::rollout::{
     RolloutStatus,
 };
 
-
 /// Agent reason codes worth retrying: transient download and I/O trouble.
 /// Everything else (bad signature, hash mismatch, failed health check) would
 /// fail the same way again.
@@ -130,6 +129,7 @@ struct Inner {
     ctl: Controller,
     state: Mutex<State>,
     wake: Notify,
+    driver: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Handle to the rollout service (cheap to clone).
@@ -215,14 +215,28 @@ impl RolloutService {
                     sent: BTreeMap::new(),
                 }),
                 wake: Notify::new(),
+                driver: std::sync::Mutex::new(None),
             }),
         };
         // Membership may have changed while the controller was down.
         svc.resync().await;
         let events = ctl.subscribe();
         let driver = svc.clone();
-        tokio::spawn(async move { driver.run(events).await });
+        let handle = tokio::spawn(async move { driver.run(events).await });
+        if let Ok(mut d) = svc.inner.driver.lock() {
+            *d = Some(handle.abort_handle());
+        }
         Ok(svc)
+    }
+
+    /// Stops the driving task (controller shutdown). Persisted state is
+    /// what a restarted controller resumes from.
+    pub fn stop(&self) {
+        if let Ok(mut d) = self.inner.driver.lock()
+            && let Some(h) = d.take()
+        {
+            h.abort();
+        }
     }
 
     /// Plans and starts a rollout.
