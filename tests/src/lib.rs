@@ -5,11 +5,13 @@
 //! - [`net`]: free ports, a restartable Mosquitto, a link-cutting TCP proxy.
 //! - [`fleet`]: N real agents in one process with input streams and faults.
 //! - [`demo`]: the narrated end-to-end demo (`drover-sim demo`).
+//! - [`fast`]: the fake-clock tier: sans-IO cores of thousands of devices, in memory.
 //! - [`bench`]: the scale run (`drover-sim bench`).
 
 pub mod bench;
 pub mod data;
 pub mod demo;
+pub mod fast;
 pub mod fleet;
 pub mod net;
 pub mod retrain_step;
