@@ -28,10 +28,15 @@ impl Clock {
     }
 
     /// The timestamp of `instant`.
+    #[inline]
     pub fn at(&self, instant: Instant) -> Timestamp {
-        let ms = instant.saturating_duration_since(self.base).as_millis();
-        self.base_wall
-            .plus_ms(u64::try_from(ms).unwrap_or(u64::MAX))
+        let d = instant.saturating_duration_since(self.base);
+        // No u128 division: this runs once per inference.
+        let ms = d
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(d.subsec_millis()));
+        self.base_wall.plus_ms(ms)
     }
 
     /// The instant of timestamp `t` (for timers).

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use drover_protocol::ModelRef;
+use drover_protocol::manifest::DType;
 use serde::Serialize;
+use tract_onnx::prelude::{Datum, DatumType, Tensor};
 
 use crate::runtime::RuntimeError;
 
@@ -29,30 +31,110 @@ impl InferRequest {
     }
 }
 
-/// An output tensor's values.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum TensorData {
-    /// 32-bit floats.
-    F32(Vec<f32>),
-    /// 64-bit floats.
-    F64(Vec<f64>),
-    /// 32-bit integers.
-    I32(Vec<i32>),
-    /// 64-bit integers.
-    I64(Vec<i64>),
+/// One named output, as tract produced it (no copy on the hot path).
+#[derive(Clone)]
+pub struct OutputTensor {
+    pub(crate) name: Arc<str>,
+    pub(crate) tensor: Arc<Tensor>,
 }
 
-/// One named output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OutputTensor {
+impl OutputTensor {
     /// Graph name.
-    #[serde(skip)]
-    pub name: Arc<str>,
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Shape.
-    pub shape: Vec<usize>,
-    /// Values.
-    pub data: TensorData,
+    pub fn shape(&self) -> &[usize] {
+        self.tensor.shape()
+    }
+
+    /// Element type, if one Drover serves.
+    pub fn dtype(&self) -> Option<DType> {
+        match self.tensor.datum_type() {
+            DatumType::F32 => Some(DType::F32),
+            DatumType::F64 => Some(DType::F64),
+            DatumType::I32 => Some(DType::I32),
+            DatumType::I64 => Some(DType::I64),
+            _ => None,
+        }
+    }
+
+    fn slice<T: Datum>(&self) -> Option<&[T]> {
+        self.tensor.as_plain_ram()?.as_slice::<T>().ok()
+    }
+
+    /// The values, if the tensor is f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        self.slice()
+    }
+
+    /// The values, if the tensor is f64.
+    pub fn as_f64(&self) -> Option<&[f64]> {
+        self.slice()
+    }
+
+    /// The values, if the tensor is i32.
+    pub fn as_i32(&self) -> Option<&[i32]> {
+        self.slice()
+    }
+
+    /// The values, if the tensor is i64.
+    pub fn as_i64(&self) -> Option<&[i64]> {
+        self.slice()
+    }
+
+    /// The values converted to f32, whatever the element type.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        if let Some(v) = self.as_f32() {
+            return v.to_vec();
+        }
+        self.tensor
+            .cast_to::<f32>()
+            .ok()
+            .and_then(|c| {
+                c.as_plain_ram()
+                    .and_then(|p| p.as_slice::<f32>().ok().map(<[f32]>::to_vec))
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for OutputTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputTensor")
+            .field("name", &self.name)
+            .field("shape", &self.shape())
+            .field("dtype", &self.dtype())
+            .finish()
+    }
+}
+
+impl PartialEq for OutputTensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.tensor == other.tensor
+    }
+}
+
+impl Serialize for OutputTensor {
+    /// `{"shape": [..], "data": [..]}`, straight from tract's buffer.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("OutputTensor", 2)?;
+        st.serialize_field("shape", self.shape())?;
+        if let Some(v) = self.as_f32() {
+            st.serialize_field("data", v)?;
+        } else if let Some(v) = self.as_i64() {
+            st.serialize_field("data", v)?;
+        } else if let Some(v) = self.as_f64() {
+            st.serialize_field("data", v)?;
+        } else if let Some(v) = self.as_i32() {
+            st.serialize_field("data", v)?;
+        } else {
+            st.serialize_field("data", &self.to_f32_vec())?;
+        }
+        st.end()
+    }
 }
 
 /// The answer to an [`InferRequest`].
@@ -61,7 +143,7 @@ pub struct InferResponse {
     /// Id to quote in feedback.
     pub request_id: u64,
     /// The model that answered.
-    pub model: ModelRef,
+    pub model: Arc<ModelRef>,
     /// Every model output, in graph order.
     pub outputs: Vec<OutputTensor>,
     /// Time spent in the model, µs (plus any simulated extra latency).

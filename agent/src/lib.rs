@@ -36,7 +36,7 @@ pub mod store;
 
 pub use agent::{Agent, AgentError, FeedbackError, FeedbackLabel};
 pub use config::AgentConfig;
-pub use infer::{InferError, InferRequest, InferResponse, OutputTensor, TensorData};
+pub use infer::{InferError, InferRequest, InferResponse, OutputTensor};
 pub use status::AgentStatus;
 
 /// This agent's version (`major.minor.patch`), checked against manifests'

@@ -15,7 +15,7 @@ use drover_protocol::{ModelRef, Sha256};
 
 use crate::clock::Clock;
 use crate::core::window::{Prediction, Record, Recorder, RecorderConfig, WindowSpec};
-use crate::infer::{InferError, InferRequest, InferResponse, OutputTensor, TensorData};
+use crate::infer::{InferError, InferRequest, InferResponse, OutputTensor};
 use crate::shadow::Shadow;
 
 /// Why a model could not be loaded or run.
@@ -73,7 +73,7 @@ struct OutputSlot {
 
 /// A model loaded by tract with everything the hot path needs precomputed.
 pub struct LoadedModel {
-    model: ModelRef,
+    model: Arc<ModelRef>,
     manifest: Arc<ModelManifest>,
     sha256: Sha256,
     plan: Arc<TypedRunnableModel>,
@@ -183,7 +183,7 @@ impl LoadedModel {
         };
         let spec = WindowSpec::from_manifest(&manifest);
         Ok(LoadedModel {
-            model: manifest.model_ref(),
+            model: Arc::new(manifest.model_ref()),
             sha256: manifest.artifact.sha256,
             plan,
             input_name: input.name.clone(),
@@ -311,35 +311,12 @@ impl LoadedModel {
         Some(Prediction::Class { index, confidence })
     }
 
-    fn to_outputs(&self, outs: &TVec<TValue>) -> Vec<OutputTensor> {
-        outs.iter()
+    fn to_outputs(&self, outs: TVec<TValue>) -> Vec<OutputTensor> {
+        outs.into_iter()
             .zip(&self.outputs)
-            .map(|(t, slot)| {
-                let plain = t.try_as_plain_ram().ok();
-                let data = match (t.datum_type(), plain) {
-                    (DatumType::F32, Some(v)) => TensorData::F32(
-                        v.as_slice::<f32>().map(<[f32]>::to_vec).unwrap_or_default(),
-                    ),
-                    (DatumType::F64, Some(v)) => TensorData::F64(
-                        v.as_slice::<f64>().map(<[f64]>::to_vec).unwrap_or_default(),
-                    ),
-                    (DatumType::I32, Some(v)) => TensorData::I32(
-                        v.as_slice::<i32>().map(<[i32]>::to_vec).unwrap_or_default(),
-                    ),
-                    (DatumType::I64, Some(v)) => TensorData::I64(
-                        v.as_slice::<i64>().map(<[i64]>::to_vec).unwrap_or_default(),
-                    ),
-                    _ => TensorData::F32(
-                        Self::f32_values(t)
-                            .map(|c| c.into_owned())
-                            .unwrap_or_default(),
-                    ),
-                };
-                OutputTensor {
-                    name: slot.name.clone(),
-                    shape: t.shape().to_vec(),
-                    data,
-                }
+            .map(|(t, slot)| OutputTensor {
+                name: slot.name.clone(),
+                tensor: t.into_arc_tensor(),
             })
             .collect()
     }
@@ -402,6 +379,14 @@ pub struct Runtime {
     no_model: AtomicU64,
     bad_input: AtomicU64,
     clock: Clock,
+}
+
+/// µs of `d` without a u128 division (this is on the hot path).
+#[inline]
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()))
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -525,8 +510,7 @@ impl Runtime {
         let t0 = Instant::now();
         let result = model.run(&req.data);
         let t1 = Instant::now();
-        let latency_us = u64::try_from(t1.duration_since(t0).as_micros())
-            .unwrap_or(u64::MAX)
+        let latency_us = micros(t1.duration_since(t0))
             .saturating_add(self.extra_latency_us.load(Ordering::Relaxed));
         let at_ms = self.clock.at(t1).0;
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
@@ -568,7 +552,7 @@ impl Runtime {
         Ok(InferResponse {
             request_id,
             model: model.model.clone(),
-            outputs: model.to_outputs(&outs),
+            outputs: model.to_outputs(outs),
             latency_us,
             label,
             score,
@@ -709,8 +693,10 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(r.model.to_string(), "sensor@1");
         assert_eq!(r.outputs.len(), 2);
-        assert_eq!(&*r.outputs[1].name, "probabilities");
-        assert_eq!(r.outputs[1].shape, vec![1, 3]);
+        assert_eq!(r.outputs[1].name(), "probabilities");
+        assert_eq!(r.outputs[1].shape(), &[1, 3]);
+        assert_eq!(r.outputs[1].as_f32().unwrap().len(), 3);
+        assert_eq!(r.outputs[0].as_i64().unwrap().len(), 1);
         assert!(r.label.is_some() && r.score.is_some());
         let bad = rt.infer(InferRequest::new(vec![0.0; 3])).unwrap_err();
         assert!(matches!(

@@ -115,7 +115,7 @@ fn work(mut rx: mpsc::Receiver<Job>, model: &LoadedModel, stats: &Stats, clock: 
         let t0 = Instant::now();
         let result = model.run(&job.row);
         let t1 = Instant::now();
-        let latency_us = u64::try_from(t1.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
+        let latency_us = crate::runtime::micros(t1.duration_since(t0));
         let prediction = result.ok().and_then(|o| model.predict(&o));
         model.recorder().record(&Record {
             request_id: 0,

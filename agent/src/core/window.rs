@@ -265,8 +265,9 @@ struct Slot {
 }
 
 /// Recent request ids → prediction, in pages allocated on first use so an idle
-/// agent holds almost nothing. Indexed by `id % capacity`; ids are sequential,
-/// so an entry lives until `capacity` later requests overwrite it.
+/// agent holds almost nothing. Indexed by `id` modulo the capacity (rounded up
+/// to a power of two, so a mask and not a division); ids are sequential, so an
+/// entry lives until that many later requests overwrite it.
 #[derive(Debug)]
 struct FeedbackRing {
     cap: usize,
@@ -276,6 +277,7 @@ struct FeedbackRing {
 
 impl FeedbackRing {
     fn new(cap: usize, ttl_ms: u64) -> FeedbackRing {
+        let cap = if cap == 0 { 0 } else { cap.next_power_of_two() };
         FeedbackRing {
             cap,
             ttl_ms,
@@ -283,11 +285,12 @@ impl FeedbackRing {
         }
     }
 
+    #[inline]
     fn index(&self, id: u64) -> Option<(usize, usize)> {
         if self.cap == 0 {
             return None;
         }
-        let i = (id % self.cap as u64) as usize;
+        let i = (id & (self.cap as u64 - 1)) as usize;
         Some((i / PAGE, i % PAGE))
     }
 
@@ -354,7 +357,7 @@ impl CaptureRing {
         dst.copy_from_slice(row);
         *self.ids.get_mut(at)? = id;
         *self.labels.get_mut(at)? = None;
-        self.next = (at + 1) % self.cap;
+        self.next = if at + 1 == self.cap { 0 } else { at + 1 };
         self.len = (self.len + 1).min(self.cap);
         Some(at as u32)
     }

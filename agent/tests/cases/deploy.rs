@@ -106,12 +106,12 @@ async fn deploy_infer_feedback_telemetry_ack() {
 
     // Library inference.
     let r1 = agent.infer(InferRequest::new(ROWS[0].to_vec())).unwrap();
-    assert_eq!(r1.model, m.model_ref());
+    assert_eq!(*r1.model, m.model_ref());
     let label = r1.label.clone().unwrap();
     assert!(["fault", "normal", "warning"].contains(&&*label));
     let score = r1.score.unwrap();
     assert!((0.0..=1.0).contains(&score));
-    let names: Vec<&str> = r1.outputs.iter().map(|o| &*o.name).collect();
+    let names: Vec<&str> = r1.outputs.iter().map(|o| o.name()).collect();
     assert_eq!(names, vec!["label", "probabilities"]);
 
     // HTTP: full form, shorthand, binary.

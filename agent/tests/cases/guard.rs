@@ -47,7 +47,7 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
     });
     rolled_back.await;
     let r = agent.infer(InferRequest::new(ROWS[0].to_vec())).unwrap();
-    assert_eq!(r.model, v1, "serving v1 again while still offline");
+    assert_eq!(*r.model, v1, "serving v1 again while still offline");
     assert!(!agent.status().link.connected);
     eventually(
         "the bad model is not kept as previous",

@@ -229,6 +229,6 @@ async fn malformed_mqtt_payloads_are_counted_and_ignored() {
         .agent()
         .infer(InferRequest::new(ROWS[0].to_vec()))
         .unwrap();
-    assert_eq!(r.model, v1);
+    assert_eq!(*r.model, v1);
     assert!(st.link.connected);
 }

@@ -28,7 +28,7 @@ async fn refusals_leave_the_old_model_serving() {
     let before = agent.infer(InferRequest::new(ROWS[2].to_vec())).unwrap();
     let serving = |what: &str| {
         let r = agent.infer(InferRequest::new(ROWS[2].to_vec())).unwrap();
-        assert_eq!(r.model, v1, "after {what}");
+        assert_eq!(*r.model, v1, "after {what}");
         assert_eq!(r.outputs, before.outputs, "after {what}");
     };
 

@@ -100,5 +100,5 @@ async fn restart_mid_download_resumes_without_refetching() {
         .agent()
         .infer(InferRequest::new(ROWS[0].to_vec()))
         .unwrap();
-    assert_eq!(r.model, m.model_ref());
+    assert_eq!(*r.model, m.model_ref());
 }

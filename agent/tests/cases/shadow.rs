@@ -40,7 +40,7 @@ async fn shadow_stats_reach_telemetry_and_promotion_needs_no_download() {
     let n = 40u64;
     for r in ROWS.iter().cycle().take(n as usize) {
         let resp = agent.infer(InferRequest::new(r.to_vec())).unwrap();
-        assert_eq!(resp.model, v1);
+        assert_eq!(*resp.model, v1);
     }
     let (compared, agreed, latency, shadow_count) = s
         .peer
