@@ -200,3 +200,106 @@ async fn drift_retrain_canary_and_bad_version_story_runs_end_to_end() {
     );
     assert!(summary.windows > 0 && summary.totals.0 > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_retraining_hook_leaves_the_fleet_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("controller");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("controller.toml"),
+        r#"[retrain.sensor]
+psi_threshold = 0.1
+consecutive = 2
+min_samples = 200
+interval = "1s"
+window = "4s"
+cohort_key = "region"
+
+[retrain.sensor.capture]
+devices = 2
+samples_per_device = 100
+timeout = "10s"
+
+[retrain.sensor.hook]
+kind = "exec"
+command = "sh"
+args = ["-c", "echo training blew up >&2; exit 3"]
+timeout = "20s"
+
+[retrain.sensor.auto_rollout]
+enabled = true
+waves = [50, 100]
+bake = "2s"
+"#,
+    )
+    .unwrap();
+    let running = serve::start(ServeConfig::ephemeral(&data)).await.unwrap();
+    let ctl = running.handle();
+    let fleet = Fleet::start(
+        &ctl,
+        running.mqtt_addr(),
+        &FleetConfig {
+            agents: 6,
+            inferences_per_sec: 30.0,
+            telemetry_window_ms: 1_000,
+            ..FleetConfig::default()
+        },
+        Some(dir.path().join("agents")),
+    )
+    .await
+    .unwrap();
+    let samples = drover_sim::data::reference_samples(2000, 1);
+    let (onnx, csv, _) = train_model(&samples, false).unwrap();
+    let v1 = push(&ctl, "sensor", onnx, csv, None, Some("production"))
+        .await
+        .unwrap();
+    for d in &fleet.devices {
+        ctl.deploy(&format!("sensor@{v1}").parse().unwrap(), &d.id, false)
+            .await
+            .unwrap();
+    }
+    fleet
+        .wait_all_active("sensor@1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    for d in fleet.with_label("region", "eu") {
+        d.set_drift(Some(drover_sim::data::Drift {
+            feature: 1,
+            shift_sigma: 2.0,
+        }));
+    }
+    let retrain = running.retrain();
+    let model = drover_protocol::ModelName::new("sensor").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let job = loop {
+        let jobs = retrain.jobs(Some(model.clone()), 5).await.unwrap();
+        if let Some(j) = jobs.first() {
+            let job = retrain.job(j.id).await.unwrap().unwrap();
+            if job.state == drover_controller::retrain::JobState::Failed {
+                break job;
+            }
+            assert!(
+                !matches!(
+                    job.state,
+                    drover_controller::retrain::JobState::Pushed
+                        | drover_controller::retrain::JobState::RolledOut
+                ),
+                "a failing hook must not push: {job:?}"
+            );
+        }
+        assert!(Instant::now() < deadline, "no failed retraining job");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let why = job.failure.clone().unwrap_or_default();
+    assert!(why.contains('3') || why.contains("blew up"), "{why}");
+    // Nothing reached the fleet: no new version, no rollout, v1 everywhere.
+    let models = ctl.models().await.unwrap();
+    assert_eq!(models.len(), 1, "only v1 in the registry: {models:?}");
+    assert!(running.rollouts().list().await.is_empty());
+    for d in &fleet.devices {
+        assert_eq!(d.active().await.as_deref(), Some("sensor@1"));
+    }
+    fleet.shutdown().await;
+    running.shutdown().await;
+}

@@ -36,9 +36,15 @@ use crate::rollout::{
 /// Everything else (bad signature, hash mismatch, failed health check) would
 /// fail the same way again.
 const RETRYABLE_CODES: &[&str] = &[
+    // The agent's own codes for transient trouble.
+    "download_stalled",
+    "write_failed",
+    "store_failed",
+    "superseded",
+    "internal",
+    // Other agents may report these.
     "download_timeout",
     "download_failed",
-    "download_interrupted",
     "link_lost",
     "io_error",
     "disk_full",
