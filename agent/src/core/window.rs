@@ -255,13 +255,43 @@ pub enum FeedbackOutcome {
     Mismatch,
 }
 
+const OCCUPIED: u32 = 1;
+const HAS_PRED: u32 = 2;
+const IS_VALUE: u32 = 4;
+const LABELLED: u32 = 8;
+const CAPTURE_SHIFT: u32 = 8;
+
+/// One remembered request in 16 bytes (four per cache line: the ring takes
+/// one write per inference, between tract runs that flush the caches).
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
-    id: u64,
-    at_ms: u64,
-    pred: Option<Prediction>,
-    labelled: bool,
-    capture: Option<u32>,
+    /// The id's bits above the ring index.
+    tag: u32,
+    /// When, in seconds since the epoch.
+    at_s: u32,
+    /// Class index, or the value's f32 bits.
+    pred: u32,
+    /// OCCUPIED | HAS_PRED | IS_VALUE | LABELLED, capture index + 1 above.
+    meta: u32,
+}
+
+impl Slot {
+    fn prediction(&self) -> Option<Prediction> {
+        if self.meta & HAS_PRED == 0 {
+            None
+        } else if self.meta & IS_VALUE != 0 {
+            Some(Prediction::Value(f32::from_bits(self.pred)))
+        } else {
+            Some(Prediction::Class {
+                index: self.pred,
+                confidence: 0.0,
+            })
+        }
+    }
+
+    fn capture(&self) -> Option<u32> {
+        (self.meta >> CAPTURE_SHIFT).checked_sub(1)
+    }
 }
 
 /// Recent request ids → prediction, in pages allocated on first use so an idle
@@ -271,6 +301,7 @@ struct Slot {
 #[derive(Debug)]
 struct FeedbackRing {
     cap: usize,
+    shift: u32,
     ttl_ms: u64,
     pages: Vec<Option<Box<[Slot]>>>,
 }
@@ -280,6 +311,7 @@ impl FeedbackRing {
         let cap = if cap == 0 { 0 } else { cap.next_power_of_two() };
         FeedbackRing {
             cap,
+            shift: cap.trailing_zeros(),
             ttl_ms,
             pages: (0..cap.div_ceil(PAGE)).map(|_| None).collect(),
         }
@@ -295,9 +327,27 @@ impl FeedbackRing {
     }
 
     #[inline]
-    fn insert(&mut self, slot: Slot) {
-        let Some((page, at)) = self.index(slot.id) else {
+    fn tag(&self, id: u64) -> u32 {
+        // Truncation only aliases ids 2^(32 + shift) apart.
+        (id >> self.shift) as u32
+    }
+
+    #[inline]
+    fn insert(&mut self, id: u64, at_ms: u64, pred: Option<Prediction>, capture: Option<u32>) {
+        let Some((page, at)) = self.index(id) else {
             return;
+        };
+        let (pred, kind) = match pred {
+            None => (0, 0),
+            Some(Prediction::Class { index, .. }) => (index, HAS_PRED),
+            Some(Prediction::Value(v)) => (v.to_bits(), HAS_PRED | IS_VALUE),
+        };
+        let capture = capture.map_or(0, |c| c.saturating_add(1)) << CAPTURE_SHIFT;
+        let slot = Slot {
+            tag: self.tag(id),
+            at_s: u32::try_from(at_ms / 1000).unwrap_or(u32::MAX),
+            pred,
+            meta: OCCUPIED | kind | capture,
         };
         let len = PAGE.min(self.cap - page * PAGE);
         if let Some(p) = self.pages.get_mut(page) {
@@ -310,8 +360,9 @@ impl FeedbackRing {
 
     fn get_mut(&mut self, id: u64) -> Option<&mut Slot> {
         let (page, at) = self.index(id)?;
+        let tag = self.tag(id);
         let s = self.pages.get_mut(page)?.as_mut()?.get_mut(at)?;
-        (s.id == id && id != 0).then_some(s)
+        (s.meta & OCCUPIED != 0 && s.tag == tag && id != 0).then_some(s)
     }
 }
 
@@ -438,13 +489,7 @@ impl Recorder {
             .record(&self.spec, r.latency_us, r.row, r.prediction);
         if r.request_id != 0 {
             let capture = st.capture.maybe_push(r.request_id, r.row, per_mille);
-            st.ring.insert(Slot {
-                id: r.request_id,
-                at_ms: r.at_ms,
-                pred: r.prediction,
-                labelled: false,
-                capture,
-            });
+            st.ring.insert(r.request_id, r.at_ms, r.prediction, capture);
         }
     }
 
@@ -459,13 +504,14 @@ impl Recorder {
         let Some(slot) = st.ring.get_mut(request_id) else {
             return FeedbackOutcome::Unknown;
         };
-        if now_ms.saturating_sub(slot.at_ms) > ttl {
+        let age_ms = (now_ms / 1000).saturating_sub(u64::from(slot.at_s)) * 1000;
+        if age_ms > ttl {
             return FeedbackOutcome::Expired;
         }
-        if slot.labelled {
+        if slot.meta & LABELLED != 0 {
             return FeedbackOutcome::Duplicate;
         }
-        let (correct, abs_err) = match (slot.pred, truth) {
+        let (correct, abs_err) = match (slot.prediction(), truth) {
             (Some(Prediction::Class { index, .. }), Label::Class(t)) if (t as usize) < classes => {
                 (Some(index == t), None)
             }
@@ -475,8 +521,8 @@ impl Recorder {
             }
             _ => return FeedbackOutcome::Mismatch,
         };
-        slot.labelled = true;
-        let capture = slot.capture;
+        slot.meta |= LABELLED;
+        let capture = slot.capture();
         st.accum.labelled += 1;
         if correct == Some(true) {
             st.accum.correct += 1;
@@ -747,8 +793,9 @@ mod tests {
             FeedbackOutcome::Unknown
         );
         r.record(&rec(13, 0, &[0.0; 4], class(0, 0.9)));
+        // The ttl is kept at one-second granularity.
         assert_eq!(
-            r.feedback(13, Label::Class(0), 1001),
+            r.feedback(13, Label::Class(0), 2001),
             FeedbackOutcome::Expired
         );
         assert_eq!(
