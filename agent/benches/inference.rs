@@ -97,6 +97,57 @@ fn agent(rt: &tokio::runtime::Runtime, dir: &Path, bytes: &[u8]) -> Agent {
     rt.block_on(Agent::start(cfg)).unwrap()
 }
 
+/// A minimal keep-alive HTTP/1.1 client (what a lean local app would use):
+/// measures the server, not reqwest.
+struct RawClient {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    fn connect(addr: std::net::SocketAddr) -> RawClient {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    fn post(&mut self, content_type: &str, body: &[u8]) -> usize {
+        use std::io::{Read as _, Write as _};
+        let head = format!(
+            "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.stream.write_all(&req).unwrap();
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&self.buf);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if self.buf.len() >= end + 4 + len {
+                    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                    return len;
+                }
+            }
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -220,6 +271,20 @@ fn main() {
         }
     });
     let (lib_p50, json_p50, bin_p50) = (median(lib_lat), median(json_lat), median(bin_lat));
+    let mut raw_client = RawClient::connect(agent.api_addr().unwrap());
+    let (mut lib2, mut raw_json, mut raw_bin) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5000 {
+        let t = Instant::now();
+        black_box(agent.infer(InferRequest::new(ROW.to_vec())).unwrap());
+        lib2.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        black_box(raw_client.post("application/json", &body));
+        raw_json.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        black_box(raw_client.post("application/octet-stream", &raw));
+        raw_bin.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let (lib2, raw_json, raw_bin) = (median(lib2), median(raw_json), median(raw_bin));
     println!();
     println!("== drover-agent inference summary ==");
     println!("bare tract            {bare:8.2} µs/inference");
@@ -233,6 +298,16 @@ fn main() {
     println!(
         "HTTP binary p50       {bin_p50:8.2} µs   extra {:6.2} µs (goal <= 50)",
         bin_p50 - lib_p50
+    );
+    println!("  (the two lines above include reqwest's own client cost)");
+    println!("library p50           {lib2:8.2} µs");
+    println!(
+        "HTTP JSON p50, raw    {raw_json:8.2} µs   extra {:6.2} µs (goal <= 50; keep-alive socket client)",
+        raw_json - lib2
+    );
+    println!(
+        "HTTP binary p50, raw  {raw_bin:8.2} µs   extra {:6.2} µs (goal <= 50; keep-alive socket client)",
+        raw_bin - lib2
     );
     rt.block_on(agent.shutdown()).unwrap();
 }

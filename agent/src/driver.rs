@@ -138,7 +138,6 @@ pub(crate) fn load_installed(
 }
 
 impl Driver {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: AgentConfig,
         shared: Arc<Shared>,
@@ -294,9 +293,8 @@ impl Driver {
         self.close_windows(b).await;
         self.publish_state();
         self.link.shutdown().await;
-        if let Some(old) = self.shared.runtime.set_shadow(None) {
-            drop(old);
-        }
+        // Dropping the last handle closes the queue; the worker thread ends.
+        self.shared.runtime.set_shadow(None);
         self.shadow = None;
     }
 
@@ -676,6 +674,34 @@ impl Driver {
             Slot::Deploy => self.deploy_job.take(),
             Slot::Shadow => self.shadow_job.take(),
         };
+        // A shadow download of the artifact now being deployed is promoted:
+        // the deploy takes over its bytes.
+        let other = match slot {
+            Slot::Deploy => &mut self.shadow_job,
+            Slot::Shadow => &mut self.deploy_job,
+        };
+        if other.as_ref().is_some_and(|j| j.core.sha256() == sha) {
+            if slot == Slot::Shadow {
+                let r = Reason::new("already_deploying", format!("{model} is being deployed"));
+                self.report(seq, model, DeployPhase::Failed(r));
+                if let Some(j) = previous_job {
+                    self.shadow_job = Some(j);
+                }
+                return;
+            }
+            if let Some(mut old) = other.take() {
+                if !old.installed {
+                    held = old.core.held().clone();
+                }
+                old.core.cancel(
+                    Reason::new("superseded", format!("deployed by command {seq}")),
+                    false,
+                );
+                let old_slot = old.slot;
+                self.run_actions(&mut old).await;
+                let _ = self.store.call(move |s| s.delete_pending(old_slot)).await;
+            }
+        }
         if let Some(mut old) = previous_job {
             let same = old.core.sha256() == sha && !old.installed;
             if same {
@@ -745,9 +771,6 @@ impl Driver {
             let Some(mut j) = taken else { continue };
             self.run_actions(&mut j).await;
             if !j.core.is_finished() {
-                // A newer job for the slot may have been started meanwhile
-                // (it cannot: commands are handled in this same task), so
-                // putting it back is safe.
                 match slot {
                     Slot::Deploy => self.deploy_job = Some(j),
                     Slot::Shadow => self.shadow_job = Some(j),

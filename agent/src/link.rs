@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use drover_protocol::codec::{self, MAX_PAYLOAD};
 use drover_protocol::messages::{Hello, Status, Up};
 use drover_protocol::topic::{Channel, Topic};
-use drover_protocol::{DeviceId, FleetId};
+use drover_protocol::{DeviceId, FleetId, ModelRef};
 
 use crate::metrics::Metrics;
 
@@ -198,6 +198,7 @@ pub(crate) fn spawn(
         next_id: 0,
         connected: false,
         need_subscribe: false,
+        announced: None,
         hello,
         events,
         metrics,
@@ -265,6 +266,8 @@ struct Manager {
     next_id: u64,
     connected: bool,
     need_subscribe: bool,
+    /// The active model the last retained Online status named.
+    announced: Option<Option<ModelRef>>,
     hello: watch::Receiver<Hello>,
     events: mpsc::Sender<LinkEvent>,
     metrics: Arc<Metrics>,
@@ -282,8 +285,9 @@ impl Manager {
         }
     }
 
-    fn online_status(&self) -> Option<Vec<u8>> {
+    fn online_status(&mut self) -> Option<Vec<u8>> {
         let active = self.hello.borrow().active.clone();
+        self.announced = Some(active.clone());
         codec::encode_status(&Status::Online {
             agent_version: crate::AGENT_VERSION.to_string(),
             active,
@@ -426,6 +430,7 @@ impl Manager {
         mut requests: mpsc::UnboundedReceiver<LinkRequest>,
         poller: JoinHandle<()>,
     ) {
+        let mut hello_alive = true;
         let done = loop {
             self.flush();
             tokio::select! {
@@ -441,8 +446,14 @@ impl Manager {
                     Some(LinkRequest::Shutdown(done)) => break Some(done),
                     None => break None,
                 },
-                changed = self.hello.changed() => {
-                    if changed.is_ok() && self.connected
+                changed = self.hello.changed(), if hello_alive => {
+                    hello_alive = changed.is_ok();
+                    // Hello changes with every window (outbox depth); the
+                    // retained status only needs to follow the active model.
+                    let active = self.hello.borrow().active.clone();
+                    if changed.is_ok()
+                        && self.connected
+                        && self.announced.as_ref() != Some(&active)
                         && let Some(s) = self.online_status()
                     {
                         let o = self.out(s, Delivery::BestEffort, true);
@@ -451,10 +462,14 @@ impl Manager {
                 }
             }
         };
-        self.graceful_close(&mut polled).await;
-        poller.abort();
+        // Without a Shutdown request the agent was dropped (a crash, for the
+        // simulator): the connection just dies and the broker's will fires.
         if let Some(done) = done {
+            self.graceful_close(&mut polled).await;
+            poller.abort();
             let _ = done.send(());
+        } else {
+            poller.abort();
         }
     }
 

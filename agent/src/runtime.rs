@@ -4,7 +4,7 @@
 //! on the model they started on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tract_onnx::prelude::*;
@@ -66,6 +66,9 @@ fn classify(e: &TractError) -> RuntimeError {
     }
 }
 
+/// Execution states kept per model: one per concurrently running thread.
+const MAX_POOLED_STATES: usize = 16;
+
 #[derive(Debug)]
 struct OutputSlot {
     name: Arc<str>,
@@ -77,6 +80,9 @@ pub struct LoadedModel {
     manifest: Arc<ModelManifest>,
     sha256: Sha256,
     plan: Arc<TypedRunnableModel>,
+    /// Execution states ready for reuse: spawning one per run costs more
+    /// than a small model's whole inference (allocations per node).
+    states: Mutex<Vec<TypedSimpleState>>,
     input_name: String,
     input_shape: Vec<usize>,
     input_len: usize,
@@ -186,6 +192,7 @@ impl LoadedModel {
             model: Arc::new(manifest.model_ref()),
             sha256: manifest.artifact.sha256,
             plan,
+            states: Mutex::new(Vec::new()),
             input_name: input.name.clone(),
             input_shape,
             input_len,
@@ -261,7 +268,18 @@ impl LoadedModel {
             )));
         }
         let t = Tensor::from_shape(&self.input_shape, input).map_err(|e| classify(&e))?;
-        self.plan.run(tvec!(t.into())).map_err(|e| classify(&e))
+        let pooled = self.states.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut state = match pooled {
+            Some(s) => s,
+            None => self.plan.spawn().map_err(|e| classify(&e))?,
+        };
+        // A state is reset after every run, so reuse gives the same answers.
+        let out = state.run(tvec!(t.into())).map_err(|e| classify(&e))?;
+        let mut pool = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_POOLED_STATES {
+            pool.push(state);
+        }
+        Ok(out)
     }
 
     fn f32_values(t: &Tensor) -> Option<std::borrow::Cow<'_, [f32]>> {
@@ -615,6 +633,57 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn reused_execution_states_give_the_answers_of_fresh_ones() {
+        let bytes = fixture("sensor_clf_v1.onnx");
+        let m = classifier_manifest("sensor_clf_v1.onnx", 1);
+        let lm = LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap();
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 4]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let rows = [
+            [60.0, 2.4, 12.0, 50.0],
+            [40.0, 9.0, 3.0, 10.0],
+            [60.0, 2.4, 12.0, 50.0],
+        ];
+        for _ in 0..3 {
+            for r in &rows {
+                let got = lm.primary_values(&lm.run(r).unwrap()).unwrap();
+                let t = Tensor::from_shape(&[1, 4], r).unwrap();
+                let fresh = plan.run(tvec!(t.into())).unwrap();
+                let want = fresh[1]
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec();
+                assert_eq!(got, want);
+            }
+        }
+        // Threads share the pool.
+        let lm = Arc::new(lm);
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let lm = lm.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        lm.run(&rows[0]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(lm.states.lock().unwrap().len() <= MAX_POOLED_STATES);
     }
 
     #[test]

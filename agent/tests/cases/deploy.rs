@@ -421,3 +421,20 @@ async fn rollback_idempotence_downgrade_and_disk_hygiene() {
     assert_eq!(partial, 0);
     assert_eq!(agent.status().previous.as_deref(), Some("sensor@2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_agent_goes_offline_through_its_last_will() {
+    let mut s = Setup::start("will").await;
+    s.peer
+        .wait("Online", Duration::from_secs(10), |st| {
+            matches!(st.statuses.last(), Some(Status::Online { .. })).then_some(())
+        })
+        .await;
+    // Like a crash: no shutdown, no final Offline publish from the agent.
+    drop(s.agent.take());
+    s.peer
+        .wait("Offline from the will", Duration::from_secs(20), |st| {
+            matches!(st.statuses.last(), Some(Status::Offline)).then_some(())
+        })
+        .await;
+}
