@@ -100,7 +100,9 @@ for triple in "${targets[@]}"; do
         bin="$CROSS_TARGET_DIR_REL/$triple/$(profile_dir "$profile")/drover-agent"
         [ -x "$bin" ] || die "expected $bin after the build, but it is not there"
         size=$(stat -c %s "$bin")
-        log "$triple: $bin ($((size / 1024)) KiB$(file -b "$bin" 2>/dev/null | grep -q 'not stripped' && echo ', not stripped' || true))"
+        stripped=""
+        if file -b "$bin" 2>/dev/null | grep -q 'not stripped'; then stripped=", not stripped"; fi
+        log "$triple: $bin ($((size / 1024)) KiB$stripped)"
         echo "$root/$bin"
     fi
 done

@@ -13,6 +13,8 @@
 #   cross-rs  `cross` with a running Docker/Podman engine (uses Cross.toml).
 
 # Where every cross build goes, so the host build cache (target/) is untouched.
+# (Used by the scripts that source this file; likewise CARGO_CMD and BUILD_STD_ARGS.)
+# shellcheck disable=SC2034
 CROSS_TARGET_DIR_REL="target/cross"
 
 # Debian packages of the Debian route.
@@ -55,6 +57,26 @@ qemu_of() {
     armv7-unknown-linux-gnueabihf) echo qemu-arm-static ;;
     *) die "no qemu for $1" ;;
     esac
+}
+
+# qemu_runner TRIPLE -> the qemu-user command line that runs a target binary.
+# A multiarch libc (libc6:arm64, which the Debian route's std package pulls in)
+# is found by the binary's own loader path (/lib/ld-linux-aarch64.so.1), so no
+# -L is given then: qemu 7.2's -L path redirection makes aarch64 test binaries
+# spin forever as soon as libtest starts a test (seen on Debian 12, with
+# libc6-arm64-cross). Without a multiarch libc, -L /usr/<gnu-prefix> points qemu
+# at the loader and libc of the libc6-*-cross package (armv7 runs fine that way).
+qemu_runner() {
+    local triple=$1 loader
+    case "$triple" in
+    aarch64-unknown-linux-gnu) loader=/lib/ld-linux-aarch64.so.1 ;;
+    armv7-unknown-linux-gnueabihf) loader=/lib/ld-linux-armhf.so.3 ;;
+    esac
+    if [ -e "$loader" ]; then
+        qemu_of "$triple"
+    else
+        echo "$(qemu_of "$triple") -L /usr/$(gnu_prefix "$triple")"
+    fi
 }
 
 # env_key TRIPLE -> AARCH64_UNKNOWN_LINUX_GNU (for CARGO_TARGET_<KEY>_*).
@@ -135,7 +157,9 @@ pick_route() {
         ;;
     debian)
         if ! debian_ready "$triple"; then
-            is_root && is_debian || die "DROVER_CROSS_ROUTE=debian but the Debian packages are missing and this is not root on Debian"
+            if ! { is_root && is_debian; }; then
+                die "DROVER_CROSS_ROUTE=debian but the Debian packages are missing and this is not root on Debian"
+            fi
             debian_install "$triple"
             debian_ready "$triple" || die "the Debian route is still incomplete after apt-get install"
         fi
@@ -171,11 +195,11 @@ pick_route() {
 
 # setup_env ROUTE TRIPLE: exports the compiler/linker/runner variables and sets
 # CARGO_CMD (array) and BUILD_STD_ARGS (array) for that route.
+# shellcheck disable=SC2034 # CARGO_CMD and BUILD_STD_ARGS are used by the callers
 setup_env() {
-    local route=$1 triple=$2 key prefix qemu
+    local route=$1 triple=$2 key prefix
     key=$(env_key "$triple")
     prefix=$(gnu_prefix "$triple")
-    qemu=$(qemu_of "$triple")
     BUILD_STD_ARGS=()
     case "$route" in
     rustup | debian)
@@ -187,10 +211,8 @@ setup_env() {
         else
             log "warning: $prefix-gcc not found; linking will probably fail (apt-get install gcc-$prefix)"
         fi
-        # -L: where the target's dynamic loader and libc live (from libc6-*-cross),
-        # so binaries run without binfmt_misc or a multiarch libc.
         if [ -z "$(printenv "CARGO_TARGET_${key}_RUNNER" || true)" ]; then
-            export "CARGO_TARGET_${key}_RUNNER=$qemu -L /usr/$prefix"
+            export "CARGO_TARGET_${key}_RUNNER=$(qemu_runner "$triple")"
         fi
         ;;
     esac
@@ -206,7 +228,7 @@ setup_env() {
         if [ "$triple" = armv7-unknown-linux-gnueabihf ]; then
             # No armhf std package: build std from rust-web-src.
             export RUSTC_BOOTSTRAP=1
-            BUILD_STD_ARGS=(-Zbuild-std=std,panic_abort)
+            BUILD_STD_ARGS=("-Zbuild-std=std,panic_abort")
         fi
         ;;
     cross-rs)

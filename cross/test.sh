@@ -30,6 +30,8 @@ Options:
 Environment:
   DROVER_CROSS_ROUTE     force a route (rustup, debian, cross-rs)
   RUST_TEST_THREADS      test threads per binary (default: the core count)
+  DROVER_QEMU_TEST_TIMEOUT  seconds one test binary may run under qemu (default 900);
+                         a binary killed by it fails the run (exit 124/137)
 Tests see DROVER_UNDER_QEMU=1, so a timing-sensitive test can widen its budget.
 EOF
 }
@@ -95,7 +97,11 @@ if [ "$route" != cross-rs ]; then
             die "$qemu not found (apt-get install qemu-user-static)"
         fi
     fi
+    # Each test binary gets a time limit, so a test that hangs under emulation
+    # fails loudly instead of holding CI until its global limit.
     runner_var="CARGO_TARGET_$(env_key "$triple")_RUNNER"
+    per_bin=${DROVER_QEMU_TEST_TIMEOUT:-900}
+    export "$runner_var=timeout --kill-after=10 $per_bin $(printenv "$runner_var")"
     log "runner: $runner_var=$(printenv "$runner_var")"
 fi
 # Broker tests may spawn a host mosquitto (a native process, fine beside qemu).
@@ -111,6 +117,16 @@ fi
 export PATH="$PATH:/usr/sbin"
 export DROVER_UNDER_QEMU=1
 
+# Can the kernel exec target binaries itself (binfmt_misc handler for qemu)?
+binfmt=0
+case "$triple" in
+aarch64-*) handler=/proc/sys/fs/binfmt_misc/qemu-aarch64 ;;
+armv7-*) handler=/proc/sys/fs/binfmt_misc/qemu-arm ;;
+esac
+if [ -r "$handler" ] && head -n1 "$handler" | grep -qx enabled; then
+    binfmt=1
+fi
+
 # Skips from cross/qemu-skips.txt: KIND CRATE FILTER REASON...
 skip_args_for() {
     local crate=$1 kind c filter reason
@@ -118,7 +134,11 @@ skip_args_for() {
     while read -r kind c filter reason; do
         case "$kind" in '' | '#'*) continue ;; esac
         [ "$c" = "$crate" ] || continue
-        if [ "$kind" = qemu ] || { [ "$kind" = slow ] && [ "$fast" = 1 ]; }; then
+        if [ "$kind" = exec ] && [ "$binfmt" = 1 ]; then
+            log "running $crate: $filter (binfmt_misc can exec target binaries here)"
+            continue
+        fi
+        if [ "$kind" = qemu ] || [ "$kind" = exec ] || { [ "$kind" = slow ] && [ "$fast" = 1 ]; }; then
             log "SKIP ($kind) $crate: $filter — $reason"
             SKIP_ARGS+=(--skip "$filter")
         fi
