@@ -7,6 +7,11 @@
 # gcc: cross/build.sh installs what the Debian route needs (rustc-web, the arm64
 # std, the cross gcc, qemu-user-static) and cross/package.sh installs cargo-deb.
 #
+# Time on 2 shared cores: about 9 min with the packages installed and the
+# builds warm, 17-19 min on a fresh machine (apt-get, cold aarch64 build, cargo-deb).
+# Cross builds go to target/cross; the host cache in target/ is not touched
+# (the .deb step builds the host debug agent, as `cargo build` would).
+#
 # Environment:
 #   DROVER_CI_SKIP_DEB=1   skip the .deb build and check
 #   DROVER_QEMU_TEST_TIMEOUT   seconds per test binary under qemu (default 900)

@@ -11,6 +11,7 @@ Usage: cross/build.sh aarch64|armv7|all [--release | --profile NAME] [-p CRATE] 
 
 Cross-builds the device agent (crate drover-agent, bin drover-agent) and leaves it at
   target/cross/<triple>/<profile>/drover-agent
+(<profile>: debug by default, device with --release)
   aarch64 -> aarch64-unknown-linux-gnu      (64-bit Raspberry Pi OS, Pi 3/4/5, Jetson)
   armv7   -> armv7-unknown-linux-gnueabihf  (32-bit Raspberry Pi OS, Pi 2/3/4)
 
@@ -22,9 +23,11 @@ Picks a toolchain route and says which it used (force one with DROVER_CROSS_ROUT
   cross-rs  'cross' with a running Docker/Podman engine (Cross.toml at the root)
 
 Options:
-  --release        build the release profile
-  --profile NAME   build a named profile, e.g. 'device' (opt-level s, fat LTO,
-                   codegen-units 1, panic=abort, stripped): the size to ship
+  --release        build the binary to ship: the 'device' profile of the root
+                   Cargo.toml (release + opt-level z, fat LTO, codegen-units 1,
+                   panic=abort, stripped), at target/cross/<triple>/device/
+  --profile NAME   build a named profile instead ('release': plain release,
+                   opt-level 3, unwinding, at target/cross/<triple>/release/)
   -p, --package C  build another workspace crate instead (default drover-agent)
   --route-only     print the route for each target and exit
   -h, --help       this help
@@ -46,7 +49,7 @@ while [ $# -gt 0 ]; do
         usage
         exit 0
         ;;
-    --release) profile=release ;;
+    --release) profile=device ;;
     --profile)
         [ $# -ge 2 ] || die "--profile needs a name"
         profile=$2

@@ -19,7 +19,8 @@ CROSS_TARGET_DIR_REL="target/cross"
 
 # Debian packages of the Debian route.
 DEBIAN_BASE_PKGS=(rustc-web cargo-web gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
-    gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf qemu-user-static)
+    libc6-dev-arm64-cross gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf
+    libc6-dev-armhf-cross qemu-user-static)
 DEBIAN_AARCH64_PKGS=('libstd-rust-web-dev:arm64')
 DEBIAN_ARMV7_PKGS=(rust-web-src)
 
@@ -106,6 +107,7 @@ debian_rustc() { [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && /usr/bin/rust
 debian_ready() {
     debian_rustc || return 1
     command -v "$(gnu_prefix "$1")-gcc" >/dev/null 2>&1 || return 1
+    [ -e "/usr/$(gnu_prefix "$1")/lib/crt1.o" ] || return 1 # libc6-dev-*-cross
     local sysroot
     sysroot=$(/usr/bin/rustc --print sysroot)
     case "$1" in
@@ -136,7 +138,8 @@ debian_install() {
     fi
     log "apt-get install ${pkgs[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    # With Recommends: the cross gcc packages only recommend their libc6-dev-*-cross.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
 }
 
 docker_running() {

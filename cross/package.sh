@@ -24,9 +24,9 @@ Architectures (default: all = amd64 arm64):
   armhf   armv7-unknown-linux-gnueabihf, built by cross/build.sh armv7
 
 Options:
-  --profile NAME  cargo profile of the packaged binary (default: device = opt-level s,
+  --profile NAME  cargo profile of the packaged binary (default: device = opt-level z,
                   fat LTO, codegen-units 1, panic=abort, stripped; 'release' builds faster)
-  --release       same as --profile release
+  --release       the default: the device profile, as with cross/build.sh --release
   --no-build      package what is already built (fails if the binary is missing)
   --host-build    amd64 only: package the host build's binary (target/<profile>/),
                   e.g. '--host-build --profile dev' after 'cargo build' (quick, for checks)
@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
         shift
         ;;
     --profile=*) profile=${1#--profile=} ;;
-    --release) profile=release ;;
+    --release) profile=device ;;
     --no-build) build=0 ;;
     --host-build) host_build=1 ;;
     --fast) fast=(--fast) ;;

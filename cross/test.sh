@@ -32,7 +32,10 @@ Environment:
   RUST_TEST_THREADS      test threads per binary (default: the core count)
   DROVER_QEMU_TEST_TIMEOUT  seconds one test binary may run under qemu (default 900);
                          a binary killed by it fails the run (exit 124/137)
-Tests see DROVER_UNDER_QEMU=1, so a timing-sensitive test can widen its budget.
+Tests see DROVER_UNDER_QEMU=1, so a timing-sensitive test can widen its budget,
+and DROVER_TEST_RUNNER (the qemu-user command, e.g. `qemu-arm-static -L
+/usr/arm-linux-gnueabihf`), which a test that runs the target binary itself
+(CARGO_BIN_EXE_drover-agent) puts in front of it.
 EOF
 }
 
@@ -101,8 +104,13 @@ if [ "$route" != cross-rs ]; then
     # fails loudly instead of holding CI until its global limit.
     runner_var="CARGO_TARGET_$(env_key "$triple")_RUNNER"
     per_bin=${DROVER_QEMU_TEST_TIMEOUT:-900}
+    # Tests that exec a target binary themselves (CARGO_BIN_EXE_*) prefix it
+    # with this (see agent/tests/support: bin_command): the bare qemu command,
+    # so a signal sent to the child's pid reaches the guest (qemu-user forwards it).
+    export DROVER_TEST_RUNNER="$(printenv "$runner_var")"
     export "$runner_var=timeout --kill-after=10 $per_bin $(printenv "$runner_var")"
     log "runner: $runner_var=$(printenv "$runner_var")"
+    log "DROVER_TEST_RUNNER=$DROVER_TEST_RUNNER (for tests that run the target binary)"
 fi
 # Broker tests may spawn a host mosquitto (a native process, fine beside qemu).
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
@@ -126,6 +134,10 @@ esac
 if [ -r "$handler" ] && head -n1 "$handler" | grep -qx enabled; then
     binfmt=1
 fi
+# ...or do the tests prefix the target binary with the qemu runner themselves?
+if [ -n "${DROVER_TEST_RUNNER:-}" ]; then
+    binfmt=1
+fi
 
 # Skips from cross/qemu-skips.txt: KIND CRATE FILTER REASON...
 skip_args_for() {
@@ -135,7 +147,7 @@ skip_args_for() {
         case "$kind" in '' | '#'*) continue ;; esac
         [ "$c" = "$crate" ] || continue
         if [ "$kind" = exec ] && [ "$binfmt" = 1 ]; then
-            log "running $crate: $filter (binfmt_misc can exec target binaries here)"
+            log "running $crate: $filter (target binaries run through ${DROVER_TEST_RUNNER:-binfmt_misc})"
             continue
         fi
         if [ "$kind" = qemu ] || [ "$kind" = exec ] || { [ "$kind" = slow ] && [ "$fast" = 1 ]; }; then

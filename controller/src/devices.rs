@@ -303,8 +303,9 @@ struct AgentToml<'a> {
     labels: &'a BTreeMap<String, String>,
 }
 
-/// Where the bundle tells the agent to keep its state.
-pub const AGENT_DATA_DIR: &str = "/var/lib/drover";
+/// Where the bundle tells the agent to keep its state: the same directory
+/// the .deb creates and its systemd unit lets the agent write.
+pub const AGENT_DATA_DIR: &str = "/var/lib/drover-agent";
 /// Where the bundle tells the agent to serve its loopback inference API.
 pub const AGENT_API: &str = "127.0.0.1:7070";
 

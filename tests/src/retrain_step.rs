@@ -154,10 +154,19 @@ pub async fn run(
         );
     };
     let deadline = Instant::now() + Duration::from_secs(120);
-    let phase = loop {
+    let (phase, why) = loop {
         let d = rollouts.detail(&rollout_id, 1).await?;
         if !d.status.active {
-            break d.status.phase.name().to_string();
+            // Why it stopped, in the gates' own words, for a failure message
+            // that can be acted on without the audit log.
+            let mut why = match &d.status.phase {
+                drover_controller::rollout::Phase::RolledBack { reason, .. } => reason.clone(),
+                _ => String::new(),
+            };
+            for g in &d.status.last_gates {
+                why.push_str(&format!("; {:?}: {}", g.decision, g.why));
+            }
+            break (d.status.phase.name().to_string(), why);
         }
         if Instant::now() > deadline {
             bail!(
@@ -171,7 +180,7 @@ pub async fn run(
         .rollouts
         .insert(format!("sensor@{v2}"), phase.clone());
     if phase != "completed" {
-        bail!("v2 rollout ended {phase}");
+        bail!("v2 rollout ended {phase}: {why}");
     }
     line("v2 canary promoted to 100%", phase, t, summary);
     Ok(v2)

@@ -9,8 +9,11 @@ use drover_protocol::messages::Status;
 use drover_protocol::testkit::TestKeys;
 use drover_protocol::{DeviceId, Sign as _};
 
-use crate::support::{Peer, TestBroker, broker::free_port, eventually, unique_fleet};
+use crate::support::{
+    Peer, TestBroker, bin_command, broker::free_port, eventually, tokio_bin_command, unique_fleet,
+};
 
+// Run through `DROVER_TEST_RUNNER` (qemu-user, set by cross/test.sh) when set.
 const BIN: &str = env!("CARGO_BIN_EXE_drover-agent");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +26,7 @@ async fn init_install_run_status_and_sigterm() {
     let fleet = unique_fleet("cli");
     let port = free_port();
     let init = |device: &str, out: &std::path::Path| {
-        Command::new(BIN)
+        bin_command(BIN)
             .args(["init", "--device-id", device, "--fleet", fleet.as_str()])
             .args(["--broker", "mqtt://127.0.0.1:1"])
             .arg("--root-key")
@@ -39,7 +42,7 @@ async fn init_install_run_status_and_sigterm() {
     let bad = init("Not A Valid Id", &dir.path().join("bad.toml"));
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("device"));
-    let missing = Command::new(BIN)
+    let missing = bin_command(BIN)
         .args(["init", "--fleet", "x"])
         .output()
         .unwrap();
@@ -54,7 +57,7 @@ async fn init_install_run_status_and_sigterm() {
     assert!(text.contains("# MQTT broker"));
 
     let root = dir.path().join("root");
-    let inst = Command::new(BIN)
+    let inst = bin_command(BIN)
         .arg("install")
         .arg("--config")
         .arg(&cfg)
@@ -77,7 +80,7 @@ async fn init_install_run_status_and_sigterm() {
     let broker = TestBroker::start().await;
     let device = DeviceId::new("dev-1").unwrap();
     let peer = Peer::start(&broker.url(), &fleet, &device, keys).await;
-    let mut child = tokio::process::Command::new(BIN)
+    let mut child = tokio_bin_command(BIN)
         .arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -93,7 +96,7 @@ async fn init_install_run_status_and_sigterm() {
     })
     .await;
     let status = eventually("status via the API", Duration::from_secs(20), || async {
-        let out = tokio::process::Command::new(BIN)
+        let out = tokio_bin_command(BIN)
             .args(["status", "--api", &format!("127.0.0.1:{port}")])
             .output()
             .await

@@ -7,15 +7,27 @@ use std::time::Duration;
 use drover_agent::InferRequest;
 use drover_protocol::messages::DeployPhase;
 
-use crate::support::{LinkProxy, ROWS, Setup, TestBroker, classifier_manifest, eventually};
+use crate::support::{
+    LinkProxy, ROWS, Setup, TestBroker, classifier_manifest, eventually, under_qemu,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
+    // Under qemu-user (debug build) one inference of the slow fixture takes
+    // about 5 s, so a 300 ms window never holds 5 of them: there the guard
+    // judges 12 s windows with at least 2 inferences, within 120 s. Native
+    // runs are unchanged (300 ms windows, 5 samples, 30 s).
+    let (window_ms, min_samples, deadline) = if under_qemu() {
+        (12_000, 2, 120)
+    } else {
+        (300, 5, 30)
+    };
     let broker = TestBroker::start().await;
     let link = LinkProxy::start(&broker.url()).await;
     let s = Setup::start_split(&broker.url(), &link.url(), "guard", |c| {
-        c.guard_min_samples = 5;
+        c.guard_min_samples = min_samples;
         c.guard_max_windows = 1000;
+        c.telemetry_window_ms = window_ms;
     })
     .await;
     let agent = s.agent();
@@ -36,7 +48,7 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
         (!agent.status().link.connected).then_some(())
     })
     .await;
-    let rolled_back = eventually("local rollback", Duration::from_secs(30), || async {
+    let rolled_back = eventually("local rollback", Duration::from_secs(deadline), || async {
         if agent.active_model() == Some(v1.clone()) {
             return Some(());
         }

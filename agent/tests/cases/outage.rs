@@ -91,13 +91,15 @@ async fn windows_survive_a_broker_outage() {
         last - first + 1,
         "no sequence missing between {first} and {last}"
     );
-    // A window delivered twice (at-least-once) is the same window.
+    // A window delivered twice (at-least-once) is the same window. Windows
+    // keep coming after the wait above returned (slowly, under qemu-user, it
+    // can take long enough for the next one to land): those are newer.
     for w in s.peer.state().windows() {
-        assert_eq!(
-            &by_seq[&w.seq], w,
-            "window {} differs between deliveries",
-            w.seq
-        );
+        let Some(seen) = by_seq.get(&w.seq) else {
+            assert!(w.seq > last, "window {} appeared late out of order", w.seq);
+            continue;
+        };
+        assert_eq!(seen, w, "window {} differs between deliveries", w.seq);
     }
     assert!(by_seq.values().all(|w| w.evicted_windows == 0));
     eventually("outbox drained", Duration::from_secs(20), || async {

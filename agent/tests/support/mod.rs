@@ -228,3 +228,37 @@ impl Setup {
         format!("http://{}", self.agent().api_addr().unwrap())
     }
 }
+
+/// True when the tests run under qemu-user (`cross/test.sh` sets
+/// `DROVER_UNDER_QEMU=1`): timing-sensitive tests widen their budgets then.
+pub fn under_qemu() -> bool {
+    std::env::var_os("DROVER_UNDER_QEMU").is_some_and(|v| v == "1")
+}
+
+/// The command prefix that runs a target binary: `DROVER_TEST_RUNNER` split on
+/// whitespace (`cross/test.sh` sets it to the qemu-user command line, e.g.
+/// `qemu-arm-static -L /usr/arm-linux-gnueabihf`), or nothing (run natively).
+fn runner() -> Vec<String> {
+    std::env::var("DROVER_TEST_RUNNER")
+        .map(|r| r.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// A `std::process::Command` for the target binary `bin`, through
+/// `DROVER_TEST_RUNNER` when that is set (so an ARM `drover-agent` runs under
+/// qemu-user from an emulated test; the child's pid is then qemu's, which
+/// forwards signals such as SIGTERM to the guest).
+pub fn bin_command(bin: &str) -> std::process::Command {
+    let mut runner = runner();
+    if runner.is_empty() {
+        return std::process::Command::new(bin);
+    }
+    let mut c = std::process::Command::new(runner.remove(0));
+    c.args(runner).arg(bin);
+    c
+}
+
+/// [`bin_command`] for tokio.
+pub fn tokio_bin_command(bin: &str) -> tokio::process::Command {
+    tokio::process::Command::from(bin_command(bin))
+}
