@@ -327,13 +327,20 @@ fn rate(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// Latency quantiles below this are taken as this on both sides of a ratio
+/// gate. Below a millisecond a shared CPU's scheduling noise (one preemption
+/// inside a run) outweighs the model's own cost, so ratios of sub-millisecond
+/// quantiles swing by 2× between identical models, and such a difference is
+/// not a regression an operator would roll back for. A canary that goes from
+/// 0.4 ms to 3 ms still reads 3.0.
+pub const LATENCY_RATIO_FLOOR_US: u64 = 1_000;
+
 fn latency_ratio(canary: &CohortMetrics, control: &CohortMetrics, q: f64) -> (Option<f64>, String) {
     match (canary.latency.quantile(q), control.latency.quantile(q)) {
         (Some(a), Some(b)) => (
-            // Sub-microsecond control latencies would divide by zero.
-            Some(a as f64 / b.max(1) as f64),
+            Some(a.max(LATENCY_RATIO_FLOOR_US) as f64 / b.max(LATENCY_RATIO_FLOOR_US) as f64),
             format!(
-                "p{} canary {a} us vs control {b} us",
+                "p{} canary {a} us vs control {b} us (each taken as at least {LATENCY_RATIO_FLOOR_US} us)",
                 (q * 100.0).round() as u32
             ),
         ),
@@ -435,6 +442,21 @@ pub(crate) mod tests {
         assert_eq!(r.decision, Decision::Fail, "{}", r.why);
         assert!(r.why.contains("broken"), "{}", r.why);
         assert_eq!(r.control, ControlSource::Live);
+    }
+
+    #[test]
+    fn sub_millisecond_latencies_are_compared_from_the_floor() {
+        let control = synth(5000, 400, 0.0, 0.9, DIST, 1.0);
+        // 0.4 ms → 0.9 ms: both under the floor, the ratio reads 1.
+        let jittery = synth(5000, 900, 0.0, 0.9, DIST, 1.0);
+        let r = evaluate(&g("p95_latency_ratio<=1.2"), 500, &jittery, &control, None);
+        assert_eq!(r.decision, Decision::Pass, "{}", r.why);
+        assert!((r.value.unwrap() - 1.0).abs() < 1e-9, "{}", r.why);
+        // 0.4 ms → 3 ms is a regression all the same.
+        let slow = synth(5000, 3_000, 0.0, 0.9, DIST, 1.0);
+        let r = evaluate(&g("p95_latency_ratio<=2.0"), 500, &slow, &control, None);
+        assert_eq!(r.decision, Decision::Fail, "{}", r.why);
+        assert!(r.value.unwrap() > 3.0, "{}", r.why);
     }
 
     #[test]

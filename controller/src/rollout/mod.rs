@@ -118,8 +118,11 @@
 //!   **Inconclusive, never Pass**: waiting costs time, passing on noise costs
 //!   the fleet. A Fail also needs the floor, so noise cannot roll back either.
 //! - Latency histograms bucket values within ±3 %, so ratio thresholds
-//!   closer to 1 than about 1.06 are inside the measurement's resolution. A
-//!   control quantile below 1 µs is taken as 1 µs.
+//!   closer to 1 than about 1.06 are inside the measurement's resolution.
+//!   Quantiles below 1 ms (`gates::LATENCY_RATIO_FLOOR_US`) are taken as 1 ms
+//!   on both sides: at that scale CPU scheduling noise, not the model,
+//!   decides the ratio (identical models measured 2.4× apart on a loaded
+//!   2-core machine), and a sub-millisecond change is not worth a rollback.
 //! - PSI over output classes measures whether the candidate predicts a
 //!   different mix than the old model on comparable traffic; smoothing keeps
 //!   it finite when a class is empty on one side.
