@@ -122,10 +122,16 @@ def blas_info() -> list[dict]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("prefixes", nargs="*", help="only cases whose name starts with one of these")
-    ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per measurement")
-    ap.add_argument("--min-iters", type=int, default=30, help="timed calls per measurement, at least")
+    ap.add_argument(
+        "--min-time", type=float, default=0.3, help="seconds of timed calls per measurement"
+    )
+    ap.add_argument(
+        "--min-iters", type=int, default=30, help="timed calls per measurement, at least"
+    )
     ap.add_argument("--out", type=Path, default=OUT, help="JSON output path")
     args = ap.parse_args()
 
@@ -137,7 +143,9 @@ def main() -> int:
         return 1
 
     results = []
-    header = f"{'case':45s} {'measure':10s} {'inputs':22s} {'p50 us':>10s} {'p90 us':>10s} {'iters':>7s}"
+    header = (
+        f"{'case':45s} {'measure':10s} {'inputs':22s} {'p50 us':>10s} {'p90 us':>10s} {'iters':>7s}"
+    )
     print(header)
     print("-" * len(header))
     for entry in index:
