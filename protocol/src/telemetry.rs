@@ -69,7 +69,7 @@ impl LatencyHistogram {
     pub fn record(&mut self, us: u64) {
         let idx = bucket_of(us.min(Self::MAX_US));
         // Wrapping, not saturating, adds: saturation doubled the cost of a
-        // record on the agent's hot path (1.8 -> 4 ns), and 2^64 records are
+        // record on the agent's hot path (about 2 -> 4 ns), and 2^64 records are
         // out of reach; only merges of untrusted windows come near, and
         // `merge` saturates.
         if let Some(c) = self.counts.get_mut(idx) {
