@@ -15,7 +15,7 @@ use drover_protocol::ids::Sha256Hasher;
 use drover_protocol::manifest::{AgentVersion, ModelManifest};
 use drover_protocol::messages::{
     AgentSettings, CaptureUpload, CapturedSample, CommandAck, DeployPhase, DeployStatus, Down,
-    Hello, Reason, Up,
+    Hello, Reason, ReasonCode, Up,
 };
 use drover_protocol::telemetry::{ModelRole, TelemetryWindow};
 use drover_protocol::topic::Channel;
@@ -93,7 +93,7 @@ fn agent_version() -> AgentVersion {
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, Reason> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Reason::new("internal", format!("worker task failed: {e}")))
+        .map_err(|e| Reason::new(ReasonCode::Internal, format!("worker task failed: {e}")))
 }
 
 fn write_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
@@ -131,7 +131,7 @@ pub(crate) fn load_installed(
     cfg: &AgentConfig,
 ) -> Result<LoadedModel, Reason> {
     let bytes = std::fs::read(path)
-        .map_err(|e| Reason::new("not_installed", format!("{}: {e}", path.display())))?;
+        .map_err(|e| Reason::new(ReasonCode::NotInstalled, format!("{}: {e}", path.display())))?;
     drover_protocol::trust::check_artifact(&manifest, Sha256::of(&bytes), bytes.len() as u64)
         .map_err(|e| e.reason())?;
     LoadedModel::load(&bytes, manifest, cfg.recorder()).map_err(|e| e.reason())
@@ -361,7 +361,7 @@ impl Driver {
     fn report(&self, seq: u64, model: ModelRef, phase: DeployPhase) {
         if let DeployPhase::Failed(r) = &phase {
             tracing::warn!(%model, seq, reason = %r, "deploy failed");
-            self.shared.metrics.deploy_failed(&r.code);
+            self.shared.metrics.deploy_failed(r.code.as_str());
         } else {
             tracing::info!(%model, seq, ?phase, "deploy status");
         }
@@ -500,7 +500,7 @@ impl Driver {
                     Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "key list refused");
-                        self.shared.metrics.rejected_command(e.code());
+                        self.shared.metrics.rejected_command(e.code().as_str());
                     }
                 }
             }
@@ -516,7 +516,7 @@ impl Driver {
             Err(e) => {
                 let seq = signed.decode_unverified().map(|c| c.seq).unwrap_or(0);
                 tracing::warn!(seq, error = %e, "command refused");
-                self.shared.metrics.rejected_command(e.code());
+                self.shared.metrics.rejected_command(e.code().as_str());
                 self.link.send(
                     &Up::Ack(CommandAck {
                         seq,
@@ -533,7 +533,7 @@ impl Driver {
             self.link.send(
                 &Up::Ack(CommandAck {
                     seq: cmd.seq,
-                    result: Err(Reason::new("store_failed", e.to_string())),
+                    result: Err(Reason::new(ReasonCode::StoreFailed, e.to_string())),
                 }),
                 Delivery::Reliable,
             );
@@ -573,7 +573,7 @@ impl Driver {
             Action::StopShadow => {
                 if let Some(mut j) = self.shadow_job.take() {
                     j.core.cancel(
-                        Reason::new("cancelled", format!("stopped by command {seq}")),
+                        Reason::new(ReasonCode::Cancelled, format!("stopped by command {seq}")),
                         true,
                     );
                     self.run_actions(&mut j).await;
@@ -635,7 +635,10 @@ impl Driver {
             }
             JobKind::Shadow { sample_per_mille } => {
                 if self.pointers.active.as_ref() == Some(&model) {
-                    let r = Reason::new("shadow_is_active", format!("{model} is the active model"));
+                    let r = Reason::new(
+                        ReasonCode::ShadowIsActive,
+                        format!("{model} is the active model"),
+                    );
                     self.report(seq, model, DeployPhase::Failed(r));
                     return;
                 }
@@ -682,7 +685,10 @@ impl Driver {
         };
         if other.as_ref().is_some_and(|j| j.core.sha256() == sha) {
             if slot == Slot::Shadow {
-                let r = Reason::new("already_deploying", format!("{model} is being deployed"));
+                let r = Reason::new(
+                    ReasonCode::AlreadyDeploying,
+                    format!("{model} is being deployed"),
+                );
                 self.report(seq, model, DeployPhase::Failed(r));
                 if let Some(j) = previous_job {
                     self.shadow_job = Some(j);
@@ -694,7 +700,7 @@ impl Driver {
                     held = old.core.held().clone();
                 }
                 old.core.cancel(
-                    Reason::new("superseded", format!("deployed by command {seq}")),
+                    Reason::new(ReasonCode::Superseded, format!("deployed by command {seq}")),
                     false,
                 );
                 let old_slot = old.slot;
@@ -708,7 +714,10 @@ impl Driver {
                 held = old.core.held().clone();
             }
             old.core.cancel(
-                Reason::new("superseded", format!("superseded by command {seq}")),
+                Reason::new(
+                    ReasonCode::Superseded,
+                    format!("superseded by command {seq}"),
+                ),
                 !same,
             );
             self.run_actions(&mut old).await;
@@ -744,7 +753,7 @@ impl Driver {
         if !is_installed {
             let p = core.pending();
             if let Err(e) = self.store.call(move |s| s.put_pending(slot, &p)).await {
-                core.cancel(Reason::new("store_failed", e.to_string()), true);
+                core.cancel(Reason::new(ReasonCode::StoreFailed, e.to_string()), true);
             }
         }
         core.handle_link(self.connected, now);
@@ -820,7 +829,7 @@ impl Driver {
                     let cfg = self.cfg.recorder();
                     let r = blocking(move || {
                         let bytes = std::fs::read(&path).map_err(|e| {
-                            Reason::new("load_failed", format!("{}: {e}", path.display()))
+                            Reason::new(ReasonCode::LoadFailed, format!("{}: {e}", path.display()))
                         })?;
                         LoadedModel::load(&bytes, manifest, cfg).map_err(|e| e.reason())
                     })
@@ -838,7 +847,7 @@ impl Driver {
                     let r = match j.loaded.clone() {
                         Some(lm) => blocking(move || lm.health_check()).await.and_then(|r| r),
                         None => Err(Reason::new(
-                            "internal",
+                            ReasonCode::Internal,
                             "health check without a loaded model",
                         )),
                     };
@@ -886,7 +895,7 @@ impl Driver {
         let to = self.model_path(&j.core.sha256());
         blocking(move || std::fs::rename(&from, &to))
             .await?
-            .map_err(|e| Reason::new("install_failed", e.to_string()))
+            .map_err(|e| Reason::new(ReasonCode::InstallFailed, e.to_string()))
     }
 
     fn installed_record(j: &JobShell) -> InstalledModel {
@@ -899,10 +908,9 @@ impl Driver {
     }
 
     async fn activate(&mut self, j: &mut JobShell) -> Result<(), Reason> {
-        let loaded = j
-            .loaded
-            .clone()
-            .ok_or_else(|| Reason::new("internal", "activation without a loaded model"))?;
+        let loaded = j.loaded.clone().ok_or_else(|| {
+            Reason::new(ReasonCode::Internal, "activation without a loaded model")
+        })?;
         let model = j.core.model_ref();
         self.install_file(j).await?;
         let mut pointers = self.pointers.clone();
@@ -921,7 +929,7 @@ impl Driver {
         self.store
             .call(move |s| s.commit_install(&rec, &p, &t, Some(slot)))
             .await
-            .map_err(|e| Reason::new("store_failed", e.to_string()))?;
+            .map_err(|e| Reason::new(ReasonCode::StoreFailed, e.to_string()))?;
         self.trust = trust;
         self.pointers = pointers;
         let runtime = &self.shared.runtime;
@@ -962,7 +970,7 @@ impl Driver {
     ) -> Result<(), Reason> {
         let clock = *self.shared.runtime.clock();
         let shadow = Shadow::start(candidate, per_mille, self.cfg.shadow_queue, clock)
-            .map_err(|e| Reason::new("shadow_failed", e.to_string()))?;
+            .map_err(|e| Reason::new(ReasonCode::ShadowFailed, e.to_string()))?;
         let mut pointers = self.pointers.clone();
         pointers.shadow = Some(shadow.candidate().model_ref().clone());
         pointers.shadow_per_mille = per_mille;
@@ -970,7 +978,7 @@ impl Driver {
         self.store
             .call(move |s| s.set_pointers(&p))
             .await
-            .map_err(|e| Reason::new("store_failed", e.to_string()))?;
+            .map_err(|e| Reason::new(ReasonCode::StoreFailed, e.to_string()))?;
         self.pointers = pointers;
         if let Some(old) = self.shared.runtime.set_shadow(Some(shadow.clone())) {
             if !Arc::ptr_eq(old.candidate(), shadow.candidate()) {
@@ -991,7 +999,7 @@ impl Driver {
         let loaded = j
             .loaded
             .clone()
-            .ok_or_else(|| Reason::new("internal", "shadow without a loaded model"))?;
+            .ok_or_else(|| Reason::new(ReasonCode::Internal, "shadow without a loaded model"))?;
         self.install_file(j).await?;
         let rec = Self::installed_record(j);
         let mut pointers = self.pointers.clone();
@@ -1001,7 +1009,7 @@ impl Driver {
         self.store
             .call(move |s| s.commit_install(&rec, &p, &t, Some(slot)))
             .await
-            .map_err(|e| Reason::new("store_failed", e.to_string()))?;
+            .map_err(|e| Reason::new(ReasonCode::StoreFailed, e.to_string()))?;
         self.begin_shadow(loaded, per_mille).await?;
         self.hygiene().await;
         Ok(())
@@ -1082,7 +1090,7 @@ impl Driver {
         self.store
             .call(move |s| s.set_pointers(&p))
             .await
-            .map_err(|e| Reason::new("store_failed", e.to_string()))?;
+            .map_err(|e| Reason::new(ReasonCode::StoreFailed, e.to_string()))?;
         let was_shadow = self.pointers.shadow.as_ref() == Some(&target_ref);
         self.pointers = pointers;
         let old_active = runtime.set_active(Some(target.clone()));
@@ -1127,13 +1135,13 @@ impl Driver {
         });
         let Some(target) = target else {
             let r = Reason::new(
-                "not_installed",
+                ReasonCode::NotInstalled,
                 format!("no previous version of {name} is installed"),
             );
             self.report(seq, report_model, DeployPhase::Failed(r));
             return;
         };
-        let reason = Reason::new("commanded", why);
+        let reason = Reason::new(ReasonCode::Commanded, why);
         if current.as_ref() == Some(&target) {
             self.report(
                 seq,
@@ -1178,12 +1186,17 @@ impl Driver {
             .store
             .call(move |s| s.model(&r))
             .await
-            .map_err(|e| Reason::new("store_failed", e.to_string()))?
-            .ok_or_else(|| Reason::new("not_installed", format!("{target} is not installed")))?;
+            .map_err(|e| Reason::new(ReasonCode::StoreFailed, e.to_string()))?
+            .ok_or_else(|| {
+                Reason::new(
+                    ReasonCode::NotInstalled,
+                    format!("{target} is not installed"),
+                )
+            })?;
         let manifest = inst
             .manifest
             .decode_unverified()
-            .map_err(|e| Reason::new("not_installed", e.to_string()))?;
+            .map_err(|e| Reason::new(ReasonCode::NotInstalled, e.to_string()))?;
         let path = self.model_path(&inst.sha256);
         let cfg = self.cfg.clone();
         blocking(move || load_installed(&path, manifest, &cfg))
@@ -1350,7 +1363,10 @@ impl Driver {
                     self.report(
                         0,
                         from,
-                        DeployPhase::Failed(Reason::new("guard_no_previous", reason.detail)),
+                        DeployPhase::Failed(Reason::new(
+                            ReasonCode::GuardNoPrevious,
+                            reason.detail,
+                        )),
                     );
                     return;
                 };

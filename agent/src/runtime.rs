@@ -10,7 +10,7 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 
 use drover_protocol::manifest::{DType, ModelManifest, Task};
-use drover_protocol::messages::Reason;
+use drover_protocol::messages::{Reason, ReasonCode};
 use drover_protocol::{ModelRef, Sha256};
 
 use crate::clock::Clock;
@@ -40,10 +40,10 @@ impl RuntimeError {
     /// As a DeployStatus reason.
     pub fn reason(&self) -> Reason {
         let code = match self {
-            RuntimeError::NotOnnx(_) => "not_onnx",
-            RuntimeError::UnsupportedOperator(_) => "unsupported_operator",
-            RuntimeError::Unsupported(_) => "unsupported_model",
-            RuntimeError::Tract(_) => "load_failed",
+            RuntimeError::NotOnnx(_) => ReasonCode::NotOnnx,
+            RuntimeError::UnsupportedOperator(_) => ReasonCode::UnsupportedOperator,
+            RuntimeError::Unsupported(_) => ReasonCode::UnsupportedModel,
+            RuntimeError::Tract(_) => ReasonCode::LoadFailed,
         };
         Reason::new(code, self.to_string())
     }
@@ -346,19 +346,19 @@ impl LoadedModel {
         for (i, s) in hc.samples.iter().enumerate() {
             let outs = self.run(&s.input).map_err(|e| {
                 Reason::new(
-                    "health_check_failed",
+                    ReasonCode::HealthCheckFailed,
                     format!("sample {i} did not run: {e}"),
                 )
             })?;
             let got = self.primary_values(&outs).ok_or_else(|| {
                 Reason::new(
-                    "health_check_failed",
+                    ReasonCode::HealthCheckFailed,
                     format!("sample {i}: no primary output"),
                 )
             })?;
             if got.len() != s.expected.len() {
                 return Err(Reason::new(
-                    "health_check_failed",
+                    ReasonCode::HealthCheckFailed,
                     format!(
                         "sample {i}: {} output values, expected {}",
                         got.len(),
@@ -373,7 +373,7 @@ impl LoadedModel {
                 .fold(0.0f32, |m, d| if d.is_nan() || d > m { d } else { m });
             if worst.is_nan() || worst > hc.tolerance {
                 return Err(Reason::new(
-                    "health_check_failed",
+                    ReasonCode::HealthCheckFailed,
                     format!(
                         "sample {i}: output differs by {worst} (tolerance {})",
                         hc.tolerance
@@ -694,7 +694,7 @@ pub(crate) mod tests {
         m.artifact.sha256 = Sha256::of(&bad);
         let lm = LoadedModel::load(&bad, m, RecorderConfig::default()).unwrap();
         let e = lm.health_check().unwrap_err();
-        assert_eq!(e.code, "health_check_failed");
+        assert_eq!(e.code, ReasonCode::HealthCheckFailed);
     }
 
     #[test]
@@ -707,7 +707,7 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert_eq!(e, RuntimeError::UnsupportedOperator("Scaler".into()));
-        assert_eq!(e.reason().code, "unsupported_operator");
+        assert_eq!(e.reason().code, ReasonCode::UnsupportedOperator);
         let e = LoadedModel::load(b"not onnx at all", m.clone(), RecorderConfig::default())
             .unwrap_err();
         assert!(matches!(e, RuntimeError::NotOnnx(_)), "{e:?}");

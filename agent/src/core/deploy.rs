@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use drover_protocol::manifest::{AgentVersion, ModelManifest};
-use drover_protocol::messages::{Chunk, ChunkRequest, DeployPhase, DeployStatus, Reason};
+use drover_protocol::messages::{
+    Chunk, ChunkRequest, DeployPhase, DeployStatus, Reason, ReasonCode,
+};
 use drover_protocol::trust::check_artifact;
 use drover_protocol::{ModelRef, Sha256, Signed, Timestamp};
 
@@ -515,7 +517,7 @@ impl DeployJob {
 
     /// Writing a chunk failed (disk full, I/O error).
     pub fn handle_write_failed(&mut self, detail: &str) {
-        self.fail(Reason::new("write_failed", detail), true);
+        self.fail(Reason::new(ReasonCode::WriteFailed, detail), true);
     }
 
     /// Re-sends timed-out requests and fails a stalled download.
@@ -530,7 +532,7 @@ impl DeployJob {
                 self.held.total(),
                 self.manifest.artifact.size
             );
-            self.fail(Reason::new("download_stalled", detail), true);
+            self.fail(Reason::new(ReasonCode::DownloadStalled, detail), true);
             return;
         }
         let timeout = self.cfg.request_timeout_ms;
@@ -662,7 +664,7 @@ pub fn admit(
 ) -> Result<(), Reason> {
     if m.min_agent_version > agent {
         return Err(Reason::new(
-            "agent_too_old",
+            ReasonCode::AgentTooOld,
             format!(
                 "{} needs agent {} or newer; this is {agent}",
                 m.model_ref(),
@@ -672,7 +674,7 @@ pub fn admit(
     }
     if m.artifact.size > limits.max_model_bytes {
         return Err(Reason::new(
-            "model_too_large",
+            ReasonCode::ModelTooLarge,
             format!(
                 "artifact is {} bytes; this device accepts at most {}",
                 m.artifact.size, limits.max_model_bytes
@@ -681,7 +683,7 @@ pub fn admit(
     }
     if disk_in_use.saturating_add(m.artifact.size) > limits.disk_budget_bytes {
         return Err(Reason::new(
-            "disk_budget",
+            ReasonCode::DiskBudget,
             format!(
                 "{} bytes of models kept plus {} new exceed the {}-byte disk budget",
                 disk_in_use, m.artifact.size, limits.disk_budget_bytes
@@ -690,7 +692,7 @@ pub fn admit(
     }
     if m.inputs.len() != 1 || m.features_per_row().is_none() {
         return Err(Reason::new(
-            "unsupported_model",
+            ReasonCode::UnsupportedModel,
             format!(
                 "{} must have exactly one input with static non-batch dimensions",
                 m.model_ref()
@@ -897,7 +899,7 @@ mod tests {
         let a = drain(&mut j);
         assert!(matches!(
             phases(&a).last(),
-            Some(DeployPhase::Failed(r)) if r.code == "download_stalled"
+            Some(DeployPhase::Failed(r)) if r.code == ReasonCode::DownloadStalled
         ));
         assert!(j.is_finished());
     }
@@ -1014,24 +1016,24 @@ mod tests {
         let a = drain(&mut j);
         assert!(matches!(
             phases(&a).last(),
-            Some(DeployPhase::Failed(r)) if r.code == "artifact_mismatch"
+            Some(DeployPhase::Failed(r)) if r.code == ReasonCode::ArtifactMismatch
         ));
         assert_eq!(a.last(), Some(&DeployAction::Discard));
 
         let mut j = job_with(RangeSet::from_ranges([(0, 45)]), JobKind::Deploy);
         let art = artifact();
         j.handle_digest(Sha256::of(&art), 45);
-        j.handle_loaded(Err(Reason::new("unsupported_operator", "Scaler")));
+        j.handle_loaded(Err(Reason::new(ReasonCode::UnsupportedOperator, "Scaler")));
         assert_eq!(j.phase(), Phase::Failed);
         assert_eq!(drain(&mut j).last(), Some(&DeployAction::Discard));
 
         let mut j = job_with(RangeSet::from_ranges([(0, 45)]), JobKind::Deploy);
         j.handle_digest(Sha256::of(&art), 45);
         j.handle_loaded(Ok(()));
-        j.handle_health(Err(Reason::new("health_check_failed", "off")));
+        j.handle_health(Err(Reason::new(ReasonCode::HealthCheckFailed, "off")));
         assert!(matches!(
             phases(&drain(&mut j)).last(),
-            Some(DeployPhase::Failed(r)) if r.code == "health_check_failed"
+            Some(DeployPhase::Failed(r)) if r.code == ReasonCode::HealthCheckFailed
         ));
         // Late results after failure change nothing.
         j.handle_activated(Ok(()));
@@ -1058,7 +1060,7 @@ mod tests {
     fn cancel_reports_and_optionally_keeps_the_partial_file() {
         let mut j = job();
         drain(&mut j);
-        j.cancel(Reason::new("superseded", "seq 9"), false);
+        j.cancel(Reason::new(ReasonCode::Superseded, "seq 9"), false);
         let a = drain(&mut j);
         assert!(!a.contains(&DeployAction::Discard));
         assert!(j.is_finished());
@@ -1094,19 +1096,25 @@ mod tests {
         old.min_agent_version = AgentVersion::parse("9.0.0").unwrap();
         assert_eq!(
             admit(&old, v, &limits, 0).unwrap_err().code,
-            "agent_too_old"
+            ReasonCode::AgentTooOld
         );
         let big = Limits {
             max_model_bytes: 50,
             ..limits
         };
-        assert_eq!(admit(&m, v, &big, 0).unwrap_err().code, "model_too_large");
-        assert_eq!(admit(&m, v, &limits, 950).unwrap_err().code, "disk_budget");
+        assert_eq!(
+            admit(&m, v, &big, 0).unwrap_err().code,
+            ReasonCode::ModelTooLarge
+        );
+        assert_eq!(
+            admit(&m, v, &limits, 950).unwrap_err().code,
+            ReasonCode::DiskBudget
+        );
         let mut two = m.clone();
         two.inputs.push(two.inputs[0].clone());
         assert_eq!(
             admit(&two, v, &limits, 0).unwrap_err().code,
-            "unsupported_model"
+            ReasonCode::UnsupportedModel
         );
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use drover_agent::InferRequest;
-use drover_protocol::messages::DeployPhase;
+use drover_protocol::messages::{DeployPhase, ReasonCode};
 
 use crate::support::{
     LinkProxy, ROWS, Setup, TestBroker, classifier_manifest, eventually, under_qemu,
@@ -82,5 +82,10 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
         .await;
     assert_eq!(model, slow.model_ref());
     assert_eq!(to, Some(v1));
-    assert_eq!(reason.code, "guard_latency_budget", "{}", reason.detail);
+    assert_eq!(
+        reason.code,
+        ReasonCode::GuardLatencyBudget,
+        "{}",
+        reason.detail
+    );
 }
