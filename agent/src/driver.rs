@@ -23,7 +23,6 @@ use drover_protocol::{
     Action, Command, ModelName, ModelRef, Sha256, Signed, Timestamp, TrustState, Version,
 };
 
-use crate::agent::Shared;
 use crate::config::AgentConfig;
 use crate::core::deploy::{
     self, ChunkOutcome, DeployAction, DeployJob, JobKind, PendingDownload, RangeSet,
@@ -34,6 +33,7 @@ use crate::core::window::{WindowBounds, Windower};
 use crate::link::{Delivery, Link, LinkEvent};
 use crate::runtime::LoadedModel;
 use crate::shadow::Shadow;
+use crate::shared::Shared;
 use crate::status::DownloadStatus;
 use crate::store::{InstalledModel, Pointers, Slot, StoreError, StoreHandle};
 
@@ -87,7 +87,7 @@ pub(crate) struct Driver {
 }
 
 fn agent_version() -> AgentVersion {
-    AgentVersion::parse(crate::AGENT_VERSION).unwrap_or_default()
+    AgentVersion::parse(crate::version::AGENT_VERSION).unwrap_or_default()
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, Reason> {
@@ -302,7 +302,7 @@ impl Driver {
     fn publish_state(&mut self) {
         let s = |m: &Option<ModelRef>| m.as_ref().map(ToString::to_string);
         let hello = Hello {
-            agent_version: crate::AGENT_VERSION.to_string(),
+            agent_version: crate::version::AGENT_VERSION.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             hardware: self.cfg.hardware.clone(),
             labels: self.cfg.labels.clone(),

@@ -29,16 +29,18 @@ pub mod infer;
 pub mod install;
 pub(crate) mod link;
 pub(crate) mod metrics;
+pub mod model;
 pub mod runtime;
 pub(crate) mod shadow;
+pub(crate) mod shared;
 pub mod status;
 pub mod store;
+pub mod version;
 
-pub use agent::{Agent, AgentError, FeedbackError, FeedbackLabel};
+pub use agent::{Agent, AgentError};
 pub use config::AgentConfig;
-pub use infer::{InferError, InferRequest, InferResponse, OutputTensor};
+pub use infer::{
+    FeedbackError, FeedbackLabel, InferError, InferRequest, InferResponse, OutputTensor,
+};
 pub use status::AgentStatus;
-
-/// This agent's version (`major.minor.patch`), checked against manifests'
-/// `min_agent_version` and reported in Hello.
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use version::AGENT_VERSION;
