@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     http_errors: Mutex<BTreeMap<String, u64>>,
     deploy_failures: Mutex<BTreeMap<String, u64>>,
     feedback: Mutex<BTreeMap<String, u64>>,
+    store_failures: Mutex<BTreeMap<String, u64>>,
     pub(crate) closed: Mutex<Closed>,
     pub(crate) link_connected: AtomicBool,
     pub(crate) link_reconnects: AtomicU64,
@@ -66,6 +67,16 @@ impl Metrics {
     /// A deploy that failed, by reason code.
     pub(crate) fn deploy_failed(&self, code: &str) {
         bump(&self.deploy_failures, code);
+    }
+
+    /// A store write that failed where the driver carries on anyway (the
+    /// failure is logged and counted, never dropped), by operation.
+    pub(crate) fn store_failed(&self, op: &str) {
+        bump(&self.store_failures, op);
+    }
+
+    pub(crate) fn store_failures(&self) -> BTreeMap<String, u64> {
+        snapshot(&self.store_failures)
     }
 
     /// Feedback by outcome (`recorded`, `unknown`, `expired`, ...).
@@ -264,6 +275,13 @@ pub(crate) fn render(m: &Metrics, s: &Scrape) -> String {
         "Deploys that failed, by reason.",
         "reason",
         m.deploy_failures(),
+    );
+    labelled(
+        &mut o,
+        "drover_agent_store_failures_total",
+        "Store writes that failed and were carried on past, by operation.",
+        "op",
+        m.store_failures(),
     );
     if let Some(a) = &s.active {
         let _ = writeln!(

@@ -41,6 +41,7 @@ impl Shared {
             ("http_errors", m.http_errors()),
             ("feedback", m.feedback_outcomes()),
             ("deploy_failures", m.deploy_failures()),
+            ("store_failures", m.store_failures()),
         ] {
             for (k, v) in map {
                 s.counters.insert(format!("{prefix}.{k}"), v);
