@@ -262,6 +262,15 @@ impl Agent {
         self.shared.feedback(request_id, &label)
     }
 
+    /// Resolves at the next change the agent publishes: the driver's state
+    /// after any event or timer (pointers, downloads, outbox, windows), or
+    /// the link going up or down. Inference counters alone do not wake it.
+    /// To wait for a condition without a race, `enable()` the returned future
+    /// (pinned) before checking the condition, then await it.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.metrics.changed.notified()
+    }
+
     /// A snapshot of the agent's state and counters.
     pub fn status(&self) -> AgentStatus {
         self.shared.status()
@@ -285,9 +294,10 @@ impl Agent {
         self.api.as_ref().map(api::Server::addr)
     }
 
-    /// Simulation hook: adds `extra` to every measured inference latency
-    /// (telemetry and `latency_us`) without sleeping, so a simulated slow
-    /// device costs no wall time. Zero turns it off.
+    /// Simulation hook (cargo feature `sim`): adds `extra` to every measured
+    /// inference latency (telemetry and `latency_us`) without sleeping, so a
+    /// simulated slow device costs no wall time. Zero turns it off.
+    #[cfg(feature = "sim")]
     pub fn set_simulated_extra_latency(&self, extra: Duration) {
         self.shared
             .runtime

@@ -37,6 +37,9 @@ pub(crate) struct Metrics {
     pub(crate) chunks_received: AtomicU64,
     pub(crate) chunks_ignored: AtomicU64,
     pub(crate) shadow_dropped_closed: AtomicU64,
+    /// Woken whenever the driver publishes state or the link goes up or
+    /// down, so callers can await a change instead of polling.
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 fn bump(m: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -49,6 +52,11 @@ fn snapshot(m: &Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
 }
 
 impl Metrics {
+    /// Wakes everyone awaiting a change.
+    pub(crate) fn touch(&self) {
+        self.changed.notify_waiters();
+    }
+
     /// A command refused by the trust rules, by reason code.
     pub(crate) fn rejected_command(&self, code: &str) {
         bump(&self.rejected_commands, code);

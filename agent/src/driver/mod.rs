@@ -155,9 +155,13 @@ impl Driver {
             let now = self.now();
             self.tick(now).await;
             self.publish_state();
-            let deadline = self.next_deadline();
-            let deadline =
-                tokio::time::Instant::from_std(self.shared.runtime.clock().instant_of(deadline));
+            // The clock reads tokio's time, so under paused time (tests) this
+            // sleep and `now` above advance together.
+            let deadline = self
+                .shared
+                .runtime
+                .clock()
+                .deadline_of(self.next_deadline());
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.handle_link_event(ev).await,
@@ -274,6 +278,8 @@ impl Driver {
         st.key_list_version = hello.key_list_version;
         st.telemetry_window_ms = self.windower.len_ms();
         st.downloads = downloads;
+        drop(st);
+        metrics.touch();
     }
 
     fn report(&self, seq: u64, model: ModelRef, phase: DeployPhase) {

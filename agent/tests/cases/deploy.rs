@@ -11,7 +11,7 @@ use drover_protocol::messages::{DeployPhase, Label, ReasonCode, Status, Up};
 use drover_protocol::telemetry::ModelRole;
 use drover_protocol::{Action, ModelName, Version};
 
-use crate::support::{ROWS, Setup, classifier_manifest, eventually};
+use crate::support::{ROWS, Setup, classifier_manifest, until};
 
 fn le_bytes(row: &[f32]) -> Vec<u8> {
     row.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -232,10 +232,11 @@ async fn deploy_infer_feedback_telemetry_ack() {
     let seen: Vec<u64> = s.peer.state().windows().iter().map(|w| w.seq).collect();
     s.peer.set_auto_ack(true);
     s.peer.ack(seen).await;
-    eventually(
+    until(
+        agent,
         "outbox empty after acks",
         Duration::from_secs(20),
-        || async { (agent.status().outbox_depth == 0).then_some(()) },
+        || (agent.status().outbox_depth == 0).then_some(()),
     )
     .await;
     assert!(agent.status().last_ack_ms.is_some());

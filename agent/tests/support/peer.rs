@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use drover_agent::Agent;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::Notify;
 
@@ -412,8 +413,33 @@ fn handle(
     }
 }
 
-/// Polls `f` every 20 ms until it returns `Some` (for agent-side state that
-/// has no event to wait on).
+/// Waits until `f` returns `Some`, re-checking whenever the agent publishes
+/// a change ([`Agent::changed`]): no polling, no sleeps.
+pub async fn until<T>(
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let changed = agent.changed();
+        tokio::pin!(changed);
+        // Registered before the check, so a change in between still wakes us.
+        changed.as_mut().enable();
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        let _ = tokio::time::timeout_at(deadline, changed).await;
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for conditions nothing
+/// announces: another process's answer, or a loop that also generates load.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
