@@ -16,9 +16,9 @@
 //! - `testkit` (cargo feature `testkit`, for tests only): deterministic keys,
 //!   manifests, commands and windows.
 //!
-//! Imports point one way: `ids` ← `limits` ← `topic` ← `codec`;
-//! `reasons`, `keys` ← `messages` ← `trust`; no file imports one that
-//! imports it back (`scripts/check_layout.py` checks this).
+//! Imports point one way (`a` ← `b`: `b` imports `a`): `limits` ← `topic` ←
+//! `codec`; `reasons`, `keys` ← `messages` ← `trust`. No file imports one
+//! that imports it back (`scripts/check_layout.py` checks this).
 //!
 //! This crate does no network I/O and depends on no async runtime: both the
 //! agent and the controller (and fuzzers) use it as-is.
