@@ -156,6 +156,7 @@ impl Peer {
                         ];
                         let _ = cl.try_subscribe_many(subs);
                         st.lock().unwrap().connects += 1;
+                        nt.notify_waiters();
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         st.lock().unwrap().subscribed = true;
@@ -192,8 +193,8 @@ impl Peer {
         self.state.lock().unwrap()
     }
 
-    /// Waits until `f` returns `Some`, re-checking on every received message
-    /// and at least every 50 ms (for conditions on other state).
+    /// Waits until `f` returns `Some`, re-checking whenever the peer's state
+    /// changes (every received message, subscription and connect): no polling.
     pub async fn wait<T>(
         &self,
         what: &str,
@@ -208,10 +209,11 @@ impl Peer {
             if let Some(t) = f(&self.state()) {
                 return t;
             }
-            let now = tokio::time::Instant::now();
-            assert!(now < deadline, "timed out waiting for {what}");
-            let tick = (now + Duration::from_millis(50)).min(deadline);
-            let _ = tokio::time::timeout_at(tick, notified).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
 
