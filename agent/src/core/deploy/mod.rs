@@ -10,12 +10,18 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use drover_protocol::manifest::{AgentVersion, ModelManifest};
+use drover_protocol::manifest::ModelManifest;
 use drover_protocol::messages::{
     Chunk, ChunkRequest, DeployPhase, DeployStatus, Reason, ReasonCode,
 };
 use drover_protocol::trust::check_artifact;
 use drover_protocol::{ModelRef, Sha256, Signed, Timestamp};
+
+mod admit;
+mod ranges;
+
+pub use admit::{Limits, admit};
+pub use ranges::RangeSet;
 
 /// Download flow control and timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,80 +73,6 @@ pub struct PendingDownload {
     pub manifest: Signed<ModelManifest>,
     /// Byte ranges `[start, end)` already written to the partial file.
     pub held: Vec<(u64, u64)>,
-}
-
-/// Sorted, disjoint, merged half-open byte ranges.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RangeSet(Vec<(u64, u64)>);
-
-impl RangeSet {
-    /// Normalises arbitrary ranges (empty ones dropped, overlaps merged).
-    pub fn from_ranges(ranges: impl IntoIterator<Item = (u64, u64)>) -> RangeSet {
-        let mut s = RangeSet::default();
-        for (a, b) in ranges {
-            s.insert(a, b);
-        }
-        s
-    }
-
-    /// Adds `[start, end)`.
-    pub fn insert(&mut self, start: u64, end: u64) {
-        if start >= end {
-            return;
-        }
-        let (mut start, mut end) = (start, end);
-        let mut out = Vec::with_capacity(self.0.len() + 1);
-        let mut placed = false;
-        for &(a, b) in &self.0 {
-            if b < start {
-                out.push((a, b));
-            } else if a > end {
-                if !placed {
-                    out.push((start, end));
-                    placed = true;
-                }
-                out.push((a, b));
-            } else {
-                start = start.min(a);
-                end = end.max(b);
-            }
-        }
-        if !placed {
-            out.push((start, end));
-        }
-        self.0 = out;
-    }
-
-    /// Bytes covered.
-    pub fn total(&self) -> u64 {
-        self.0.iter().map(|(a, b)| b - a).sum()
-    }
-
-    /// Whether all of `[start, end)` is covered.
-    pub fn contains(&self, start: u64, end: u64) -> bool {
-        self.0.iter().any(|&(a, b)| a <= start && end <= b)
-    }
-
-    /// The ranges.
-    pub fn ranges(&self) -> &[(u64, u64)] {
-        &self.0
-    }
-
-    /// First position at or after `from` that is not covered.
-    fn next_missing(&self, from: u64) -> u64 {
-        let mut pos = from;
-        for &(a, b) in &self.0 {
-            if a <= pos && pos < b {
-                pos = b;
-            }
-        }
-        pos
-    }
-
-    /// Start of the first range beginning after `pos`.
-    fn next_start_after(&self, pos: u64) -> Option<u64> {
-        self.0.iter().map(|(a, _)| *a).find(|a| *a > pos)
-    }
 }
 
 /// What the shell must do next, in order.
@@ -642,64 +574,6 @@ impl DeployJob {
     pub fn cancel(&mut self, reason: Reason, discard: bool) {
         self.fail(reason, discard);
     }
-}
-
-/// Size limits checked before a download starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest artifact accepted.
-    pub max_model_bytes: u64,
-    /// Model files (kept plus the new one) may use at most this much disk.
-    pub disk_budget_bytes: u64,
-}
-
-/// Whether a manifest may be downloaded at all: agent version, model size,
-/// disk budget (`disk_in_use` = bytes of model files that will be kept),
-/// and a shape Drover can serve.
-pub fn admit(
-    m: &ModelManifest,
-    agent: AgentVersion,
-    limits: &Limits,
-    disk_in_use: u64,
-) -> Result<(), Reason> {
-    if m.min_agent_version > agent {
-        return Err(Reason::new(
-            ReasonCode::AgentTooOld,
-            format!(
-                "{} needs agent {} or newer; this is {agent}",
-                m.model_ref(),
-                m.min_agent_version
-            ),
-        ));
-    }
-    if m.artifact.size > limits.max_model_bytes {
-        return Err(Reason::new(
-            ReasonCode::ModelTooLarge,
-            format!(
-                "artifact is {} bytes; this device accepts at most {}",
-                m.artifact.size, limits.max_model_bytes
-            ),
-        ));
-    }
-    if disk_in_use.saturating_add(m.artifact.size) > limits.disk_budget_bytes {
-        return Err(Reason::new(
-            ReasonCode::DiskBudget,
-            format!(
-                "{} bytes of models kept plus {} new exceed the {}-byte disk budget",
-                disk_in_use, m.artifact.size, limits.disk_budget_bytes
-            ),
-        ));
-    }
-    if m.inputs.len() != 1 || m.features_per_row().is_none() {
-        return Err(Reason::new(
-            ReasonCode::UnsupportedModel,
-            format!(
-                "{} must have exactly one input with static non-batch dimensions",
-                m.model_ref()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! tests choose).
 
 use super::*;
+use drover_protocol::manifest::AgentVersion;
 use drover_protocol::testkit::{self, TestKeys};
 
 const CS: u32 = 10;
