@@ -93,6 +93,7 @@ pub struct Model {
     /// Position of each schema input among the template's inputs.
     batch_symbol: Option<Symbol>,
     symbolic_batch_ok: AtomicBool,
+    deferred: bool,
     cache: Mutex<Cache>,
     clock: AtomicU64,
     max_plans: usize,
@@ -246,9 +247,27 @@ impl Model {
         model.set_input_outlets(&kept).map_err(plan_err)?;
 
         // Typing once here refuses at load what no input shape could run.
-        let typed = model.clone().into_typed().map_err(plan_err)?;
-        for (spec, outlet) in schema.outputs.iter_mut().zip(typed.output_outlets().map_err(plan_err)?) {
-            let fact = typed.outlet_fact(*outlet).map_err(plan_err)?;
+        // Graphs that only type with concrete sizes (a Reshape by a constant
+        // of a dynamic length) are checked per shape, when a plan is built.
+        let dynamic = schema.inputs.iter().any(|i| {
+            i.shape.as_ref().is_some_and(|s| s.iter().skip(1).any(|d| matches!(d, Dim::Symbol(_))))
+        });
+        let typed = match model.clone().into_typed() {
+            Ok(t) => Some(t),
+            Err(e) if dynamic => {
+                let _ = e;
+                None
+            }
+            Err(e) => return Err(plan_err(e)),
+        };
+        let deferred = typed.is_none();
+        let outlets = match &typed {
+            Some(t) => t.output_outlets().map_err(plan_err)?.to_vec(),
+            None => vec![],
+        };
+        for (spec, outlet) in schema.outputs.iter_mut().zip(outlets) {
+            let Some(typed) = &typed else { break };
+            let fact = typed.outlet_fact(outlet).map_err(plan_err)?;
             if spec.kind == OutputKind::Tensor && spec.spec.shape.is_none() {
                 let dims = fact
                     .shape
@@ -268,6 +287,7 @@ impl Model {
             template: model,
             batch_symbol,
             symbolic_batch_ok: AtomicBool::new(true),
+            deferred,
             cache: Mutex::new(Cache { plans: HashMap::new() }),
             clock: AtomicU64::new(0),
             max_plans: options.max_plans.max(1),
@@ -282,6 +302,13 @@ impl Model {
     /// The class labels, for classifiers.
     pub fn class_labels(&self) -> Option<&ClassLabels> {
         self.labels.as_ref()
+    }
+
+    /// Whether the graph only types with concrete input sizes, so some
+    /// shapes may still be refused at run time (pin them with `input_shapes`
+    /// to check at load).
+    pub fn typing_deferred(&self) -> bool {
+        self.deferred
     }
 
     /// How many plans are cached now.

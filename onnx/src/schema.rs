@@ -24,6 +24,12 @@ pub enum ElementType {
     Bool,
     /// UTF-8 string.
     String,
+    /// 16-bit integer (label encoders may map to it).
+    I16,
+    /// 8-bit integer.
+    I8,
+    /// 8-bit unsigned integer.
+    U8,
 }
 
 impl ElementType {
@@ -36,6 +42,9 @@ impl ElementType {
             6 => ElementType::I32,
             9 => ElementType::Bool,
             8 => ElementType::String,
+            5 => ElementType::I16,
+            3 => ElementType::I8,
+            2 => ElementType::U8,
             _ => return None,
         })
     }
@@ -49,6 +58,9 @@ impl ElementType {
             ElementType::I32 => DatumType::I32,
             ElementType::Bool => DatumType::Bool,
             ElementType::String => DatumType::String,
+            ElementType::I16 => DatumType::I16,
+            ElementType::I8 => DatumType::I8,
+            ElementType::U8 => DatumType::U8,
         }
     }
 }
@@ -137,7 +149,7 @@ impl ClassLabels {
 pub(crate) fn node_labels(node: &NodeProto) -> Option<ClassLabels> {
     for a in &node.attribute {
         match a.name.as_str() {
-            "classlabels_int64s" if !a.ints.is_empty() => {
+            "classlabels_int64s" | "classlabels_ints" if !a.ints.is_empty() => {
                 return Some(ClassLabels::Int(a.ints.clone()));
             }
             "classlabels_strings" if !a.strings.is_empty() => {
@@ -150,15 +162,30 @@ pub(crate) fn node_labels(node: &NodeProto) -> Option<ClassLabels> {
     None
 }
 
-/// The model's class labels: the ZipMap's, else the first classifier's.
+/// The model's class labels: the ZipMap's, else the first classifier's,
+/// else (networks exported by skl2onnx, e.g. MLPClassifier) the constant
+/// class list an ArrayFeatureExtractor picks the label from.
 pub(crate) fn class_labels(graph: &GraphProto) -> Option<ClassLabels> {
     let zip = graph.node.iter().find(|n| n.op_type == "ZipMap").and_then(node_labels);
     zip.or_else(|| {
-        graph
-            .node
-            .iter()
-            .filter(|n| n.op_type.ends_with("Classifier"))
-            .find_map(node_labels)
+        graph.node.iter().filter(|n| n.op_type.ends_with("Classifier")).find_map(node_labels)
+    })
+    .or_else(|| {
+        let afe = graph.node.iter().find(|n| n.op_type == "ArrayFeatureExtractor")?;
+        let classes = graph.initializer.iter().find(|t| Some(&t.name) == afe.input.first())?;
+        match classes.data_type {
+            7 if !classes.int64_data.is_empty() => Some(ClassLabels::Int(classes.int64_data.clone())),
+            7 => {
+                let v = classes.raw_data.chunks_exact(8).map(|c| {
+                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                });
+                Some(ClassLabels::Int(v.collect()))
+            }
+            8 => Some(ClassLabels::Str(
+                classes.string_data.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect(),
+            )),
+            _ => None,
+        }
     })
 }
 

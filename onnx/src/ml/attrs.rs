@@ -87,7 +87,11 @@ impl Attrs<'_> {
 
     /// The class labels of a classifier: ints or strings.
     pub(crate) fn class_labels(&self) -> TractResult<Labels> {
-        let ints = self.ints("classlabels_int64s");
+        // Tree ensembles and ZipMap say `int64s`, linear and SVM classifiers `ints`.
+        let mut ints = self.ints("classlabels_int64s");
+        if ints.is_empty() {
+            ints = self.ints("classlabels_ints");
+        }
         let strings = self.strings("classlabels_strings");
         match (ints.is_empty(), strings.is_empty()) {
             (false, true) => Ok(Labels::Int(ints)),
