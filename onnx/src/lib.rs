@@ -8,9 +8,11 @@
 //!   and class labels read from the graph.
 //! - `ml`: the ai.onnx.ml operators as Drover's own tract ops, replacing
 //!   tract's (which mislabel binary forests and lack most of the domain).
+//! - `fold`: fixed inputs become constants; an `If` they decide is inlined.
 //! - `error`: [`OnnxError`].
 
 mod error;
+mod fold;
 mod ml;
 mod model;
 mod schema;

@@ -198,28 +198,25 @@ impl Model {
         }
         let fixed: HashSet<String> = options.fixed_inputs.iter().map(|(n, _)| n.clone()).collect();
         let mut schema = schema::read(graph, &fixed)?;
+        let labels = schema::class_labels(graph);
+        let mut fixed_values = vec![];
+        for (name, value) in &options.fixed_inputs {
+            let Some(spec) = declared.inputs.iter().find(|i| &i.name == name) else { continue };
+            let t = match value {
+                FixedValue::Tensor(t) => t.clone(),
+                FixedValue::Text(s) => parse_fixed(name, s, spec.element.datum_type(), spec.shape.as_deref())?,
+            };
+            fixed_values.push((name.clone(), t));
+        }
+        let folded = crate::fold::fold_fixed_ifs(&onnx, &proto, &fixed_values).map_err(plan_err)?;
+        let proto = folded.unwrap_or(proto);
         let mut model = onnx.model_for_proto_model(&proto).map_err(plan_err)?;
+        crate::fold::apply_fixed(&mut model, &fixed_values).map_err(plan_err)?;
 
         // Every input gets a type and a shape; anonymous dims become symbols.
         let outlets = model.input_outlets().map_err(plan_err)?.to_vec();
-        let mut kept = vec![];
         let mut batch_symbol = None;
-        for (ix, outlet) in outlets.iter().enumerate() {
-            let Some(spec) = declared.inputs.get(ix) else { continue };
-            if let Some((_, value)) = options.fixed_inputs.iter().find(|(n, _)| n == &spec.name) {
-                let t = match value {
-                    FixedValue::Tensor(t) => t.clone(),
-                    FixedValue::Text(s) => {
-                        parse_fixed(&spec.name, s, spec.element.datum_type(), spec.shape.as_deref())?
-                    }
-                };
-                let konst = tract_onnx::tract_hir::ops::konst::Const::new(t.clone().into_arc_tensor())
-                    .map_err(plan_err)?;
-                model.node_mut(outlet.node).op = Box::new(konst);
-                model.set_outlet_fact(*outlet, InferenceFact::from(t)).map_err(plan_err)?;
-                continue;
-            }
-            kept.push(*outlet);
+        for (outlet, spec) in outlets.iter().zip(&schema.inputs.clone()) {
             let pinned = options.input_shapes.iter().find(|(n, _)| n == &spec.name).map(|(_, d)| d);
             let dims: Option<Vec<Dim>> = match pinned {
                 Some(d) => Some(d.iter().map(|&n| Dim::Fixed(n)).collect()),
@@ -244,7 +241,6 @@ impl Model {
                 s.shape = Some(p.iter().map(|&n| Dim::Fixed(n)).collect());
             }
         }
-        model.set_input_outlets(&kept).map_err(plan_err)?;
 
         // Typing once here refuses at load what no input shape could run.
         // Graphs that only type with concrete sizes (a Reshape by a constant
@@ -280,7 +276,6 @@ impl Model {
                 spec.spec.shape = Some(dims);
             }
         }
-        let labels = schema::class_labels(graph);
         Ok(Model {
             schema,
             labels,

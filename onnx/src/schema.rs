@@ -173,19 +173,22 @@ pub(crate) fn class_labels(graph: &GraphProto) -> Option<ClassLabels> {
     .or_else(|| {
         let afe = graph.node.iter().find(|n| n.op_type == "ArrayFeatureExtractor")?;
         let classes = graph.initializer.iter().find(|t| Some(&t.name) == afe.input.first())?;
-        match classes.data_type {
-            7 if !classes.int64_data.is_empty() => Some(ClassLabels::Int(classes.int64_data.clone())),
-            7 => {
-                let v = classes.raw_data.chunks_exact(8).map(|c| {
-                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                });
-                Some(ClassLabels::Int(v.collect()))
-            }
-            8 => Some(ClassLabels::Str(
-                classes.string_data.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect(),
-            )),
-            _ => None,
+        let t = tract_onnx::tensor::load_tensor(
+            &tract_onnx::data_resolver::MmapDataResolver,
+            classes,
+            None,
+        )
+        .ok()?;
+        if t.datum_type() == DatumType::String {
+            let v = t.try_as_plain_ram().ok()?.as_slice::<String>().ok()?.to_vec();
+            return Some(ClassLabels::Str(v));
         }
+        if !t.datum_type().is_integer() {
+            return None;
+        }
+        let v = t.cast_to::<i64>().ok()?;
+        let v = v.try_as_plain_ram().ok()?.as_slice::<i64>().ok()?.to_vec();
+        Some(ClassLabels::Int(v))
     })
 }
 
