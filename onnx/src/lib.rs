@@ -16,6 +16,10 @@ mod fold;
 mod ml;
 mod model;
 mod schema;
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod tests;
 
 pub use error::OnnxError;
 pub use ml::OPERATORS as ML_OPERATORS;

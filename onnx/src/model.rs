@@ -350,6 +350,7 @@ impl Model {
             }
             ordered.push(t.into_tvalue());
         }
+        let shapes: Vec<TVec<usize>> = ordered.iter().map(|t| t.shape().into()).collect();
         let plan = self.plan_for(&ordered)?;
         let state = plan.idle.lock().ok().and_then(|mut s| s.pop());
         let mut state = match state {
@@ -366,11 +367,31 @@ impl Model {
         for (spec, value) in self.schema.outputs.iter().zip(out) {
             let mut t = value.into_tensor();
             if t.datum_type() == DatumType::TDim {
-                t = t.cast_to::<i64>().map_err(|e| OnnxError::Run(chain(&e)))?.into_owned();
+                t = self.dims_to_i64(&t, &shapes)?;
             }
             result.push((spec.spec.name.clone(), t));
         }
         Ok(result)
+    }
+
+    /// A tensor of dims (a folded `Shape`, say) as i64, its symbols bound
+    /// from the inputs' actual sizes.
+    fn dims_to_i64(&self, t: &Tensor, shapes: &[TVec<usize>]) -> Result<Tensor, OnnxError> {
+        let mut values = SymbolValues::default();
+        for (spec, shape) in self.schema.inputs.iter().zip(shapes) {
+            for (d, n) in spec.shape.iter().flatten().zip(shape) {
+                if let Dim::Symbol(s) = d {
+                    values.set(&self.template.symbols.sym(s), *n as i64);
+                }
+            }
+        }
+        let view = t.try_as_plain_ram().map_err(|e| OnnxError::Run(chain(&e)))?;
+        let dims = view.as_slice::<TDim>().map_err(|e| OnnxError::Run(chain(&e)))?;
+        let ints = dims
+            .iter()
+            .map(|d| d.eval(&values).to_i64().map_err(|e| OnnxError::Run(e.to_string())))
+            .collect::<Result<Vec<i64>, _>>()?;
+        Tensor::from_shape(t.shape(), &ints).map_err(|e| OnnxError::Run(chain(&e)))
     }
 
     /// The cached plan for these inputs, built (and the oldest evicted) on a miss.
