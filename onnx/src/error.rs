@@ -63,5 +63,8 @@ impl OnnxError {
 
 /// tract's whole error chain on one line (its top context alone often hides the cause).
 pub(crate) fn chain(e: &TractError) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -9,7 +9,10 @@ use tract_onnx::tract_hir::internal::Factoid;
 
 /// Replaces the sources named in `fixed` by constants and drops them from
 /// the model's inputs.
-pub(crate) fn apply_fixed(model: &mut InferenceModel, fixed: &[(String, Tensor)]) -> TractResult<()> {
+pub(crate) fn apply_fixed(
+    model: &mut InferenceModel,
+    fixed: &[(String, Tensor)],
+) -> TractResult<()> {
     if fixed.is_empty() {
         return Ok(());
     }
@@ -18,7 +21,8 @@ pub(crate) fn apply_fixed(model: &mut InferenceModel, fixed: &[(String, Tensor)]
         let name = model.node(outlet.node).name.clone();
         match fixed.iter().find(|(n, _)| *n == name) {
             Some((_, t)) => {
-                let konst = tract_onnx::tract_hir::ops::konst::Const::new(t.clone().into_arc_tensor())?;
+                let konst =
+                    tract_onnx::tract_hir::ops::konst::Const::new(t.clone().into_arc_tensor())?;
                 model.node_mut(outlet.node).op = Box::new(konst);
                 model.set_outlet_fact(outlet, InferenceFact::from(t.clone()))?;
             }
@@ -43,9 +47,21 @@ fn decided_branch(model: &InferenceModel, node: &NodeProto) -> Option<GraphProto
     let cond = model.node(id).inputs.first()?;
     let value = model.outlet_fact(*cond).ok()?.value.concretize()?;
     let value = value.cast_to::<bool>().ok()?;
-    let take_then = *value.try_as_plain_ram().ok()?.as_slice::<bool>().ok()?.first()?;
-    let branch = if take_then { "then_branch" } else { "else_branch" };
-    node.attribute.iter().find(|a| a.name == branch).and_then(|a| a.g.clone())
+    let take_then = *value
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<bool>()
+        .ok()?
+        .first()?;
+    let branch = if take_then {
+        "then_branch"
+    } else {
+        "else_branch"
+    };
+    node.attribute
+        .iter()
+        .find(|a| a.name == branch)
+        .and_then(|a| a.g.clone())
 }
 
 /// The model with every `If` decided by `fixed` inlined, or `None` when
@@ -55,7 +71,11 @@ pub(crate) fn fold_fixed_ifs(
     proto: &ModelProto,
     fixed: &[(String, Tensor)],
 ) -> TractResult<Option<ModelProto>> {
-    let has_if = |p: &ModelProto| p.graph.as_ref().is_some_and(|g| g.node.iter().any(|n| n.op_type == "If"));
+    let has_if = |p: &ModelProto| {
+        p.graph
+            .as_ref()
+            .is_some_and(|g| g.node.iter().any(|n| n.op_type == "If"))
+    };
     if fixed.is_empty() || !has_if(proto) {
         return Ok(None);
     }
@@ -68,11 +88,15 @@ pub(crate) fn fold_fixed_ifs(
         // Analysis may stop at a branch that does not type; the facts it
         // found before (the condition's value) are what this needs.
         let _ = model.analyse(false);
-        let Some(graph) = proto.graph.as_mut() else { break };
+        let Some(graph) = proto.graph.as_mut() else {
+            break;
+        };
         let mut nodes = Vec::with_capacity(graph.node.len());
         let mut changed = false;
         for node in std::mem::take(&mut graph.node) {
-            let branch = (node.op_type == "If").then(|| decided_branch(&model, &node)).flatten();
+            let branch = (node.op_type == "If")
+                .then(|| decided_branch(&model, &node))
+                .flatten();
             let Some(branch) = branch else {
                 nodes.push(node);
                 continue;

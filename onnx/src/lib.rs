@@ -17,9 +17,9 @@ mod ml;
 mod model;
 mod schema;
 #[cfg(test)]
-mod testutil;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;
 
 pub use error::OnnxError;
 pub use ml::OPERATORS as ML_OPERATORS;

@@ -41,7 +41,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { fixed_inputs: vec![], input_shapes: vec![], max_plans: DEFAULT_MAX_PLANS }
+        LoadOptions {
+            fixed_inputs: vec![],
+            input_shapes: vec![],
+            max_plans: DEFAULT_MAX_PLANS,
+        }
     }
 }
 
@@ -51,7 +55,10 @@ impl LoadOptions {
         let (name, value) = arg
             .split_once('=')
             .ok_or_else(|| OnnxError::BadOption(format!("{arg:?}: expected NAME=VALUE")))?;
-        self.fixed_inputs.push((name.trim().to_string(), FixedValue::Text(value.trim().into())));
+        self.fixed_inputs.push((
+            name.trim().to_string(),
+            FixedValue::Text(value.trim().into()),
+        ));
         Ok(())
     }
 
@@ -101,7 +108,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("schema", &self.schema).field("labels", &self.labels).finish()
+        f.debug_struct("Model")
+            .field("schema", &self.schema)
+            .field("labels", &self.labels)
+            .finish()
     }
 }
 
@@ -113,7 +123,11 @@ pub fn framework() -> tract_onnx::Onnx {
 }
 
 /// The first node (searching subgraphs too) whose operator nobody implements.
-fn unsupported(graph: &GraphProto, known: &HashSet<&str>, found: &mut Vec<(String, String, String)>) {
+fn unsupported(
+    graph: &GraphProto,
+    known: &HashSet<&str>,
+    found: &mut Vec<(String, String, String)>,
+) {
     for node in &graph.node {
         if !known.contains(node.op_type.as_str()) {
             let name = if node.name.is_empty() {
@@ -121,7 +135,11 @@ fn unsupported(graph: &GraphProto, known: &HashSet<&str>, found: &mut Vec<(Strin
             } else {
                 node.name.clone()
             };
-            let domain = if node.domain.is_empty() { "ai.onnx".into() } else { node.domain.clone() };
+            let domain = if node.domain.is_empty() {
+                "ai.onnx".into()
+            } else {
+                node.domain.clone()
+            };
             found.push((node.op_type.clone(), domain, name));
         }
         for a in &node.attribute {
@@ -144,7 +162,12 @@ fn plan_err(e: TractError) -> OnnxError {
 }
 
 /// Reads a fixed input's text in its element type.
-fn parse_fixed(name: &str, text: &str, dt: DatumType, shape: Option<&[Dim]>) -> Result<Tensor, OnnxError> {
+fn parse_fixed(
+    name: &str,
+    text: &str,
+    dt: DatumType,
+    shape: Option<&[Dim]>,
+) -> Result<Tensor, OnnxError> {
     let bad = |e: String| OnnxError::BadOption(format!("--fix-input {name}={text}: {e}"));
     let t = if dt == DatumType::String {
         tensor1(&[text.to_string()])
@@ -153,13 +176,26 @@ fn parse_fixed(name: &str, text: &str, dt: DatumType, shape: Option<&[Dim]>) -> 
             .split(',')
             .map(|s| s.trim().parse::<f64>().map_err(|e| bad(e.to_string())))
             .collect::<Result<_, _>>()?;
-        tensor1(&v).cast_to_dt(dt).map_err(|e| bad(chain(&e)))?.into_owned()
+        tensor1(&v)
+            .cast_to_dt(dt)
+            .map_err(|e| bad(chain(&e)))?
+            .into_owned()
     };
     let dims: Option<Vec<usize>> = shape.and_then(|s| {
-        s.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
+        s.iter()
+            .map(|d| {
+                if let Dim::Fixed(n) = d {
+                    Some(*n)
+                } else {
+                    None
+                }
+            })
+            .collect()
     });
     match dims {
-        Some(d) if d.iter().product::<usize>() == t.len() => t.into_shape(&d).map_err(|e| bad(chain(&e))),
+        Some(d) if d.iter().product::<usize>() == t.len() => {
+            t.into_shape(&d).map_err(|e| bad(chain(&e)))
+        }
         Some(d) => Err(bad(format!("{} values for shape {d:?}", t.len()))),
         None if t.len() == 1 => t.into_shape(&[]).map_err(|e| bad(chain(&e))),
         None => Ok(t),
@@ -182,29 +218,52 @@ impl Model {
         let mut missing = vec![];
         unsupported(graph, &known, &mut missing);
         if let Some((op, domain, node)) = missing.first().cloned() {
-            let mut others: Vec<&str> = missing.iter().map(|m| m.0.as_str()).filter(|o| *o != op).collect();
+            let mut others: Vec<&str> = missing
+                .iter()
+                .map(|m| m.0.as_str())
+                .filter(|o| *o != op)
+                .collect();
             others.sort_unstable();
             others.dedup();
-            let more = if others.is_empty() { String::new() } else { format!(" (also: {})", others.join(", ")) };
-            return Err(OnnxError::UnsupportedOperator { op, domain, node, more });
+            let more = if others.is_empty() {
+                String::new()
+            } else {
+                format!(" (also: {})", others.join(", "))
+            };
+            return Err(OnnxError::UnsupportedOperator {
+                op,
+                domain,
+                node,
+                more,
+            });
         }
         let declared = schema::read(graph, &HashSet::new())?;
         let named = options.fixed_inputs.iter().map(|(n, _)| n);
         for name in named.chain(options.input_shapes.iter().map(|(n, _)| n)) {
             if !declared.inputs.iter().any(|i| &i.name == name) {
                 let names: Vec<&str> = declared.inputs.iter().map(|i| i.name.as_str()).collect();
-                return Err(OnnxError::BadOption(format!("no input named {name:?} (inputs: {names:?})")));
+                return Err(OnnxError::BadOption(format!(
+                    "no input named {name:?} (inputs: {names:?})"
+                )));
             }
         }
-        let fixed: HashSet<String> = options.fixed_inputs.iter().map(|(n, _)| n.clone()).collect();
+        let fixed: HashSet<String> = options
+            .fixed_inputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
         let mut schema = schema::read(graph, &fixed)?;
         let labels = schema::class_labels(graph);
         let mut fixed_values = vec![];
         for (name, value) in &options.fixed_inputs {
-            let Some(spec) = declared.inputs.iter().find(|i| &i.name == name) else { continue };
+            let Some(spec) = declared.inputs.iter().find(|i| &i.name == name) else {
+                continue;
+            };
             let t = match value {
                 FixedValue::Tensor(t) => t.clone(),
-                FixedValue::Text(s) => parse_fixed(name, s, spec.element.datum_type(), spec.shape.as_deref())?,
+                FixedValue::Text(s) => {
+                    parse_fixed(name, s, spec.element.datum_type(), spec.shape.as_deref())?
+                }
             };
             fixed_values.push((name.clone(), t));
         }
@@ -217,7 +276,11 @@ impl Model {
         let outlets = model.input_outlets().map_err(plan_err)?.to_vec();
         let mut batch_symbol = None;
         for (outlet, spec) in outlets.iter().zip(&schema.inputs.clone()) {
-            let pinned = options.input_shapes.iter().find(|(n, _)| n == &spec.name).map(|(_, d)| d);
+            let pinned = options
+                .input_shapes
+                .iter()
+                .find(|(n, _)| n == &spec.name)
+                .map(|(_, d)| d);
             let dims: Option<Vec<Dim>> = match pinned {
                 Some(d) => Some(d.iter().map(|&n| Dim::Fixed(n)).collect()),
                 None => spec.shape.clone(),
@@ -237,7 +300,10 @@ impl Model {
                 fact = fact.with_shape(ShapeFactoid::closed(facts));
             }
             model.set_outlet_fact(*outlet, fact).map_err(plan_err)?;
-            if let (Some(p), Some(s)) = (pinned, schema.inputs.iter_mut().find(|i| i.name == spec.name)) {
+            if let (Some(p), Some(s)) = (
+                pinned,
+                schema.inputs.iter_mut().find(|i| i.name == spec.name),
+            ) {
                 s.shape = Some(p.iter().map(|&n| Dim::Fixed(n)).collect());
             }
         }
@@ -246,7 +312,9 @@ impl Model {
         // Graphs that only type with concrete sizes (a Reshape by a constant
         // of a dynamic length) are checked per shape, when a plan is built.
         let dynamic = schema.inputs.iter().any(|i| {
-            i.shape.as_ref().is_some_and(|s| s.iter().skip(1).any(|d| matches!(d, Dim::Symbol(_))))
+            i.shape
+                .as_ref()
+                .is_some_and(|s| s.iter().skip(1).any(|d| matches!(d, Dim::Symbol(_))))
         });
         let typed = match model.clone().into_typed() {
             Ok(t) => Some(t),
@@ -283,7 +351,9 @@ impl Model {
             batch_symbol,
             symbolic_batch_ok: AtomicBool::new(true),
             deferred,
-            cache: Mutex::new(Cache { plans: HashMap::new() }),
+            cache: Mutex::new(Cache {
+                plans: HashMap::new(),
+            }),
             clock: AtomicU64::new(0),
             max_plans: options.max_plans.max(1),
         })
@@ -328,8 +398,12 @@ impl Model {
             let want = spec.element.datum_type();
             let t = if t.datum_type() == want {
                 t
-            } else if want.is_float() && t.datum_type().is_float() || want.is_integer() && t.datum_type().is_integer() {
-                t.cast_to_dt(want).map_err(|e| OnnxError::Input(chain(&e)))?.into_owned()
+            } else if want.is_float() && t.datum_type().is_float()
+                || want.is_integer() && t.datum_type().is_integer()
+            {
+                t.cast_to_dt(want)
+                    .map_err(|e| OnnxError::Input(chain(&e)))?
+                    .into_owned()
             } else {
                 return Err(OnnxError::Input(format!(
                     "input {:?} is {:?}, the model takes {want:?}",
@@ -339,7 +413,10 @@ impl Model {
             };
             if let Some(shape) = &spec.shape {
                 let fits = shape.len() == t.rank()
-                    && shape.iter().zip(t.shape()).all(|(d, n)| !matches!(d, Dim::Fixed(f) if f != n));
+                    && shape
+                        .iter()
+                        .zip(t.shape())
+                        .all(|(d, n)| !matches!(d, Dim::Fixed(f) if f != n));
                 if !fits {
                     return Err(OnnxError::Input(format!(
                         "input {:?} has shape {:?}, the model takes {shape:?}",
@@ -355,7 +432,10 @@ impl Model {
         let state = plan.idle.lock().ok().and_then(|mut s| s.pop());
         let mut state = match state {
             Some(s) => s,
-            None => plan.runnable.spawn().map_err(|e| OnnxError::Run(chain(&e)))?,
+            None => plan
+                .runnable
+                .spawn()
+                .map_err(|e| OnnxError::Run(chain(&e)))?,
         };
         let out = state.run(ordered).map_err(|e| OnnxError::Run(chain(&e)))?;
         if let Ok(mut idle) = plan.idle.lock()
@@ -385,18 +465,27 @@ impl Model {
                 }
             }
         }
-        let view = t.try_as_plain_ram().map_err(|e| OnnxError::Run(chain(&e)))?;
-        let dims = view.as_slice::<TDim>().map_err(|e| OnnxError::Run(chain(&e)))?;
+        let view = t
+            .try_as_plain_ram()
+            .map_err(|e| OnnxError::Run(chain(&e)))?;
+        let dims = view
+            .as_slice::<TDim>()
+            .map_err(|e| OnnxError::Run(chain(&e)))?;
         let ints = dims
             .iter()
-            .map(|d| d.eval(&values).to_i64().map_err(|e| OnnxError::Run(e.to_string())))
+            .map(|d| {
+                d.eval(&values)
+                    .to_i64()
+                    .map_err(|e| OnnxError::Run(e.to_string()))
+            })
             .collect::<Result<Vec<i64>, _>>()?;
         Tensor::from_shape(t.shape(), &ints).map_err(|e| OnnxError::Run(chain(&e)))
     }
 
     /// The cached plan for these inputs, built (and the oldest evicted) on a miss.
     fn plan_for(&self, inputs: &[TValue]) -> Result<Arc<Plan>, OnnxError> {
-        let symbolic = self.batch_symbol.is_some() && self.symbolic_batch_ok.load(Ordering::Relaxed);
+        let symbolic =
+            self.batch_symbol.is_some() && self.symbolic_batch_ok.load(Ordering::Relaxed);
         let key: PlanKey = inputs
             .iter()
             .zip(&self.schema.inputs)
@@ -430,7 +519,11 @@ impl Model {
         let plan = Arc::new(built);
         if let Ok(mut cache) = self.cache.lock() {
             if cache.plans.len() >= self.max_plans
-                && let Some(oldest) = cache.plans.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| k.clone())
+                && let Some(oldest) = cache
+                    .plans
+                    .iter()
+                    .min_by_key(|(_, (_, u))| *u)
+                    .map(|(k, _)| k.clone())
             {
                 cache.plans.remove(&oldest);
             }
@@ -457,6 +550,9 @@ impl Model {
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(plan_err)?;
-        Ok(Plan { runnable, idle: Mutex::new(vec![]) })
+        Ok(Plan {
+            runnable,
+            idle: Mutex::new(vec![]),
+        })
     }
 }

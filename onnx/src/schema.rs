@@ -153,7 +153,10 @@ pub(crate) fn node_labels(node: &NodeProto) -> Option<ClassLabels> {
                 return Some(ClassLabels::Int(a.ints.clone()));
             }
             "classlabels_strings" if !a.strings.is_empty() => {
-                let v = a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned());
+                let v = a
+                    .strings
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned());
                 return Some(ClassLabels::Str(v.collect()));
             }
             _ => {}
@@ -166,13 +169,27 @@ pub(crate) fn node_labels(node: &NodeProto) -> Option<ClassLabels> {
 /// else (networks exported by skl2onnx, e.g. MLPClassifier) the constant
 /// class list an ArrayFeatureExtractor picks the label from.
 pub(crate) fn class_labels(graph: &GraphProto) -> Option<ClassLabels> {
-    let zip = graph.node.iter().find(|n| n.op_type == "ZipMap").and_then(node_labels);
+    let zip = graph
+        .node
+        .iter()
+        .find(|n| n.op_type == "ZipMap")
+        .and_then(node_labels);
     zip.or_else(|| {
-        graph.node.iter().filter(|n| n.op_type.ends_with("Classifier")).find_map(node_labels)
+        graph
+            .node
+            .iter()
+            .filter(|n| n.op_type.ends_with("Classifier"))
+            .find_map(node_labels)
     })
     .or_else(|| {
-        let afe = graph.node.iter().find(|n| n.op_type == "ArrayFeatureExtractor")?;
-        let classes = graph.initializer.iter().find(|t| Some(&t.name) == afe.input.first())?;
+        let afe = graph
+            .node
+            .iter()
+            .find(|n| n.op_type == "ArrayFeatureExtractor")?;
+        let classes = graph
+            .initializer
+            .iter()
+            .find(|t| Some(&t.name) == afe.input.first())?;
         let t = tract_onnx::tensor::load_tensor(
             &tract_onnx::data_resolver::MmapDataResolver,
             classes,
@@ -180,7 +197,12 @@ pub(crate) fn class_labels(graph: &GraphProto) -> Option<ClassLabels> {
         )
         .ok()?;
         if t.datum_type() == DatumType::String {
-            let v = t.try_as_plain_ram().ok()?.as_slice::<String>().ok()?.to_vec();
+            let v = t
+                .try_as_plain_ram()
+                .ok()?
+                .as_slice::<String>()
+                .ok()?
+                .to_vec();
             return Some(ClassLabels::Str(v));
         }
         if !t.datum_type().is_integer() {
@@ -199,10 +221,11 @@ fn tensor_spec(v: &ValueInfoProto, t: &TypeProto, is_input: bool) -> Result<Tens
             what: "not a tensor (sequence, map or optional)".into(),
         });
     };
-    let element = ElementType::from_onnx(tt.elem_type).ok_or_else(|| OnnxError::UnsupportedType {
-        name: v.name.clone(),
-        what: format!("ONNX element type {}", tt.elem_type),
-    })?;
+    let element =
+        ElementType::from_onnx(tt.elem_type).ok_or_else(|| OnnxError::UnsupportedType {
+            name: v.name.clone(),
+            what: format!("ONNX element type {}", tt.elem_type),
+        })?;
     let shape = tt.shape.as_ref().map(|s| {
         s.dim
             .iter()
@@ -216,7 +239,11 @@ fn tensor_spec(v: &ValueInfoProto, t: &TypeProto, is_input: bool) -> Result<Tens
             .collect()
     });
     let _ = is_input;
-    Ok(TensorSpec { name: v.name.clone(), element, shape })
+    Ok(TensorSpec {
+        name: v.name.clone(),
+        element,
+        shape,
+    })
 }
 
 /// Reads the schema from the graph (`fixed` inputs left out).
@@ -227,10 +254,13 @@ pub(crate) fn read(graph: &GraphProto, fixed: &HashSet<String>) -> Result<Schema
         if init.contains(v.name.as_str()) || fixed.contains(&v.name) {
             continue;
         }
-        let t = v.r#type.as_ref().ok_or_else(|| OnnxError::UnsupportedType {
-            name: v.name.clone(),
-            what: "no type".into(),
-        })?;
+        let t = v
+            .r#type
+            .as_ref()
+            .ok_or_else(|| OnnxError::UnsupportedType {
+                name: v.name.clone(),
+                what: "no type".into(),
+            })?;
         inputs.push(tensor_spec(v, t, true)?);
     }
     let mut outputs = vec![];
@@ -244,15 +274,29 @@ pub(crate) fn read(graph: &GraphProto, fixed: &HashSet<String>) -> Result<Schema
                 OnnxError::InvalidNode(format!("ZipMap node `{}` has no class labels", node.name))
             })?;
             let shape = Some(vec![Dim::Symbol("N".into()), Dim::Fixed(labels.len())]);
-            let spec = TensorSpec { name: v.name.clone(), element: ElementType::F32, shape };
-            outputs.push(OutputSpec { spec, kind: OutputKind::ZipMap(labels) });
+            let spec = TensorSpec {
+                name: v.name.clone(),
+                element: ElementType::F32,
+                shape,
+            };
+            outputs.push(OutputSpec {
+                spec,
+                kind: OutputKind::ZipMap(labels),
+            });
             continue;
         }
         let spec = match v.r#type.as_ref() {
             Some(t) => tensor_spec(v, t, false)?,
-            None => TensorSpec { name: v.name.clone(), element: ElementType::F32, shape: None },
+            None => TensorSpec {
+                name: v.name.clone(),
+                element: ElementType::F32,
+                shape: None,
+            },
         };
-        outputs.push(OutputSpec { spec, kind: OutputKind::Tensor });
+        outputs.push(OutputSpec {
+            spec,
+            kind: OutputKind::Tensor,
+        });
     }
     Ok(Schema { inputs, outputs })
 }

@@ -4,8 +4,8 @@ use prost::Message;
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
 use tract_onnx::pb::type_proto::{Tensor as TensorType, Value as TypeValue};
 use tract_onnx::pb::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
 };
 
 /// An attribute value.
@@ -48,11 +48,19 @@ pub(crate) fn value(name: &str, elem: i32, dims: &[D]) -> ValueInfoProto {
     }
 }
 
-pub(crate) fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) -> NodeProto {
+pub(crate) fn node(
+    op: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<(&str, A)>,
+) -> NodeProto {
     let attribute = attrs
         .into_iter()
         .map(|(name, a)| {
-            let mut p = AttributeProto { name: name.into(), ..AttributeProto::default() };
+            let mut p = AttributeProto {
+                name: name.into(),
+                ..AttributeProto::default()
+            };
             match a {
                 A::F(f) => p.f = f,
                 A::I(i) => p.i = i,
@@ -78,15 +86,26 @@ pub(crate) fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str
 /// An output declared without a shape.
 pub(crate) fn out(name: &str, elem: i32) -> ValueInfoProto {
     let mut v = value(name, elem, &[]);
-    if let Some(TypeProto { value: Some(TypeValue::TensorType(t)), .. }) = v.r#type.as_mut() {
+    if let Some(TypeProto {
+        value: Some(TypeValue::TensorType(t)),
+        ..
+    }) = v.r#type.as_mut()
+    {
         t.shape = None;
     }
     v
 }
 
 /// A model of `nodes`, serialized.
-pub(crate) fn model(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>) -> Vec<u8> {
-    let opset = |domain: &str, version| OperatorSetIdProto { domain: domain.into(), version };
+pub(crate) fn model(
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+) -> Vec<u8> {
+    let opset = |domain: &str, version| OperatorSetIdProto {
+        domain: domain.into(),
+        version,
+    };
     ModelProto {
         ir_version: 8,
         opset_import: vec![opset("", 17), opset("ai.onnx.ml", 3)],

@@ -7,6 +7,7 @@
 //! repeated), other cases once per recorded run; in-process calls only.
 //! Writes target/bench/drover.json and, when target/bench/onnxruntime.json
 //! exists, prints onnxruntime's p50 and the ratio beside Drover's.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 mod common;
 
@@ -21,7 +22,9 @@ const BIG_BATCH: usize = 64;
 
 fn rows(t: &Tensor, n: usize) -> Tensor {
     let have = t.shape()[0];
-    let picked: Vec<Tensor> = (0..n).map(|i| t.slice(0, i % have, i % have + 1).unwrap()).collect();
+    let picked: Vec<Tensor> = (0..n)
+        .map(|i| t.slice(0, i % have, i % have + 1).unwrap())
+        .collect();
     Tensor::stack_tensors(0, &picked).unwrap()
 }
 
@@ -34,7 +37,9 @@ fn time_calls(model: &Model, feeds: &[(String, Tensor)]) -> (f64, f64, usize) {
     }
     let mut samples = vec![];
     let start = Instant::now();
-    while samples.len() < 30 || (start.elapsed() < Duration::from_millis(300) && samples.len() < 100_000) {
+    while samples.len() < 30
+        || (start.elapsed() < Duration::from_millis(300) && samples.len() < 100_000)
+    {
         let t0 = Instant::now();
         run();
         samples.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -53,18 +58,28 @@ fn bench_conformance_cases() {
     let prefixes: Vec<String> = std::env::var("DROVER_BENCH_CASES")
         .map(|v| v.split(',').map(String::from).collect())
         .unwrap_or_default();
-    let ort: HashMap<(String, String), f64> = std::fs::read_to_string(workspace().join("target/bench/onnxruntime.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .and_then(|v| v["results"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| {
-            Some(((r["case"].as_str()?.to_string(), r["measure"].as_str()?.to_string()), r["p50_us"].as_f64()?))
-        })
-        .collect();
+    let ort: HashMap<(String, String), f64> =
+        std::fs::read_to_string(workspace().join("target/bench/onnxruntime.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["results"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    (
+                        r["case"].as_str()?.to_string(),
+                        r["measure"].as_str()?.to_string(),
+                    ),
+                    r["p50_us"].as_f64()?,
+                ))
+            })
+            .collect();
     let mut results = vec![];
-    println!("{:45} {:9} {:>12} {:>12} {:>8}", "case", "measure", "drover p50", "ort p50", "ratio");
+    println!(
+        "{:45} {:9} {:>12} {:>12} {:>8}",
+        "case", "measure", "drover p50", "ort p50", "ratio"
+    );
     for case in &index {
         let name = case["name"].as_str().unwrap();
         if !prefixes.is_empty() && !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
@@ -73,28 +88,56 @@ fn bench_conformance_cases() {
         let mut options = LoadOptions::default();
         if let Some(fixed) = case.get("fixed_inputs").and_then(Value::as_object) {
             for (k, v) in fixed {
-                options.fix_input(&format!("{k}={}", v.as_str().map(String::from).unwrap_or(v.to_string()))).unwrap();
+                options
+                    .fix_input(&format!(
+                        "{k}={}",
+                        v.as_str().map(String::from).unwrap_or(v.to_string())
+                    ))
+                    .unwrap();
             }
         }
         let bytes = std::fs::read(dir.join(case["model"].as_str().unwrap())).unwrap();
         let model = Model::load(&bytes, &options).unwrap();
-        let wanted: Vec<String> = model.schema().inputs.iter().map(|i| i.name.clone()).collect();
+        let wanted: Vec<String> = model
+            .schema()
+            .inputs
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
         let load = |metas: &Value| -> Vec<(String, Tensor)> {
             metas
                 .as_array()
                 .unwrap()
                 .iter()
                 .filter(|m| wanted.iter().any(|w| m["name"] == w.as_str()))
-                .map(|m| (m["name"].as_str().unwrap().to_string(), read_npy(&dir.join(name).join(m["file"].as_str().unwrap()))))
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap().to_string(),
+                        read_npy(&dir.join(name).join(m["file"].as_str().unwrap())),
+                    )
+                })
                 .collect()
         };
-        let tabular = case["source"].as_str().unwrap_or("").starts_with("scikit-learn")
-            && case["inputs"].as_array().unwrap().iter().all(|i| i["shape"].as_array().map(Vec::len) == Some(2));
+        let tabular = case["source"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("scikit-learn")
+            && case["inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["shape"].as_array().map(Vec::len) == Some(2));
         let mut measures = vec![];
         if tabular {
             let base = load(&case["inputs"]);
-            for (label, n) in [("batch1".to_string(), 1), (format!("batch{BIG_BATCH}"), BIG_BATCH)] {
-                let feeds = base.iter().map(|(k, t)| (k.clone(), rows(t, n))).collect::<Vec<_>>();
+            for (label, n) in [
+                ("batch1".to_string(), 1),
+                (format!("batch{BIG_BATCH}"), BIG_BATCH),
+            ] {
+                let feeds = base
+                    .iter()
+                    .map(|(k, t)| (k.clone(), rows(t, n)))
+                    .collect::<Vec<_>>();
                 measures.push((label, Some(n), feeds));
             }
         } else {
@@ -105,7 +148,9 @@ fn bench_conformance_cases() {
         for (label, batch, feeds) in measures {
             let (p50, p90, iters) = time_calls(&model, &feeds);
             let ort_p50 = ort.get(&(name.to_string(), label.clone())).copied();
-            let ratio = ort_p50.map(|o| format!("{:.2}x", p50 / o)).unwrap_or_default();
+            let ratio = ort_p50
+                .map(|o| format!("{:.2}x", p50 / o))
+                .unwrap_or_default();
             let ort_text = ort_p50.map(|o| format!("{o:.1}")).unwrap_or_default();
             println!("{name:45} {label:9} {p50:>12.1} {ort_text:>12} {ratio:>8}");
             results.push(json!({

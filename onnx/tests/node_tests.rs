@@ -1,5 +1,6 @@
 //! The ai.onnx.ml node tests the `onnx` Python package defines, for every
 //! ai.onnx.ml operator Drover registers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -13,9 +14,11 @@ use prost::Message;
 fn node_test_dir() -> PathBuf {
     let out = workspace().join("target/onnx-node-tests");
     let script = workspace().join("scripts/onnx_ml_node_tests.py");
-    let res = Command::new("python3").arg(&script).arg(&out).output().unwrap_or_else(|e| {
-        panic!("python3 is needed to locate the onnx node tests: {e}")
-    });
+    let res = Command::new("python3")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 is needed to locate the onnx node tests: {e}"));
     assert!(
         res.status.success(),
         "{} failed (is the `onnx` Python package installed? scripts/test.sh installs it):\n{}",
@@ -28,7 +31,8 @@ fn node_test_dir() -> PathBuf {
 fn read_pb(path: &std::path::Path) -> Tensor {
     let bytes = std::fs::read(path).unwrap();
     let proto = tract_onnx::pb::TensorProto::decode(&*bytes).unwrap();
-    tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None).unwrap()
+    tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None)
+        .unwrap()
 }
 
 /// The op a node test exercises, from its model.
@@ -43,10 +47,19 @@ fn onnx_ml_node_tests_pass_for_every_registered_op() {
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("test_ai_onnx_ml_"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("test_ai_onnx_ml_")
+        })
         .collect();
     cases.sort();
-    assert!(!cases.is_empty(), "no test_ai_onnx_ml_* in {}", dir.display());
+    assert!(
+        !cases.is_empty(),
+        "no test_ai_onnx_ml_* in {}",
+        dir.display()
+    );
     let mut report = vec![];
     let mut failures = vec![];
     for case in &cases {
@@ -90,5 +103,9 @@ fn onnx_ml_node_tests_pass_for_every_registered_op() {
         }
     }
     eprintln!("{}", report.join("\n"));
-    assert!(failures.is_empty(), "node tests failing: {failures:?}\n{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "node tests failing: {failures:?}\n{}",
+        report.join("\n")
+    );
 }

@@ -32,7 +32,10 @@ impl Attrs<'_> {
 
     /// A float list, or the `NAME_as_tensor` double tensor that newer opsets use.
     pub(crate) fn floats_or_tensor(&self, name: &str) -> TractResult<Vec<f32>> {
-        if let Some(t) = self.get(&format!("{name}_as_tensor")).and_then(|a| a.t.as_ref()) {
+        if let Some(t) = self
+            .get(&format!("{name}_as_tensor"))
+            .and_then(|a| a.t.as_ref())
+        {
             let t = self.ctx.load_tensor(t)?;
             let t = t.cast_to::<f32>()?;
             return Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec());
@@ -48,7 +51,12 @@ impl Attrs<'_> {
     /// A string list (empty when absent).
     pub(crate) fn strings(&self, name: &str) -> Vec<String> {
         self.get(name)
-            .map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+            .map(|a| {
+                a.strings
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -132,12 +140,17 @@ impl Labels {
     pub(crate) fn pick(&self, chosen: &[usize]) -> TractResult<Tensor> {
         match self {
             Labels::Int(v) => {
-                let out: Vec<i64> = chosen.iter().map(|&c| v.get(c).copied().unwrap_or(0)).collect();
+                let out: Vec<i64> = chosen
+                    .iter()
+                    .map(|&c| v.get(c).copied().unwrap_or(0))
+                    .collect();
                 Ok(tensor1(&out))
             }
             Labels::Str(v) => {
-                let out: Vec<String> =
-                    chosen.iter().map(|&c| v.get(c).cloned().unwrap_or_default()).collect();
+                let out: Vec<String> = chosen
+                    .iter()
+                    .map(|&c| v.get(c).cloned().unwrap_or_default())
+                    .collect();
                 Ok(tensor1(&out))
             }
         }

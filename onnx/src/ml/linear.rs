@@ -10,7 +10,7 @@ use super::{Kernel, Parsed, attrs, f32_matrix, parsed, rows_of};
 
 /// `scores = X · Wᵀ + b` for `rows` weight rows.
 fn affine(x: &[f32], f: usize, w: &[f32], b: &[f32], rows: usize) -> Vec<f32> {
-    let n = if f == 0 { 0 } else { x.len() / f };
+    let n = x.len().checked_div(f).unwrap_or(0);
     let mut out = Vec::with_capacity(n * rows);
     for xr in x.chunks(f.max(1)).take(n) {
         for (c, wr) in w.chunks(f.max(1)).take(rows).enumerate() {
@@ -49,18 +49,35 @@ pub(crate) fn linear_classifier(ctx: &ParsingContext, node: &NodeProto) -> Parse
     let intercepts = a.floats("intercepts");
     let labels = a.class_labels()?;
     let post = PostTransform::parse(&a.string("post_transform", "NONE")).map_err(|e| a.bad(e))?;
-    let rows = if intercepts.is_empty() { labels.len() } else { intercepts.len() };
+    let rows = if intercepts.is_empty() {
+        labels.len()
+    } else {
+        intercepts.len()
+    };
     if rows == 0 || coefficients.len() % rows != 0 {
-        return Err(a.bad(format!("{} coefficients for {rows} classes", coefficients.len())));
+        return Err(a.bad(format!(
+            "{} coefficients for {rows} classes",
+            coefficients.len()
+        )));
     }
-    parsed(LinearClassifier { coefficients, intercepts, labels, post, rows })
+    parsed(LinearClassifier {
+        coefficients,
+        intercepts,
+        labels,
+        post,
+        rows,
+    })
 }
 
 impl LinearClassifier {
     /// Columns of the scores output: a single weight row for two labels
     /// is expanded to `[-s, s]`.
     fn score_cols(&self) -> usize {
-        if self.rows == 1 && self.labels.len() == 2 { 2 } else { self.rows }
+        if self.rows == 1 && self.labels.len() == 2 {
+            2
+        } else {
+            self.rows
+        }
     }
 }
 
@@ -80,7 +97,10 @@ impl Kernel for LinearClassifier {
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (n, f, x) = f32_matrix(&inputs[0])?;
-        ensure!(f * self.rows == self.coefficients.len(), "LinearClassifier: {f} features");
+        ensure!(
+            f * self.rows == self.coefficients.len(),
+            "LinearClassifier: {f} features"
+        );
         let raw = affine(&x, f, &self.coefficients, &self.intercepts, self.rows);
         let cols = self.score_cols();
         let mut scores = Vec::with_capacity(n * cols);
@@ -97,7 +117,11 @@ impl Kernel for LinearClassifier {
             if cols > 1 {
                 chosen.push(argmax(row));
             } else {
-                let threshold = if self.post == PostTransform::None { 0.0 } else { 0.5 };
+                let threshold = if self.post == PostTransform::None {
+                    0.0
+                } else {
+                    0.5
+                };
                 chosen.push(usize::from(row[0] >= threshold));
             }
         }
@@ -109,7 +133,12 @@ impl Kernel for LinearClassifier {
             match &self.labels {
                 Labels::Int(v) => {
                     let l = v.first().copied().unwrap_or(1);
-                    tensor1(&chosen.iter().map(|&c| if c == 1 { l } else { 0 }).collect::<Vec<_>>())
+                    tensor1(
+                        &chosen
+                            .iter()
+                            .map(|&c| if c == 1 { l } else { 0 })
+                            .collect::<Vec<_>>(),
+                    )
                 }
                 Labels::Str(_) => {
                     let l = first.try_as_plain_ram()?.as_slice::<String>()?.to_vec();
@@ -123,7 +152,10 @@ impl Kernel for LinearClassifier {
                 }
             }
         };
-        Ok(tvec!(labels.into_tvalue(), Tensor::from_shape(&[n, cols], &scores)?.into_tvalue()))
+        Ok(tvec!(
+            labels.into_tvalue(),
+            Tensor::from_shape(&[n, cols], &scores)?.into_tvalue()
+        ))
     }
 }
 
@@ -142,9 +174,17 @@ pub(crate) fn linear_regressor(ctx: &ParsingContext, node: &NodeProto) -> Parsed
     let coefficients = a.floats("coefficients");
     let post = PostTransform::parse(&a.string("post_transform", "NONE")).map_err(|e| a.bad(e))?;
     if targets == 0 || coefficients.len() % targets != 0 {
-        return Err(a.bad(format!("{} coefficients for {targets} targets", coefficients.len())));
+        return Err(a.bad(format!(
+            "{} coefficients for {targets} targets",
+            coefficients.len()
+        )));
     }
-    parsed(LinearRegressor { coefficients, intercepts: a.floats("intercepts"), targets, post })
+    parsed(LinearRegressor {
+        coefficients,
+        intercepts: a.floats("intercepts"),
+        targets,
+        post,
+    })
 }
 
 impl Kernel for LinearRegressor {
@@ -157,10 +197,15 @@ impl Kernel for LinearRegressor {
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (n, f, x) = f32_matrix(&inputs[0])?;
-        ensure!(f * self.targets == self.coefficients.len(), "LinearRegressor: {f} features");
+        ensure!(
+            f * self.targets == self.coefficients.len(),
+            "LinearRegressor: {f} features"
+        );
         let mut y = affine(&x, f, &self.coefficients, &self.intercepts, self.targets);
         y.chunks_mut(self.targets).for_each(|r| self.post.apply(r));
-        Ok(tvec!(Tensor::from_shape(&[n, self.targets], &y)?.into_tvalue()))
+        Ok(tvec!(
+            Tensor::from_shape(&[n, self.targets], &y)?.into_tvalue()
+        ))
     }
 }
 
@@ -170,7 +215,13 @@ mod tests {
 
     #[test]
     fn affine_and_argmax() {
-        let y = affine(&[1.0, 2.0, 3.0, 4.0], 2, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[0.5], 3);
+        let y = affine(
+            &[1.0, 2.0, 3.0, 4.0],
+            2,
+            &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+            &[0.5],
+            3,
+        );
         assert_eq!(y, vec![1.5, 2.0, 3.0, 3.5, 4.0, 7.0]);
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
     }
@@ -184,10 +235,22 @@ mod tests {
             post: PostTransform::Logistic,
             rows: 1,
         };
-        let out = k.eval(tvec!(tensor2(&[[2.0f32, 0.0], [0.0, 2.0]]).into_tvalue())).unwrap();
-        let labels = out[0].try_as_plain_ram().unwrap().as_slice::<i64>().unwrap().to_vec();
+        let out = k
+            .eval(tvec!(tensor2(&[[2.0f32, 0.0], [0.0, 2.0]]).into_tvalue()))
+            .unwrap();
+        let labels = out[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<i64>()
+            .unwrap()
+            .to_vec();
         assert_eq!(labels, vec![7, 3]);
-        let p = out[1].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+        let p = out[1]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec();
         assert!((p[0] + p[1] - 1.0).abs() < 1e-6 && p[1] > 0.8, "{p:?}");
     }
 }

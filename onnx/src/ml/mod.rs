@@ -107,7 +107,9 @@ impl EvalOp for MlOp {
 
 impl TypedOp for MlOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.0.output_facts(inputs).with_context(|| format!("typing {}", self.0.name()))
+        self.0
+            .output_facts(inputs)
+            .with_context(|| format!("typing {}", self.0.name()))
     }
     as_op!();
 }
@@ -125,9 +127,13 @@ fn typed_fact(fact: &InferenceFact, scope: &SymbolScope, ix: usize) -> Option<Ty
     let rank = fact.shape.rank().concretize()?;
     let dims: TVec<TDim> = (0..rank as usize)
         .map(|axis| {
-            fact.shape.dims().nth(axis).and_then(|d| d.concretize()).unwrap_or_else(|| {
-                TDim::Sym(scope.new_with_prefix(&format!("{UNKNOWN_DIM}{ix}_{axis}_")))
-            })
+            fact.shape
+                .dims()
+                .nth(axis)
+                .and_then(|d| d.concretize())
+                .unwrap_or_else(|| {
+                    TDim::Sym(scope.new_with_prefix(&format!("{UNKNOWN_DIM}{ix}_{axis}_")))
+                })
         })
         .collect();
     Some(dt.fact(dims))
@@ -139,10 +145,17 @@ impl InferenceOp for MlOp {
         inputs: TVec<&InferenceFact>,
         outputs: TVec<&InferenceFact>,
         _observed: TVec<&InferenceFact>,
-    ) -> TractResult<(TVec<InferenceFact>, TVec<InferenceFact>, TVec<InferenceFact>)> {
+    ) -> TractResult<(
+        TVec<InferenceFact>,
+        TVec<InferenceFact>,
+        TVec<InferenceFact>,
+    )> {
         let scope = SymbolScope::default();
-        let typed: Option<TVec<TypedFact>> =
-            inputs.iter().enumerate().map(|(ix, f)| typed_fact(f, &scope, ix)).collect();
+        let typed: Option<TVec<TypedFact>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(ix, f)| typed_fact(f, &scope, ix))
+            .collect();
         let ins: TVec<InferenceFact> = inputs.iter().map(|f| (*f).clone()).collect();
         let Some(typed) = typed else {
             return Ok((ins, outputs.into_iter().cloned().collect(), tvec!()));

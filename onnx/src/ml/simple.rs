@@ -18,7 +18,10 @@ fn as_f32(t: &Tensor) -> TractResult<Tensor> {
 /// Calls `f(index, value)` on every element of an f32 tensor.
 fn each_f32(t: &mut Tensor, mut f: impl FnMut(usize, &mut f32)) -> TractResult<()> {
     let mut view = t.try_as_plain_ram_mut()?;
-    view.as_slice_mut::<f32>()?.iter_mut().enumerate().for_each(|(i, v)| f(i, v));
+    view.as_slice_mut::<f32>()?
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| f(i, v));
     Ok(())
 }
 
@@ -31,7 +34,10 @@ pub(crate) struct Scaler {
 
 pub(crate) fn scaler(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
     let a = attrs(ctx, node);
-    parsed(Scaler { offset: a.floats("offset"), scale: a.floats("scale") })
+    parsed(Scaler {
+        offset: a.floats("offset"),
+        scale: a.floats("scale"),
+    })
 }
 
 /// The value for column `c` of a per-column (or single, or absent) attribute.
@@ -128,7 +134,11 @@ impl Kernel for Imputer {
         "Imputer"
     }
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let dt = if self.floats.is_empty() { DatumType::I64 } else { DatumType::F32 };
+        let dt = if self.floats.is_empty() {
+            DatumType::I64
+        } else {
+            DatumType::F32
+        };
         Ok(tvec!(dt.fact(inputs[0].shape.iter())))
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -142,7 +152,6 @@ impl Kernel for Imputer {
                     *v = per_column(&ints, i % cols, 0.0) as i64;
                 }
             }
-            drop(view);
             return Ok(tvec!(t.into_tvalue()));
         }
         let mut t = as_f32(&inputs[0])?;
@@ -163,7 +172,9 @@ pub(crate) struct Binarizer {
 }
 
 pub(crate) fn binarizer(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
-    parsed(Binarizer { threshold: attrs(ctx, node).float("threshold", 0.0) })
+    parsed(Binarizer {
+        threshold: attrs(ctx, node).float("threshold", 0.0),
+    })
 }
 
 impl Kernel for Binarizer {
@@ -183,7 +194,9 @@ impl Kernel for Binarizer {
             .iter()
             .map(|&v| if v > th { 1.0 } else { 0.0 })
             .collect();
-        let out = Tensor::from_shape(inputs[0].shape(), &out)?.cast_to_dt(dt)?.into_owned();
+        let out = Tensor::from_shape(inputs[0].shape(), &out)?
+            .cast_to_dt(dt)?
+            .into_owned();
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -207,7 +220,11 @@ fn first_index<K: Eq + std::hash::Hash>(keys: impl IntoIterator<Item = K>) -> Ha
 }
 
 fn float_key(v: f64) -> u64 {
-    if v.is_nan() { f64::NAN.to_bits() } else { (v + 0.0).to_bits() }
+    if v.is_nan() {
+        f64::NAN.to_bits()
+    } else {
+        (v + 0.0).to_bits()
+    }
 }
 
 impl Keys {
@@ -243,17 +260,26 @@ impl Keys {
         Ok(match self {
             Keys::Str(m) => {
                 let v = x.try_as_plain_ram()?;
-                v.as_slice::<String>()?.iter().map(|s| m.get(s).copied()).collect()
+                v.as_slice::<String>()?
+                    .iter()
+                    .map(|s| m.get(s).copied())
+                    .collect()
             }
             Keys::Float(m) => {
                 let v = x.cast_to::<f64>()?;
                 let v = v.try_as_plain_ram()?;
-                v.as_slice::<f64>()?.iter().map(|&f| m.get(&float_key(f)).copied()).collect()
+                v.as_slice::<f64>()?
+                    .iter()
+                    .map(|&f| m.get(&float_key(f)).copied())
+                    .collect()
             }
             Keys::Int(m) => {
                 let v = x.cast_to::<i64>()?;
                 let v = v.try_as_plain_ram()?;
-                v.as_slice::<i64>()?.iter().map(|i| m.get(i).copied()).collect()
+                v.as_slice::<i64>()?
+                    .iter()
+                    .map(|i| m.get(i).copied())
+                    .collect()
             }
         })
     }
@@ -277,7 +303,10 @@ pub(crate) fn one_hot_encoder(ctx: &ParsingContext, node: &NodeProto) -> Parsed 
     } else {
         return Err(a.bad("neither cats_int64s nor cats_strings"));
     };
-    parsed(OneHotEncoder { keys, zeros: a.int("zeros", 1) != 0 })
+    parsed(OneHotEncoder {
+        keys,
+        zeros: a.int("zeros", 1) != 0,
+    })
 }
 
 impl Kernel for OneHotEncoder {
@@ -338,21 +367,37 @@ pub(crate) fn label_encoder(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
         };
         (t, default)
     } else if a.has("values_int64s") {
-        (tensor1(&a.ints("values_int64s")), tensor0(a.int("default_int64", -1)))
+        (
+            tensor1(&a.ints("values_int64s")),
+            tensor0(a.int("default_int64", -1)),
+        )
     } else if a.has("values_floats") {
-        (tensor1(&a.floats("values_floats")), tensor0(a.float("default_float", -0.0)))
+        (
+            tensor1(&a.floats("values_floats")),
+            tensor0(a.float("default_float", -0.0)),
+        )
     } else if a.has("values_strings") {
-        (tensor1(&a.strings("values_strings")), tensor0(a.string("default_string", "_Unused")))
+        (
+            tensor1(&a.strings("values_strings")),
+            tensor0(a.string("default_string", "_Unused")),
+        )
     } else if a.has("classes_strings") {
         let n = a.strings("classes_strings").len() as i64;
-        (tensor1(&(0..n).collect::<Vec<_>>()), tensor0(a.int("default_int64", -1)))
+        (
+            tensor1(&(0..n).collect::<Vec<_>>()),
+            tensor0(a.int("default_int64", -1)),
+        )
     } else {
         return Err(a.bad("no values"));
     };
     if keys.len() != values.len() {
         return Err(a.bad(format!("{} keys for {} values", keys.len(), values.len())));
     }
-    parsed(LabelEncoder { keys: Keys::from_tensor(&keys)?, values, default })
+    parsed(LabelEncoder {
+        keys: Keys::from_tensor(&keys)?,
+        values,
+        default,
+    })
 }
 
 impl Kernel for LabelEncoder {
@@ -374,8 +419,10 @@ impl Kernel for LabelEncoder {
         let out = if picks.is_empty() {
             Tensor::zero_dt(self.values.datum_type(), inputs[0].shape())?
         } else {
-            let rows: Vec<Tensor> =
-                picks.into_iter().map(|t| t.into_shape(&[1])).collect::<TractResult<_>>()?;
+            let rows: Vec<Tensor> = picks
+                .into_iter()
+                .map(|t| t.into_shape(&[1]))
+                .collect::<TractResult<_>>()?;
             Tensor::stack_tensors(0, &rows)?.into_shape(inputs[0].shape())?
         };
         Ok(tvec!(out.into_tvalue()))
@@ -400,7 +447,11 @@ impl Kernel for ArrayFeatureExtractor {
         let shape: TVec<TDim> = match x.len() {
             0 => bail!("ArrayFeatureExtractor on a scalar"),
             1 => tvec![1.into(), picked],
-            n => x[..n - 1].iter().cloned().chain(std::iter::once(picked)).collect(),
+            n => x[..n - 1]
+                .iter()
+                .cloned()
+                .chain(std::iter::once(picked))
+                .collect(),
         };
         Ok(tvec!(inputs[0].datum_type.fact(shape)))
     }
@@ -420,8 +471,10 @@ impl Kernel for ArrayFeatureExtractor {
             .collect::<TractResult<_>>()?;
         let rows = x.len() / last.max(1);
         let flat = x.clone().into_tensor().into_shape(&[rows, last])?;
-        let cols: Vec<Tensor> =
-            idx.iter().map(|&i| flat.slice(1, i, i + 1)).collect::<TractResult<_>>()?;
+        let cols: Vec<Tensor> = idx
+            .iter()
+            .map(|&i| flat.slice(1, i, i + 1))
+            .collect::<TractResult<_>>()?;
         let mut out = if cols.is_empty() {
             Tensor::zero_dt(x.datum_type(), &[rows, 0])?
         } else {
@@ -472,7 +525,11 @@ pub(crate) fn feature_vectorizer(ctx: &ParsingContext, node: &NodeProto) -> Pars
     let a = attrs(ctx, node);
     let dims = a.indices("inputdimensions")?;
     if dims.len() != node.input.len() {
-        return Err(a.bad(format!("{} inputdimensions for {} inputs", dims.len(), node.input.len())));
+        return Err(a.bad(format!(
+            "{} inputdimensions for {} inputs",
+            dims.len(),
+            node.input.len()
+        )));
     }
     parsed(FeatureVectorizer { dims })
 }
@@ -488,15 +545,25 @@ impl Kernel for FeatureVectorizer {
             [n] | [n, _] => n.clone(),
             other => bail!("FeatureVectorizer: expected 1-D or 2-D inputs, got {other:?}"),
         };
-        Ok(tvec!(f32::fact([n, self.dims.iter().sum::<usize>().into()])))
+        Ok(tvec!(f32::fact([
+            n,
+            self.dims.iter().sum::<usize>().into()
+        ])))
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let n = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(0);
+        let n = inputs
+            .first()
+            .and_then(|t| t.shape().first().copied())
+            .unwrap_or(0);
         let width: usize = self.dims.iter().sum();
         let mut out = vec![0f32; n * width];
         let mut offset = 0;
         for (t, &d) in inputs.iter().zip(&self.dims) {
-            let cols = if t.rank() == 1 { 1 } else { t.shape().get(1).copied().unwrap_or(0) };
+            let cols = if t.rank() == 1 {
+                1
+            } else {
+                t.shape().get(1).copied().unwrap_or(0)
+            };
             let x = as_f32(t)?;
             let x = x.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
             for r in 0..n {

@@ -22,22 +22,39 @@ enum SvmKernel {
 impl SvmKernel {
     fn parse(a: &Attrs) -> TractResult<SvmKernel> {
         let p = a.floats("kernel_params");
-        let (gamma, coef0, degree) =
-            (p.first().copied().unwrap_or(0.0), p.get(1).copied().unwrap_or(0.0), p.get(2).copied().unwrap_or(0.0));
-        Ok(match a.string("kernel_type", "LINEAR").to_ascii_uppercase().as_str() {
-            "LINEAR" => SvmKernel::Linear,
-            "POLY" => SvmKernel::Poly { gamma, coef0, degree: degree as i32 },
-            "RBF" => SvmKernel::Rbf { gamma },
-            "SIGMOID" => SvmKernel::Sigmoid { gamma, coef0 },
-            other => return Err(a.bad(format!("unknown kernel_type {other:?}"))),
-        })
+        let (gamma, coef0, degree) = (
+            p.first().copied().unwrap_or(0.0),
+            p.get(1).copied().unwrap_or(0.0),
+            p.get(2).copied().unwrap_or(0.0),
+        );
+        Ok(
+            match a
+                .string("kernel_type", "LINEAR")
+                .to_ascii_uppercase()
+                .as_str()
+            {
+                "LINEAR" => SvmKernel::Linear,
+                "POLY" => SvmKernel::Poly {
+                    gamma,
+                    coef0,
+                    degree: degree as i32,
+                },
+                "RBF" => SvmKernel::Rbf { gamma },
+                "SIGMOID" => SvmKernel::Sigmoid { gamma, coef0 },
+                other => return Err(a.bad(format!("unknown kernel_type {other:?}"))),
+            },
+        )
     }
 
     fn eval(self, x: &[f32], v: &[f32]) -> f32 {
         let dot = || x.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
         match self {
             SvmKernel::Linear => dot(),
-            SvmKernel::Poly { gamma, coef0, degree } => (dot() * gamma + coef0).powi(degree),
+            SvmKernel::Poly {
+                gamma,
+                coef0,
+                degree,
+            } => (dot() * gamma + coef0).powi(degree),
             SvmKernel::Rbf { gamma } => {
                 let d: f32 = x.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum();
                 (-gamma * d).exp()
@@ -85,10 +102,13 @@ pub(crate) fn svm_classifier(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
         if k.rho.len() < c * (c - 1) / 2 || k.vectors.len() % sv != 0 {
             return Err(a.bad("rho / support_vectors do not match the classes"));
         }
-        if !k.prob_a.is_empty() && (k.prob_a.len() < c * (c - 1) / 2 || k.prob_b.len() < k.prob_a.len()) {
+        if !k.prob_a.is_empty()
+            && (k.prob_a.len() < c * (c - 1) / 2 || k.prob_b.len() < k.prob_a.len())
+        {
             return Err(a.bad("prob_a / prob_b do not match the classes"));
         }
-    } else if k.coefficients.is_empty() || k.coefficients.len() % c.max(1) != 0 || k.rho.is_empty() {
+    } else if k.coefficients.is_empty() || k.coefficients.len() % c.max(1) != 0 || k.rho.is_empty()
+    {
         return Err(a.bad("linear SVM coefficients / rho do not match the classes"));
     }
     parsed(k)
@@ -122,7 +142,11 @@ impl SvmClassifier {
             self.post.apply(&mut s);
             return (argmax(&s), s);
         }
-        let kernels: Vec<f32> = self.vectors.chunks(f.max(1)).map(|v| self.kernel.eval(x, v)).collect();
+        let kernels: Vec<f32> = self
+            .vectors
+            .chunks(f.max(1))
+            .map(|v| self.kernel.eval(x, v))
+            .collect();
         let mut start = Vec::with_capacity(c);
         let mut acc = 0;
         for &n in &self.per_class {
@@ -131,7 +155,11 @@ impl SvmClassifier {
         }
         let coef = |row: usize, from: usize, len: usize| {
             let off = row * sv + from;
-            self.coefficients[off..off + len].iter().zip(&kernels[from..from + len]).map(|(a, b)| a * b).sum::<f32>()
+            self.coefficients[off..off + len]
+                .iter()
+                .zip(&kernels[from..from + len])
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
         };
         let mut votes = vec![0u32; c];
         let mut pair = Vec::with_capacity(c * (c - 1) / 2);
@@ -140,7 +168,11 @@ impl SvmClassifier {
                 let s = self.rho[pair.len()]
                     + coef(j - 1, start[i], self.per_class[i])
                     + coef(i, start[j], self.per_class[j]);
-                if s > 0.0 { votes[i] += 1 } else { votes[j] += 1 }
+                if s > 0.0 {
+                    votes[i] += 1
+                } else {
+                    votes[j] += 1
+                }
                 pair.push(s);
             }
         }
@@ -155,7 +187,11 @@ impl SvmClassifier {
             self.post.apply(&mut p);
             return (chosen, p);
         }
-        let mut s = if pair.len() == 1 { vec![-pair[0], pair[0]] } else { pair };
+        let mut s = if pair.len() == 1 {
+            vec![-pair[0], pair[0]]
+        } else {
+            pair
+        };
         self.post.apply(&mut s);
         (chosen, s)
     }
@@ -225,13 +261,23 @@ impl Kernel for SvmClassifier {
     }
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let (n, _) = rows_of(&inputs[0].shape.to_tvec())?;
-        Ok(tvec!(self.labels.datum_type().fact([n.clone()]), f32::fact([n, self.score_cols().into()])))
+        Ok(tvec!(
+            self.labels.datum_type().fact([n.clone()]),
+            f32::fact([n, self.score_cols().into()])
+        ))
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (n, f, x) = f32_matrix(&inputs[0])?;
         let sv = self.n_vectors();
-        let width = if sv > 0 { self.vectors.len() / sv } else { self.coefficients.len() / self.labels.len().max(1) };
-        ensure!(f == width, "SVMClassifier: {f} features, the model has {width}");
+        let width = self
+            .vectors
+            .len()
+            .checked_div(sv)
+            .unwrap_or(self.coefficients.len() / self.labels.len().max(1));
+        ensure!(
+            f == width,
+            "SVMClassifier: {f} features, the model has {width}"
+        );
         let cols = self.score_cols();
         let mut chosen = Vec::with_capacity(n);
         let mut scores = Vec::with_capacity(n * cols);
@@ -241,7 +287,10 @@ impl Kernel for SvmClassifier {
             scores.extend(s);
         }
         let labels = self.labels.pick(&chosen)?;
-        Ok(tvec!(labels.into_tvalue(), Tensor::from_shape(&[n, cols], &scores)?.into_tvalue()))
+        Ok(tvec!(
+            labels.into_tvalue(),
+            Tensor::from_shape(&[n, cols], &scores)?.into_tvalue()
+        ))
     }
 }
 
@@ -285,8 +334,15 @@ impl Kernel for SvmRegressor {
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (n, f, x) = f32_matrix(&inputs[0])?;
-        let width = if self.n_supports > 0 { self.vectors.len() / self.n_supports } else { self.coefficients.len() };
-        ensure!(f == width, "SVMRegressor: {f} features, the model has {width}");
+        let width = self
+            .vectors
+            .len()
+            .checked_div(self.n_supports)
+            .unwrap_or(self.coefficients.len());
+        ensure!(
+            f == width,
+            "SVMRegressor: {f} features, the model has {width}"
+        );
         let mut y = Vec::with_capacity(n);
         for row in x.chunks(f.max(1)).take(n) {
             let s = if self.n_supports > 0 {
@@ -298,7 +354,11 @@ impl Kernel for SvmRegressor {
             } else {
                 SvmKernel::Linear.eval(row, &self.coefficients)
             } + self.rho;
-            let mut s = [if self.one_class { if s > 0.0 { 1.0 } else { -1.0 } } else { s }];
+            let mut s = [if self.one_class {
+                if s > 0.0 { 1.0 } else { -1.0 }
+            } else {
+                s
+            }];
             self.post.apply(&mut s);
             y.push(s[0]);
         }

@@ -103,14 +103,20 @@ impl Forest {
         if !nan_true.is_empty() && nan_true.len() != n {
             return Err(a.bad("nodes_missing_value_tracks_true length"));
         }
-        let index: HashMap<(i64, i64), u32> =
-            tree_ids.iter().zip(&node_ids).enumerate().map(|(i, (&t, &d))| ((t, d), i as u32)).collect();
+        let index: HashMap<(i64, i64), u32> = tree_ids
+            .iter()
+            .zip(&node_ids)
+            .enumerate()
+            .map(|(i, (&t, &d))| ((t, d), i as u32))
+            .collect();
         if index.len() != n {
             return Err(a.bad("duplicate (tree, node) ids"));
         }
         let child = |tree: i64, id: i64| {
             index.get(&(tree, id)).copied().ok_or_else(|| {
-                a.bad(format!("tree {tree} has no node {id} (referenced as a child)"))
+                a.bad(format!(
+                    "tree {tree} has no node {id} (referenced as a child)"
+                ))
             })
         };
         // Leaf weights grouped by node, in attribute order.
@@ -118,17 +124,22 @@ impl Forest {
         let l_node = a.ints(&format!("{leaf}_nodeids"));
         let l_id = a.indices(&format!("{leaf}_ids"))?;
         let l_w = a.floats_or_tensor(&format!("{leaf}_weights"))?;
-        if l_node.len() != l_tree.len() || l_id.len() != l_tree.len() || l_w.len() != l_tree.len()
-        {
+        if l_node.len() != l_tree.len() || l_id.len() != l_tree.len() || l_w.len() != l_tree.len() {
             return Err(a.bad(format!("{leaf}_* attributes differ in length")));
         }
         let mut per_leaf: HashMap<u32, Vec<(u32, f32)>> = HashMap::new();
         for i in 0..l_tree.len() {
             let node = child(l_tree[i], l_node[i])?;
             if l_id[i] >= n_targets {
-                return Err(a.bad(format!("{leaf}_ids holds {} for {n_targets} outputs", l_id[i])));
+                return Err(a.bad(format!(
+                    "{leaf}_ids holds {} for {n_targets} outputs",
+                    l_id[i]
+                )));
             }
-            per_leaf.entry(node).or_default().push((l_id[i] as u32, l_w[i]));
+            per_leaf
+                .entry(node)
+                .or_default()
+                .push((l_id[i] as u32, l_w[i]));
         }
         let mut nodes = Vec::with_capacity(n);
         let mut node_modes = Vec::with_capacity(n);
@@ -149,11 +160,17 @@ impl Forest {
                     leaf_target.push(t);
                     leaf_weight.push(w);
                 }
-                nodes.push(Node { feature: LEAF, threshold: 0.0, yes: start, no: leaf_target.len() as u32 });
+                nodes.push(Node {
+                    feature: LEAF,
+                    threshold: 0.0,
+                    yes: start,
+                    no: leaf_target.len() as u32,
+                });
             } else {
-                let feature = u32::try_from(features[i]).ok().filter(|&f| f < LEAF).ok_or_else(|| {
-                    a.bad(format!("feature id {} out of range", features[i]))
-                })?;
+                let feature = u32::try_from(features[i])
+                    .ok()
+                    .filter(|&f| f < LEAF)
+                    .ok_or_else(|| a.bad(format!("feature id {} out of range", features[i])))?;
                 let nan = nan_true.get(i).is_some_and(|&v| v != 0);
                 nodes.push(Node {
                     feature: feature | if nan { NAN_TRUE } else { 0 },
@@ -172,7 +189,9 @@ impl Forest {
             .map(|n| (n.feature & !NAN_TRUE) as usize + 1)
             .max()
             .unwrap_or(0);
-        let all_leq = node_modes.iter().all(|m| matches!(m, Mode::Leq | Mode::Leaf));
+        let all_leq = node_modes
+            .iter()
+            .all(|m| matches!(m, Mode::Leq | Mode::Leaf));
         let forest = Forest {
             nodes,
             modes: (!all_leq).then_some(node_modes),
@@ -192,9 +211,13 @@ impl Forest {
         for &root in &self.roots {
             let mut stack = vec![root];
             while let Some(i) = stack.pop() {
-                let seen = visited.get_mut(i as usize).ok_or("child index out of range")?;
+                let seen = visited
+                    .get_mut(i as usize)
+                    .ok_or("child index out of range")?;
                 if *seen {
-                    return Err(format!("node {i} is reached twice (a cycle or shared subtree)"));
+                    return Err(format!(
+                        "node {i} is reached twice (a cycle or shared subtree)"
+                    ));
                 }
                 *seen = true;
                 let node = self.nodes[i as usize];
@@ -253,7 +276,11 @@ impl Forest {
         f: usize,
         mut visit: impl FnMut(usize, usize, f32),
     ) -> TractResult<()> {
-        ensure!(f >= self.min_features, "the model reads feature {} of {f}", self.min_features - 1);
+        ensure!(
+            f >= self.min_features,
+            "the model reads feature {} of {f}",
+            self.min_features - 1
+        );
         let rows: Vec<&[f32]> = x.chunks(f.max(1)).collect();
         for &root in &self.roots {
             for (r, row) in rows.iter().enumerate() {
@@ -306,7 +333,13 @@ pub(crate) fn tree_classifier(ctx: &ParsingContext, node: &NodeProto) -> Parsed 
     ids.sort_unstable();
     ids.dedup();
     let single_class = (ids.len() == 1 && n <= 2).then(|| ids[0] as usize);
-    parsed(TreeClassifier { forest, labels, base, post, single_class })
+    parsed(TreeClassifier {
+        forest,
+        labels,
+        base,
+        post,
+        single_class,
+    })
 }
 
 impl Kernel for TreeClassifier {
@@ -319,7 +352,10 @@ impl Kernel for TreeClassifier {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let (n, _) = rows_of(&inputs[0].shape.to_tvec())?;
         let cols = self.labels.len().max(2);
-        Ok(tvec!(self.labels.datum_type().fact([n.clone()]), f32::fact([n, cols.into()])))
+        Ok(tvec!(
+            self.labels.datum_type().fact([n.clone()]),
+            f32::fact([n, cols.into()])
+        ))
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (n, f, x) = f32_matrix(&inputs[0])?;
@@ -328,7 +364,8 @@ impl Kernel for TreeClassifier {
         for row in scores.chunks_mut(c) {
             row.copy_from_slice(&self.base[..c]);
         }
-        self.forest.for_each_leaf(&x, f, |r, t, w| scores[r * c + t] += w)?;
+        self.forest
+            .for_each_leaf(&x, f, |r, t, w| scores[r * c + t] += w)?;
         let cols = c.max(2);
         let mut out = Vec::with_capacity(n * cols);
         let mut chosen = Vec::with_capacity(n);
@@ -352,7 +389,10 @@ impl Kernel for TreeClassifier {
             chosen.push(argmax(o));
         }
         let labels = self.labels.pick(&chosen)?;
-        Ok(tvec!(labels.into_tvalue(), Tensor::from_shape(&[n, cols], &out)?.into_tvalue()))
+        Ok(tvec!(
+            labels.into_tvalue(),
+            Tensor::from_shape(&[n, cols], &out)?.into_tvalue()
+        ))
     }
 }
 
@@ -377,7 +417,9 @@ pub(crate) struct TreeRegressor {
 
 pub(crate) fn tree_regressor(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
     let a = attrs(ctx, node);
-    let targets = usize::try_from(a.int("n_targets", 1)).map_err(|e| a.bad(e))?.max(1);
+    let targets = usize::try_from(a.int("n_targets", 1))
+        .map_err(|e| a.bad(e))?
+        .max(1);
     let forest = Forest::parse(&a, "target", targets)?;
     let aggregate = match a.string("aggregate_function", "SUM").as_str() {
         "SUM" => Aggregate::Sum,
@@ -388,7 +430,13 @@ pub(crate) fn tree_regressor(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
     };
     let post = PostTransform::parse(&a.string("post_transform", "NONE")).map_err(|e| a.bad(e))?;
     let base = base_values(&a, targets)?;
-    parsed(TreeRegressor { forest, targets, base, aggregate, post })
+    parsed(TreeRegressor {
+        forest,
+        targets,
+        base,
+        aggregate,
+        post,
+    })
 }
 
 impl Kernel for TreeRegressor {
@@ -406,7 +454,8 @@ impl Kernel for TreeRegressor {
         let mut hit = vec![false; n * k];
         match self.aggregate {
             Aggregate::Sum | Aggregate::Average => {
-                self.forest.for_each_leaf(&x, f, |r, t, w| y[r * k + t] += w)?
+                self.forest
+                    .for_each_leaf(&x, f, |r, t, w| y[r * k + t] += w)?
             }
             Aggregate::Min | Aggregate::Max => {
                 let max = self.aggregate == Aggregate::Max;
