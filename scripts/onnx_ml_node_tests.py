@@ -30,6 +30,11 @@ def shipped():
 
 
 def generate(out):
+    # Generating imports every node case of onnx (tens of seconds): keep the
+    # data of the same onnx version.
+    stamp = os.path.join(out, "onnx-version")
+    if os.path.exists(stamp) and open(stamp).read() == onnx.__version__:
+        return out
     import onnx.backend.test.case.node as node_cases
 
     os.makedirs(out, exist_ok=True)
@@ -51,6 +56,8 @@ def generate(out):
                     proto = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, infos[j].name)
                     with open(os.path.join(ds, f"{kind}_{j}.pb"), "wb") as f:
                         f.write(proto.SerializeToString())
+    with open(stamp, "w") as f:
+        f.write(onnx.__version__)
     return out
 
 

@@ -12,6 +12,7 @@ mod simple;
 mod svm;
 mod transform;
 mod tree;
+mod tree_v5;
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub const OPERATORS: &[&str] = &[
     "SVMClassifier",
     "SVMRegressor",
     "Scaler",
+    "TreeEnsemble",
     "TreeEnsembleClassifier",
     "TreeEnsembleRegressor",
     "ZipMap",
@@ -55,6 +57,7 @@ pub(crate) fn register(reg: &mut OnnxOpRegister) {
     reg.insert("SVMClassifier", svm::svm_classifier);
     reg.insert("SVMRegressor", svm::svm_regressor);
     reg.insert("Scaler", simple::scaler);
+    reg.insert("TreeEnsemble", tree_v5::tree_ensemble);
     reg.insert("TreeEnsembleClassifier", tree::tree_classifier);
     reg.insert("TreeEnsembleRegressor", tree::tree_regressor);
     reg.insert("ZipMap", simple::zipmap);
@@ -195,7 +198,16 @@ impl InferenceOp for MlOp {
         target: &mut TypedModel,
         mapping: &HashMap<OutletId, OutletId>,
     ) -> TractResult<TVec<OutletId>> {
-        let inputs: TVec<OutletId> = node.inputs.iter().map(|i| mapping[i]).collect();
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|i| {
+                mapping
+                    .get(i)
+                    .copied()
+                    .with_context(|| format!("no typed wire for {i:?}"))
+            })
+            .collect::<TractResult<TVec<OutletId>>>()?;
         target.wire_node(&*node.name, self.clone(), &inputs)
     }
 

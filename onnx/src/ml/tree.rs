@@ -20,30 +20,32 @@ use super::transform::PostTransform;
 use super::{Kernel, Parsed, attrs, f32_matrix, parsed, rows_of};
 
 /// `feature` value marking a leaf.
-const LEAF: u32 = 0x7FFF_FFFF;
+pub(super) const LEAF: u32 = 0x7FFF_FFFF;
 /// Bit of `feature` set when a missing (NaN) value follows the true branch.
-const NAN_TRUE: u32 = 0x8000_0000;
+pub(super) const NAN_TRUE: u32 = 0x8000_0000;
 
 /// One node: a branch (`feature`, `threshold`, children) or a leaf
 /// (`feature == LEAF`, `yes..no` the range of its weights).
 #[derive(Clone, Copy, Debug)]
-struct Node {
-    feature: u32,
-    threshold: f32,
-    yes: u32,
-    no: u32,
+pub(super) struct Node {
+    pub(super) feature: u32,
+    pub(super) threshold: f32,
+    pub(super) yes: u32,
+    pub(super) no: u32,
 }
 
 /// Branch comparisons, `x CMP threshold` going to `yes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-enum Mode {
+pub(super) enum Mode {
     Leq,
     Lt,
     Gte,
     Gt,
     Eq,
     Neq,
+    /// Membership in a set of values (TreeEnsemble, ai.onnx.ml 5).
+    Member,
     Leaf,
 }
 
@@ -66,6 +68,8 @@ pub(crate) struct Forest {
     nodes: Vec<Node>,
     /// Per node; `None` when every branch is `BRANCH_LEQ`.
     modes: Option<Vec<Mode>>,
+    /// Per node, the set a `Member` node tests (empty for the others).
+    members: Vec<Vec<f32>>,
     roots: Vec<u32>,
     leaf_target: Vec<u32>,
     leaf_weight: Vec<f32>,
@@ -183,6 +187,28 @@ impl Forest {
         if let Some(node) = per_leaf.keys().next() {
             return Err(a.bad(format!("weights attached to branch node {node}")));
         }
+        Forest::assemble(
+            a,
+            nodes,
+            node_modes,
+            vec![],
+            roots,
+            leaf_target,
+            leaf_weight,
+        )
+    }
+
+    /// Finishes a forest: the feature bound, the fast path when every branch
+    /// is `BRANCH_LEQ`, and the acyclic check.
+    pub(super) fn assemble(
+        a: &Attrs,
+        nodes: Vec<Node>,
+        node_modes: Vec<Mode>,
+        members: Vec<Vec<f32>>,
+        roots: Vec<u32>,
+        leaf_target: Vec<u32>,
+        leaf_weight: Vec<f32>,
+    ) -> TractResult<Forest> {
         let min_features = nodes
             .iter()
             .filter(|n| n.feature != LEAF)
@@ -195,6 +221,7 @@ impl Forest {
         let forest = Forest {
             nodes,
             modes: (!all_leq).then_some(node_modes),
+            members,
             roots,
             leaf_target,
             leaf_weight,
@@ -262,6 +289,7 @@ impl Forest {
                     Mode::Gt => x > t,
                     Mode::Eq => x == t,
                     Mode::Neq => x != t,
+                    Mode::Member => self.members.get(i).is_some_and(|m| m.contains(&x)),
                     Mode::Leaf => true,
                 }
             };
@@ -413,6 +441,8 @@ pub(crate) struct TreeRegressor {
     base: Vec<f32>,
     aggregate: Aggregate,
     post: PostTransform,
+    /// Outputs in the input's float type (TreeEnsemble) rather than f32.
+    same_type: bool,
 }
 
 pub(crate) fn tree_regressor(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
@@ -436,6 +466,7 @@ pub(crate) fn tree_regressor(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
         base,
         aggregate,
         post,
+        same_type: false,
     })
 }
 
@@ -445,7 +476,12 @@ impl Kernel for TreeRegressor {
     }
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let (n, _) = rows_of(&inputs[0].shape.to_tvec())?;
-        Ok(tvec!(f32::fact([n, self.targets.into()])))
+        let dt = if self.same_type {
+            inputs[0].datum_type
+        } else {
+            DatumType::F32
+        };
+        Ok(tvec!(dt.fact([n, self.targets.into()])))
     }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (n, f, x) = f32_matrix(&inputs[0])?;
@@ -478,6 +514,39 @@ impl Kernel for TreeRegressor {
             }
             self.post.apply(row);
         }
-        Ok(tvec!(Tensor::from_shape(&[n, k], &y)?.into_tvalue()))
+        let y = Tensor::from_shape(&[n, k], &y)?;
+        let y = if self.same_type {
+            y.cast_to_dt(inputs[0].datum_type())?.into_owned()
+        } else {
+            y
+        };
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TreeRegressor {
+    /// A regressor from parts (TreeEnsemble builds one).
+    pub(super) fn new(
+        forest: Forest,
+        targets: usize,
+        aggregate_code: i64,
+        post: PostTransform,
+    ) -> TractResult<TreeRegressor> {
+        let aggregate = match aggregate_code {
+            0 => Aggregate::Average,
+            1 => Aggregate::Sum,
+            2 => Aggregate::Min,
+            3 => Aggregate::Max,
+            other => bail!("unknown aggregate_function {other}"),
+        };
+        let base = vec![0.0; targets];
+        Ok(TreeRegressor {
+            forest,
+            targets,
+            base,
+            aggregate,
+            post,
+            same_type: true,
+        })
     }
 }
