@@ -499,3 +499,18 @@ fn symbolic_dim_outputs_are_served_as_i64() {
     assert_eq!(y[0].datum_type(), i64::datum_type());
     assert_eq!(i64s(&y[0]), vec![5, 3]);
 }
+
+#[test]
+fn model_is_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Model>();
+    let m = std::sync::Arc::new(load(&unary("Binarizer", 1, vec![], 1)));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let m = m.clone();
+            std::thread::spawn(move || f32s(&run1(&m, tensor2(&[[i as f32 - 1.5]]))[0]))
+        })
+        .collect();
+    let got: Vec<Vec<f32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(got, vec![vec![0.0], vec![0.0], vec![1.0], vec![1.0]]);
+}
