@@ -46,6 +46,47 @@ impl SvmKernel {
         )
     }
 
+    /// The kernel of `x` with every support vector, into `out`. `vt` holds
+    /// the vectors transposed (feature-major), so the inner loop runs over
+    /// vectors and vectorises; each value sums features in the same order
+    /// as the one-vector form.
+    fn row(self, x: &[f32], vt: &[f32], count: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(count, 0.0);
+        let cols = vt.chunks_exact(count.max(1));
+        match self {
+            SvmKernel::Rbf { gamma } => {
+                for (xj, col) in x.iter().zip(cols) {
+                    for (o, v) in out.iter_mut().zip(col) {
+                        let d = xj - v;
+                        *o += d * d;
+                    }
+                }
+                out.iter_mut().for_each(|o| *o = (-gamma * *o).exp());
+            }
+            _ => {
+                for (xj, col) in x.iter().zip(cols) {
+                    for (o, v) in out.iter_mut().zip(col) {
+                        *o += xj * v;
+                    }
+                }
+                match self {
+                    SvmKernel::Poly {
+                        gamma,
+                        coef0,
+                        degree,
+                    } => out
+                        .iter_mut()
+                        .for_each(|o| *o = (*o * gamma + coef0).powi(degree)),
+                    SvmKernel::Sigmoid { gamma, coef0 } => out
+                        .iter_mut()
+                        .for_each(|o| *o = (*o * gamma + coef0).tanh()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     fn eval(self, x: &[f32], v: &[f32]) -> f32 {
         let dot = || x.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
         match self {
@@ -71,6 +112,8 @@ pub(crate) struct SvmClassifier {
     labels: Labels,
     /// Support vectors, row-major; empty for the linear form.
     vectors: Vec<f32>,
+    /// The same, feature-major.
+    vectors_t: Vec<f32>,
     per_class: Vec<usize>,
     coefficients: Vec<f32>,
     rho: Vec<f32>,
@@ -85,6 +128,7 @@ pub(crate) fn svm_classifier(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
     let k = SvmClassifier {
         kernel: SvmKernel::parse(&a)?,
         vectors: a.floats("support_vectors"),
+        vectors_t: vec![],
         per_class: a.indices("vectors_per_class")?,
         coefficients: a.floats("coefficients"),
         rho: a.floats("rho"),
@@ -111,7 +155,23 @@ pub(crate) fn svm_classifier(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
     {
         return Err(a.bad("linear SVM coefficients / rho do not match the classes"));
     }
+    let mut k = k;
+    k.vectors_t = transpose(&k.vectors, sv);
     parsed(k)
+}
+
+/// `count` row-major vectors, feature-major.
+fn transpose(v: &[f32], count: usize) -> Vec<f32> {
+    let Some(width) = v.len().checked_div(count) else {
+        return vec![];
+    };
+    let mut t = vec![0.0; v.len()];
+    for (i, row) in v.chunks_exact(width.max(1)).enumerate() {
+        for (j, x) in row.iter().enumerate() {
+            t[j * count + i] = *x;
+        }
+    }
+    t
 }
 
 impl SvmClassifier {
@@ -129,7 +189,7 @@ impl SvmClassifier {
     }
 
     /// One row: the chosen class and the score columns.
-    fn row(&self, x: &[f32], f: usize) -> (usize, Vec<f32>) {
+    fn row(&self, x: &[f32]) -> (usize, Vec<f32>) {
         let c = self.labels.len();
         let sv = self.n_vectors();
         if sv == 0 {
@@ -142,11 +202,8 @@ impl SvmClassifier {
             self.post.apply(&mut s);
             return (argmax(&s), s);
         }
-        let kernels: Vec<f32> = self
-            .vectors
-            .chunks(f.max(1))
-            .map(|v| self.kernel.eval(x, v))
-            .collect();
+        let mut kernels = vec![];
+        self.kernel.row(x, &self.vectors_t, sv, &mut kernels);
         let mut start = Vec::with_capacity(c);
         let mut acc = 0;
         for &n in &self.per_class {
@@ -282,7 +339,7 @@ impl Kernel for SvmClassifier {
         let mut chosen = Vec::with_capacity(n);
         let mut scores = Vec::with_capacity(n * cols);
         for row in x.chunks(f.max(1)).take(n) {
-            let (c, s) = self.row(row, f);
+            let (c, s) = self.row(row);
             chosen.push(c);
             scores.extend(s);
         }
@@ -299,6 +356,7 @@ impl Kernel for SvmClassifier {
 pub(crate) struct SvmRegressor {
     kernel: SvmKernel,
     vectors: Vec<f32>,
+    vectors_t: Vec<f32>,
     n_supports: usize,
     coefficients: Vec<f32>,
     rho: f32,
@@ -312,6 +370,7 @@ pub(crate) fn svm_regressor(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
     let k = SvmRegressor {
         kernel: SvmKernel::parse(&a)?,
         vectors: a.floats("support_vectors"),
+        vectors_t: vec![],
         n_supports,
         coefficients: a.floats("coefficients"),
         rho: a.floats("rho").first().copied().unwrap_or(0.0),
@@ -321,6 +380,8 @@ pub(crate) fn svm_regressor(ctx: &ParsingContext, node: &NodeProto) -> Parsed {
     if n_supports > 0 && (k.coefficients.len() < n_supports || k.vectors.len() % n_supports != 0) {
         return Err(a.bad("coefficients / support_vectors do not match n_supports"));
     }
+    let mut k = k;
+    k.vectors_t = transpose(&k.vectors, n_supports);
     parsed(k)
 }
 
@@ -344,12 +405,15 @@ impl Kernel for SvmRegressor {
             "SVMRegressor: {f} features, the model has {width}"
         );
         let mut y = Vec::with_capacity(n);
+        let mut kernels = vec![];
         for row in x.chunks(f.max(1)).take(n) {
             let s = if self.n_supports > 0 {
-                self.vectors
-                    .chunks(f.max(1))
+                self.kernel
+                    .row(row, &self.vectors_t, self.n_supports, &mut kernels);
+                kernels
+                    .iter()
                     .zip(&self.coefficients)
-                    .map(|(v, c)| c * self.kernel.eval(row, v))
+                    .map(|(k, c)| c * k)
                     .sum::<f32>()
             } else {
                 SvmKernel::Linear.eval(row, &self.coefficients)

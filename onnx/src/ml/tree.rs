@@ -310,20 +310,61 @@ impl Forest {
             self.min_features - 1
         );
         let rows: Vec<&[f32]> = x.chunks(f.max(1)).collect();
+        let mut emit = |r: usize, leaf: Node| {
+            for l in leaf.yes as usize..leaf.no as usize {
+                visit(r, self.leaf_target[l] as usize, self.leaf_weight[l]);
+            }
+        };
         for &root in &self.roots {
-            for (r, row) in rows.iter().enumerate() {
+            let mut r = 0;
+            if self.modes.is_none() {
+                for block in rows.chunks_exact(LANES) {
+                    let mut block_rows = [block[0]; LANES];
+                    block_rows.copy_from_slice(block);
+                    for (k, leaf) in self.leaves_leq(root, block_rows).into_iter().enumerate() {
+                        emit(r + k, leaf);
+                    }
+                    r += LANES;
+                }
+            }
+            for (i, row) in rows.iter().enumerate().skip(r) {
                 let leaf = match &self.modes {
                     None => self.leaf_leq(root, row),
                     Some(m) => self.leaf_general(m, root, row),
                 };
-                for l in leaf.yes as usize..leaf.no as usize {
-                    visit(r, self.leaf_target[l] as usize, self.leaf_weight[l]);
-                }
+                emit(i, leaf);
             }
         }
         Ok(())
     }
+
+    /// `LANES` rows down one tree in lockstep: their node loads are
+    /// independent, so the CPU overlaps them instead of waiting on one
+    /// row's chain of dependent loads.
+    #[inline(always)]
+    fn leaves_leq(&self, root: u32, rows: [&[f32]; LANES]) -> [Node; LANES] {
+        let start = self.nodes[root as usize];
+        let mut at = [start; LANES];
+        loop {
+            let mut moving = false;
+            for k in 0..LANES {
+                let node = at[k];
+                if node.feature != LEAF {
+                    moving = true;
+                    let x = rows[k][(node.feature & !NAN_TRUE) as usize];
+                    let yes = x <= node.threshold || (x.is_nan() && node.feature & NAN_TRUE != 0);
+                    at[k] = self.nodes[if yes { node.yes } else { node.no } as usize];
+                }
+            }
+            if !moving {
+                return at;
+            }
+        }
+    }
 }
+
+/// Rows walked together by the `BRANCH_LEQ` fast path.
+const LANES: usize = 4;
 
 /// The base values, each output's starting score (zeros when absent).
 fn base_values(a: &Attrs, n: usize) -> TractResult<Vec<f32>> {
