@@ -1,5 +1,20 @@
 //! drover-onnx: the one place Drover loads, inspects and runs ONNX models.
 //!
+//! ```no_run
+//! use drover_onnx::{LoadOptions, Model, Tensor};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bytes = std::fs::read("model.onnx")?;
+//! let mut options = LoadOptions::default();
+//! options.fix_input("sr=16000")?; // the deployment's sample rate
+//! let model = Model::load(&bytes, &options)?;
+//! let x = Tensor::from_shape(&[1, 4], &[0.5f32, 1.0, -2.0, 3.0])?;
+//! for (name, value) in model.run(vec![("input".into(), x)])? {
+//!     println!("{name}: {value:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //! - `model`: [`Model::load`] (typed refusals that name the operator and
 //!   node), [`Model::schema`], [`Model::class_labels`] and [`Model::run`]

@@ -311,10 +311,9 @@ impl Model {
         // Typing once here refuses at load what no input shape could run.
         // Graphs that only type with concrete sizes (a Reshape by a constant
         // of a dynamic length) are checked per shape, when a plan is built.
-        let dynamic = schema.inputs.iter().any(|i| {
-            i.shape
-                .as_ref()
-                .is_some_and(|s| s.iter().skip(1).any(|d| matches!(d, Dim::Symbol(_))))
+        let dynamic = schema.inputs.iter().any(|i| match &i.shape {
+            Some(s) => s.iter().skip(1).any(|d| matches!(d, Dim::Symbol(_))),
+            None => true,
         });
         let typed = match model.clone().into_typed() {
             Ok(t) => Some(t),

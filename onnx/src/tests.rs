@@ -514,3 +514,23 @@ fn model_is_shared_across_threads() {
     let got: Vec<Vec<f32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(got, vec![vec![0.0], vec![0.0], vec![1.0], vec![1.0]]);
 }
+
+#[test]
+fn inputs_without_declared_shape_are_planned_per_shape() {
+    let mut x = value("X", 1, &[]);
+    if let Some(tract_onnx::pb::TypeProto {
+        value: Some(tract_onnx::pb::type_proto::Value::TensorType(t)),
+        ..
+    }) = x.r#type.as_mut()
+    {
+        t.shape = None;
+    }
+    let m = load(&model(
+        vec![node("Binarizer", &["X"], &["Y"], vec![("threshold", A::F(1.0))])],
+        vec![x],
+        vec![out("Y", 1)],
+    ));
+    assert_eq!(m.schema().inputs[0].shape, None);
+    assert_eq!(f32s(&run1(&m, tensor2(&[[0.5f32, 2.0]]))[0]), vec![0.0, 1.0]);
+    assert_eq!(f32s(&run1(&m, tensor1(&[3.0f32]))[0]), vec![1.0]);
+}
