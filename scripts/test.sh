@@ -22,7 +22,9 @@ need_pkg mosquitto mosquitto
 # package defines; without it that test fails (it never skips).
 if ! python3 -c "import onnx" >/dev/null 2>&1; then
     echo "installing the onnx Python package (needed by the drover-onnx node tests)"
-    python3 -m pip install --quiet onnx || {
+    # A distribution's own Python may refuse a system-wide install (PEP 668).
+    python3 -m pip install --quiet onnx \
+        || python3 -m pip install --quiet --user --break-system-packages onnx || {
         echo "error: could not pip install onnx; the drover-onnx node tests need it" >&2
         exit 1
     }
