@@ -526,11 +526,70 @@ fn inputs_without_declared_shape_are_planned_per_shape() {
         t.shape = None;
     }
     let m = load(&model(
-        vec![node("Binarizer", &["X"], &["Y"], vec![("threshold", A::F(1.0))])],
+        vec![node(
+            "Binarizer",
+            &["X"],
+            &["Y"],
+            vec![("threshold", A::F(1.0))],
+        )],
         vec![x],
         vec![out("Y", 1)],
     ));
     assert_eq!(m.schema().inputs[0].shape, None);
-    assert_eq!(f32s(&run1(&m, tensor2(&[[0.5f32, 2.0]]))[0]), vec![0.0, 1.0]);
+    assert_eq!(
+        f32s(&run1(&m, tensor2(&[[0.5f32, 2.0]]))[0]),
+        vec![0.0, 1.0]
+    );
     assert_eq!(f32s(&run1(&m, tensor1(&[3.0f32]))[0]), vec![1.0]);
+}
+
+#[test]
+fn damaged_models_and_inputs_are_errors_not_panics() {
+    let bytes = binary_forest("LOGISTIC");
+    for cut in (0..bytes.len()).step_by(7) {
+        let _ = Model::load(&bytes[..cut], &LoadOptions::default());
+    }
+    // A tree reading feature 0 of an input with no columns.
+    let m = load(&binary_forest("NONE"));
+    assert!(
+        m.run(vec![("X".into(), Tensor::zero::<f32>(&[2, 0]).unwrap())])
+            .is_err()
+    );
+    // Leaf weights for an output the regressor does not have.
+    let bytes = unary(
+        "TreeEnsembleRegressor",
+        1,
+        vec![
+            ("nodes_treeids", A::Is(vec![0])),
+            ("nodes_nodeids", A::Is(vec![0])),
+            ("nodes_featureids", A::Is(vec![0])),
+            ("nodes_modes", A::Ss(vec!["LEAF"])),
+            ("nodes_values", A::Fs(vec![0.0])),
+            ("nodes_truenodeids", A::Is(vec![0])),
+            ("nodes_falsenodeids", A::Is(vec![0])),
+            ("target_treeids", A::Is(vec![0])),
+            ("target_nodeids", A::Is(vec![0])),
+            ("target_ids", A::Is(vec![3])),
+            ("target_weights", A::Fs(vec![1.0])),
+        ],
+        1,
+    );
+    assert!(matches!(
+        Model::load(&bytes, &LoadOptions::default()),
+        Err(OnnxError::InvalidNode(_))
+    ));
+    // A LabelEncoder with more keys than values.
+    let bytes = unary(
+        "LabelEncoder",
+        1,
+        vec![
+            ("keys_int64s", A::Is(vec![1, 2])),
+            ("values_int64s", A::Is(vec![1])),
+        ],
+        7,
+    );
+    assert!(matches!(
+        Model::load(&bytes, &LoadOptions::default()),
+        Err(OnnxError::InvalidNode(_))
+    ));
 }
