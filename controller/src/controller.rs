@@ -19,12 +19,12 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError};
-use crate::devices::{self, BrokerAcl, DeviceBundle, DeviceInfo, Selector, SelectorError};
+use crate::fleet::devices::{self, BrokerAcl, DeviceBundle, DeviceInfo, Selector, SelectorError};
 use crate::keys::{self, KeyError, KeyInit, KeyStore, Keys};
 use crate::metrics::Metrics;
 use crate::registry::store::{ModelStore, StoredModel};
 use crate::registry::{self, ManifestView, ModelSummary, PushRequest, RegistryError};
-use crate::telemetry_query::{TelemetryFilter, TelemetrySummary};
+use crate::telemetry::query::{TelemetryFilter, TelemetrySummary};
 
 /// Errors of controller operations (mapped to HTTP statuses in `http`).
 #[derive(Debug, thiserror::Error)]
@@ -781,7 +781,7 @@ impl Controller {
 
     // ---- telemetry ----
 
-    /// Merged telemetry for a filter (see [`crate::telemetry_query`]).
+    /// Merged telemetry for a filter (see [`crate::telemetry::query`]).
     pub async fn telemetry_summary(
         &self,
         filter: TelemetryFilter,
@@ -789,7 +789,7 @@ impl Controller {
         Ok(self
             .inner
             .db
-            .call(move |c| crate::telemetry_query::summarize(c, &filter))
+            .call(move |c| crate::telemetry::query::summarize(c, &filter))
             .await?)
     }
 

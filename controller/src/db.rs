@@ -34,7 +34,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         name: "rollout_service: rollouts and their audit trail",
-        sql: crate::rollout_service::store::MIGRATION,
+        sql: crate::rollouts::store::MIGRATION,
     },
 ];
 

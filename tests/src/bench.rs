@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use drover_controller::rollout_service::http::StartBody;
+use drover_controller::http::rollouts::StartBody;
 use drover_controller::serve::{self, ServeConfig};
-use drover_controller::telemetry_query::TelemetryFilter;
+use drover_controller::telemetry::query::TelemetryFilter;
 
 use crate::demo::{push, rollout_and_wait, train_model};
 use crate::fleet::{Fleet, FleetConfig};

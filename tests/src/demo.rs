@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use drover_controller::controller::Controller;
 use drover_controller::registry::PushRequest;
-use drover_controller::rollout::RolloutSpec;
-use drover_controller::rollout_service::RolloutService;
-use drover_controller::rollout_service::http::StartBody;
+use drover_controller::core::rollout::RolloutSpec;
+use drover_controller::rollouts::RolloutService;
+use drover_controller::http::rollouts::StartBody;
 use drover_controller::serve::{self, ServeConfig};
 use drover_controller::train::{self, Dataset, TrainOptions};
 use drover_protocol::{ModelName, Version};
@@ -285,7 +285,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     tokio::time::sleep(Duration::from_millis(opts.window_ms * 2)).await;
     let after = fleet.totals();
     let summary_json = ctl
-        .telemetry_summary(drover_controller::telemetry_query::TelemetryFilter {
+        .telemetry_summary(drover_controller::telemetry::query::TelemetryFilter {
             model: Some("sensor".into()),
             ..Default::default()
         })
@@ -362,7 +362,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     summary.totals = fleet.totals();
     summary.windows = ctl
-        .telemetry_summary(drover_controller::telemetry_query::TelemetryFilter::default())
+        .telemetry_summary(drover_controller::telemetry::query::TelemetryFilter::default())
         .await?
         .merged
         .windows;

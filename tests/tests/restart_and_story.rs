@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use drover_controller::broker::BrokerChoice;
-use drover_controller::rollout_service::http::StartBody;
+use drover_controller::fleet::broker::BrokerChoice;
+use drover_controller::http::rollouts::StartBody;
 use drover_controller::serve::{self, ServeConfig};
 use drover_sim::demo::{push, train_model};
 use drover_sim::fleet::{Fleet, FleetConfig};
@@ -276,14 +276,14 @@ bake = "2s"
         let jobs = retrain.jobs(Some(model.clone()), 5).await.unwrap();
         if let Some(j) = jobs.first() {
             let job = retrain.job(j.id).await.unwrap().unwrap();
-            if job.state == drover_controller::retrain::JobState::Failed {
+            if job.state == drover_controller::retraining::JobState::Failed {
                 break job;
             }
             assert!(
                 !matches!(
                     job.state,
-                    drover_controller::retrain::JobState::Pushed
-                        | drover_controller::retrain::JobState::RolledOut
+                    drover_controller::retraining::JobState::Pushed
+                        | drover_controller::retraining::JobState::RolledOut
                 ),
                 "a failing hook must not push: {job:?}"
             );

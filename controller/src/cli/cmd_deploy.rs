@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::{Ctx, Output, output};
-use crate::commands::Deployment;
+use crate::fleet::commands::Deployment;
 
 /// `drover deploy` flags.
 #[derive(Debug, Clone, clap::Args)]

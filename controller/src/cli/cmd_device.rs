@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::{Ctx, Output, output};
-use crate::devices::{DeviceBundle, DeviceInfo};
+use crate::fleet::devices::{DeviceBundle, DeviceInfo};
 
 /// `drover device` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]

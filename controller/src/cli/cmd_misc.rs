@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::{Ctx, Output, output};
-use crate::devices::BrokerAcl;
-use crate::telemetry_query::TelemetrySummary;
+use crate::fleet::devices::BrokerAcl;
+use crate::telemetry::query::TelemetrySummary;
 
 /// `drover broker` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -69,7 +69,7 @@ pub async fn telemetry(args: TelemetryArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.output == Output::Json {
         return output::json(&s);
     }
-    let row = |who: &str, a: &crate::telemetry_query::AggregateView| {
+    let row = |who: &str, a: &crate::telemetry::query::AggregateView| {
         vec![
             who.to_string(),
             a.windows.to_string(),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use drover_protocol::FleetId;
 
-use crate::broker::BrokerChoice;
+use crate::fleet::broker::BrokerChoice;
 use crate::serve::{ServeConfig, ServeError};
 
 /// `drover serve` flags.
@@ -35,7 +35,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DROVER_MQTT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Global cap on artifact chunk traffic, bytes per second.
-    #[arg(long, default_value_t = crate::artifacts::DEFAULT_RATE_BYTES_PER_SEC)]
+    #[arg(long, default_value_t = crate::fleet::artifacts::DEFAULT_RATE_BYTES_PER_SEC)]
     pub chunk_rate: u64,
     /// Days of telemetry to keep.
     #[arg(long, default_value_t = 7)]

@@ -4,7 +4,9 @@
 //! `controller/API.md`.
 
 pub mod errors;
+pub mod retrain;
 mod routes;
+pub mod rollouts;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
