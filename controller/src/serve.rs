@@ -12,10 +12,10 @@ use drover_protocol::FleetId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::fleet::artifacts::{self, ChunkConfig};
-use crate::fleet::broker::{self, BrokerChoice, BrokerError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::controller::{Controller, ControllerConfig, ControllerError};
+use crate::fleet::artifacts::{self, ChunkConfig};
+use crate::fleet::broker::{self, BrokerChoice, BrokerError};
 use crate::fleet::link::{self, LinkSettings};
 use crate::rollouts::RolloutService;
 
@@ -358,7 +358,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         }
     };
     let retrain = match crate::retraining::RetrainRunner::open(
-        crate::retraining::ports::ControllerPorts::new(controller.clone(), rollouts.clone()).ports(),
+        crate::retraining::ports::ControllerPorts::new(controller.clone(), rollouts.clone())
+            .ports(),
         controller.db().clone(),
         cfg.data_dir.clone(),
         retrain_config,

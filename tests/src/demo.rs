@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use drover_controller::controller::Controller;
-use drover_controller::registry::PushRequest;
 use drover_controller::core::rollout::RolloutSpec;
-use drover_controller::rollouts::RolloutService;
 use drover_controller::http::rollouts::StartBody;
+use drover_controller::registry::PushRequest;
+use drover_controller::rollouts::RolloutService;
 use drover_controller::serve::{self, ServeConfig};
 use drover_controller::train::{self, Dataset, TrainOptions};
 use drover_protocol::{ModelName, Version};

@@ -160,7 +160,9 @@ pub async fn run(
             // Why it stopped, in the gates' own words, for a failure message
             // that can be acted on without the audit log.
             let mut why = match &d.status.phase {
-                drover_controller::core::rollout::Phase::RolledBack { reason, .. } => reason.clone(),
+                drover_controller::core::rollout::Phase::RolledBack { reason, .. } => {
+                    reason.clone()
+                }
                 _ => String::new(),
             };
             for g in &d.status.last_gates {

@@ -13,13 +13,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
 
-use crate::core::retraining::config::{format_duration, parse_duration};
-use crate::http::retrain::{DriftResponse, JobList, RunBody, parse_model_arg};
-use crate::core::retraining::job::RetrainJob;
-use crate::core::retraining::report::{DriftOverview, ScopeDrift};
 use crate::cli::ApiClient;
 use crate::cli::output::{self, Output};
 use crate::core::drift::Verdict;
+use crate::core::retraining::config::{format_duration, parse_duration};
+use crate::core::retraining::job::RetrainJob;
+use crate::core::retraining::report::{DriftOverview, ScopeDrift};
+use crate::http::retrain::{DriftResponse, JobList, RunBody, parse_model_arg};
 use crate::train::{Dataset, TrainOptions, load_base_from_onnx, to_onnx, train};
 
 /// `drover drift [N[@V]] [--cohort KEY] [--window 1h]`.

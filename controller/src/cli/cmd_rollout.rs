@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::http::rollouts::StartBody;
 use crate::cli::{Ctx, Output, output};
+use crate::http::rollouts::StartBody;
 
 /// `drover rollout` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]

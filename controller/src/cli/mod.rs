@@ -107,8 +107,12 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Deploy(a) => cmd_deploy::run(a, ctx).await,
         Command::Rollout(c) => crate::cli::cmd_rollout::run(c, ctx).await,
         Command::Drift(a) => crate::cli::cmd_retrain::run_drift(a, &ctx.client, ctx.output).await,
-        Command::Retrain(c) => crate::cli::cmd_retrain::run_retrain(c, &ctx.client, ctx.output).await,
-        Command::Train(a) => crate::cli::cmd_retrain::run_train(a, ctx.client.base(), ctx.output).await,
+        Command::Retrain(c) => {
+            crate::cli::cmd_retrain::run_retrain(c, &ctx.client, ctx.output).await
+        }
+        Command::Train(a) => {
+            crate::cli::cmd_retrain::run_train(a, ctx.client.base(), ctx.output).await
+        }
         Command::Telemetry(a) => cmd_misc::telemetry(a, ctx).await,
         Command::Serve(_) | Command::Completions { .. } => Ok(()),
     }

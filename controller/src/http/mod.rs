@@ -5,8 +5,8 @@
 
 pub mod errors;
 pub mod retrain;
-mod routes;
 pub mod rollouts;
+mod routes;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

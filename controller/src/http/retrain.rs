@@ -26,8 +26,8 @@ use crate::core::retraining::config::parse_duration;
 use crate::core::retraining::job::{JobSummary, RetrainJob};
 use crate::core::retraining::ports::PortError;
 use crate::core::retraining::report::DriftOverview;
-use crate::retraining::runner::{DriftRequest, RetrainError, RetrainRunner};
 use crate::http::ApiError;
+use crate::retraining::runner::{DriftRequest, RetrainError, RetrainRunner};
 
 /// Most jobs one list returns.
 pub const MAX_LIST: usize = 1_000;
@@ -139,7 +139,11 @@ async fn drift(
     };
     let window_ms = q
         .get("window")
-        .map(|w| parse_duration(w).map(crate::core::retraining::config::millis).map_err(bad))
+        .map(|w| {
+            parse_duration(w)
+                .map(crate::core::retraining::config::millis)
+                .map_err(bad)
+        })
         .transpose()?;
     if window_ms == Some(0) {
         return Err(bad("window must be > 0"));

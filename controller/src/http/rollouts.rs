@@ -10,10 +10,10 @@ use axum::{Json, Router};
 use drover_protocol::ModelRef;
 use serde::{Deserialize, Serialize};
 
-use crate::rollouts::{RolloutDetail, RolloutService, RolloutServiceError, RolloutSummary};
-use crate::http::ApiError;
 use crate::core::rollout::spec::{parse_duration_ms, parse_fraction, parse_waves};
 use crate::core::rollout::{Gate, OnFail, RolloutCommand, RolloutSpec, RolloutStatus, Selector};
+use crate::http::ApiError;
+use crate::rollouts::{RolloutDetail, RolloutService, RolloutServiceError, RolloutSummary};
 
 /// `POST /v1/rollouts` body: the CLI's flags, as text, parsed here so the
 /// API and the CLI accept exactly the same forms.

@@ -88,7 +88,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tract_onnx::prelude::*;
 
-use crate::core::retraining::config::{BuiltinHook, ExecHook, HookConfig, WebhookHook, format_duration};
+use crate::core::retraining::config::{
+    BuiltinHook, ExecHook, HookConfig, WebhookHook, format_duration,
+};
 use crate::core::retraining::dataset::labelled_only;
 use crate::core::retraining::job::JobTrigger;
 use crate::train::{Dataset, TrainError, load_base_from_onnx, to_onnx, train};

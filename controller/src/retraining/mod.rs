@@ -43,6 +43,7 @@
 //! 4. Merge [`http::routes`] into the API router and add the [`cli`]
 //!    commands to `drover`.
 
+pub mod config_file;
 pub mod hook;
 pub mod ports;
 pub mod runner;

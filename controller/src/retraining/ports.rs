@@ -14,14 +14,14 @@ use drover_protocol::{DeviceId, ModelName, ModelRef, Version};
 use rusqlite::params;
 
 use crate::controller::{Controller, ControllerError};
-use crate::fleet::devices::Selector;
 use crate::core::drift::{Histogram, ObservedWindow};
-use crate::registry::PushRequest;
 use crate::core::retraining::ports::{
     AccuracyBucket, FleetDevice, PortError, PortFuture, PushModel, TelemetryQuery, TelemetrySlice,
 };
-use crate::retraining::{FleetOps, ModelSource, Ports, TelemetrySource};
 use crate::core::rollout::RolloutSpec;
+use crate::fleet::devices::Selector;
+use crate::registry::PushRequest;
+use crate::retraining::{FleetOps, ModelSource, Ports, TelemetrySource};
 use crate::rollouts::RolloutService;
 
 fn port_err(e: ControllerError) -> PortError {

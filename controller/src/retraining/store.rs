@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use drover_protocol::ModelName;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::core::retraining::job::{JobState, JobSummary, RetrainJob};
 use crate::core::drift::DriftPolicyState;
+use crate::core::retraining::job::{JobState, JobSummary, RetrainJob};
 
 /// The retraining tables, one statement batch per schema step. Every
 /// statement is `IF NOT EXISTS`, so applying them twice is harmless.

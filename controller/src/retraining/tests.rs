@@ -11,6 +11,11 @@ use drover_protocol::manifest::{BinnedProfile, FeatureProfile, ModelManifest, Ta
 use drover_protocol::messages::{CaptureUpload, CapturedSample, Label};
 use drover_protocol::{DeviceId, ModelName, ModelRef, Sha256, Timestamp, Version, testkit};
 
+use super::runner::{DriftRequest, Ports, RetrainRunner};
+use crate::clock::{FakeClock, SharedClock};
+use crate::core::drift::{
+    DriftPolicyConfig, Evaluation, FeatureReference, Histogram, ObservedWindow, ReferenceProfile,
+};
 use crate::core::retraining::config::{
     AutoRolloutConfig, CaptureConfig, DatasetConfig, ExecHook, HookConfig, ModelRetrainConfig,
     RetrainConfig, WebhookHook,
@@ -21,13 +26,8 @@ use crate::core::retraining::ports::{
     TelemetryQuery, TelemetrySlice, TelemetrySource,
 };
 use crate::core::retraining::report::reference_profile;
-use super::runner::{DriftRequest, Ports, RetrainRunner};
-use crate::clock::{FakeClock, SharedClock};
-use crate::db::Db;
-use crate::core::drift::{
-    DriftPolicyConfig, Evaluation, FeatureReference, Histogram, ObservedWindow, ReferenceProfile,
-};
 use crate::core::rollout::RolloutSpec;
+use crate::db::Db;
 use crate::train::Dataset;
 
 const MIN: u64 = 60_000;
@@ -1214,7 +1214,9 @@ async fn sklearn_example_hook() {
 
 #[tokio::test]
 async fn cli_commands_against_a_live_api() {
-    use crate::cli::cmd_retrain::{DriftArgs, RetrainCmd, TrainArgs, run_drift, run_retrain, run_train};
+    use crate::cli::cmd_retrain::{
+        DriftArgs, RetrainCmd, TrainArgs, run_drift, run_retrain, run_train,
+    };
     use crate::cli::{ApiClient, Output};
 
     let fake = Fake::new();

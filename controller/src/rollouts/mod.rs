@@ -24,11 +24,11 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Notify, broadcast};
 
 use crate::controller::{Controller, DeviceEvent};
-use crate::fleet::devices::DeviceInfo;
 use crate::core::rollout::{
     DeployOutcome, DeviceView, Rollout, RolloutAction, RolloutCommand, RolloutError, RolloutSpec,
     RolloutStatus,
 };
+use crate::fleet::devices::DeviceInfo;
 
 /// Agent reason codes worth retrying: transient download and I/O trouble.
 /// Everything else (bad signature, hash mismatch, failed health check) would
@@ -267,7 +267,9 @@ impl RolloutService {
             .into_iter()
             .map(Version)
             .collect();
-        let devices = ctl.devices(&crate::fleet::devices::Selector::default()).await?;
+        let devices = ctl
+            .devices(&crate::fleet::devices::Selector::default())
+            .await?;
         let views: Vec<DeviceView> = devices
             .iter()
             .filter_map(|d| view_of(d, &spec.model))
@@ -496,9 +498,9 @@ impl RolloutService {
                 for ev in &audit {
                     tracing::info!(rollout = %snapshot.id(), "{}", ev.message);
                 }
-                let completed = audit
-                    .iter()
-                    .any(|ev| matches!(ev.event, crate::core::rollout::AuditKind::Completed { .. }));
+                let completed = audit.iter().any(|ev| {
+                    matches!(ev.event, crate::core::rollout::AuditKind::Completed { .. })
+                });
                 let (model, target) = (snapshot.spec().model.clone(), snapshot.spec().target);
                 let id = snapshot.id().to_string();
                 // Persist before acting (the engine's persistence contract).

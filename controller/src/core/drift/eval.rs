@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::DriftError;
+use super::error::DriftError;
 use super::policy::{DriftPolicy, DriftPolicyConfig, Evaluation, UnixMillis};
 use super::profile::{FeatureReference, ReferenceProfile};
 use super::report::{DriftReport, DriftThresholds, ObservedWindow};

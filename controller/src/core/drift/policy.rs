@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::DriftError;
+use super::error::DriftError;
 use super::report::{DriftReport, DriftThresholds, Verdict};
 
 /// Milliseconds since the Unix epoch. Wall-clock rather than monotonic time

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::DriftError;
+use super::error::DriftError;
 use super::stats::{bin_index, normalise_reference, validate_edges};
 
 /// One reference distribution: a numeric feature binned on `edges`, or a

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::DriftError;
+use super::error::DriftError;
 use super::profile::{FeatureReference, ReferenceProfile};
 use super::stats::{Histogram, js_divergence, psi};
 

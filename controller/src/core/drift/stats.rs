@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::DriftError;
+use super::error::DriftError;
 
 /// Additive smoothing used by [`psi`]; see [`psi_with_epsilon`] for the exact
 /// formula.

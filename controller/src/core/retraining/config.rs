@@ -48,7 +48,7 @@
 //! silently falls back to a default.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_protocol::{ModelName, Version};
@@ -111,34 +111,6 @@ pub struct RetrainConfig {
 }
 
 impl RetrainConfig {
-    /// Reads `path`.
-    pub fn load(path: &Path) -> Result<RetrainConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// Reads `path` if given, else `DATA_DIR/controller.toml` if it exists;
-    /// no file means no scheduled retraining.
-    pub fn load_default(
-        explicit: Option<&Path>,
-        data_dir: &Path,
-    ) -> Result<RetrainConfig, ConfigError> {
-        match explicit {
-            Some(path) => Self::load(path),
-            None => {
-                let path = data_dir.join(CONFIG_FILE);
-                if path.exists() {
-                    Self::load(&path)
-                } else {
-                    Ok(RetrainConfig::default())
-                }
-            }
-        }
-    }
-
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<RetrainConfig, ConfigError> {
         let syntax = |message: String| ConfigError::Syntax {
@@ -911,22 +883,5 @@ hook = { kind = "webhook", url = "http://trainer:9000/train" }
         for d in ["90s", "10m", "2h", "1d", "250ms"] {
             assert_eq!(format_duration(parse_duration(d).unwrap()), d);
         }
-    }
-
-    #[test]
-    fn load_default_reads_the_data_dir_file() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(
-            RetrainConfig::load_default(None, dir.path())
-                .unwrap()
-                .models
-                .is_empty()
-        );
-        std::fs::write(dir.path().join(CONFIG_FILE), "[retrain.a]\n").unwrap();
-        let c = RetrainConfig::load_default(None, dir.path()).unwrap();
-        assert!(c.models.contains_key(&model("a")));
-        let missing = dir.path().join("nope.toml");
-        let e = RetrainConfig::load_default(Some(&missing), dir.path()).unwrap_err();
-        assert!(e.to_string().contains("nope.toml"), "{e}");
     }
 }
