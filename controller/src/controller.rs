@@ -15,7 +15,7 @@ use drover_protocol::{
 };
 use rusqlite::{OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError};
@@ -169,7 +169,9 @@ pub(crate) struct KeyState {
 pub(crate) enum Outbound {
     None,
     Mqtt(rumqttc::AsyncClient),
-    Capture(mpsc::UnboundedSender<(String, Vec<u8>)>),
+    /// Unit tests only: publishes go to a channel instead of a broker.
+    #[cfg(test)]
+    Capture(tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>),
 }
 
 pub(crate) struct Inner {
@@ -408,10 +410,14 @@ impl Controller {
         *lock_write(&self.inner.outbound) = Outbound::Mqtt(client);
     }
 
-    /// Routes every outgoing publish into `tx` as (topic, payload) instead of
-    /// MQTT: for tests and simulations without a broker.
-    pub fn capture_outbound(&self) -> mpsc::UnboundedReceiver<(String, Vec<u8>)> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Routes every outgoing publish into the returned channel as (topic,
+    /// payload) instead of MQTT. A test seam, compiled only into unit tests:
+    /// integration tests and the simulator use a real broker.
+    #[cfg(test)]
+    pub(crate) fn capture_outbound(
+        &self,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *lock_write(&self.inner.outbound) = Outbound::Capture(tx);
         rx
     }
@@ -422,6 +428,7 @@ impl Controller {
         let topic = Topic::new(self.fleet(), device, codec::down_channel(msg)).to_string();
         let client = match &*lock_read(&self.inner.outbound) {
             Outbound::None => return Err(ControllerError::NotConnected),
+            #[cfg(test)]
             Outbound::Capture(tx) => {
                 return tx
                     .send((topic, payload))

@@ -12,12 +12,14 @@
 pub mod client;
 pub mod cmd_deploy;
 pub mod cmd_device;
+pub mod cmd_drift;
 pub mod cmd_keys;
 pub mod cmd_misc;
 pub mod cmd_model;
 pub mod cmd_retrain;
 pub mod cmd_rollout;
 pub mod cmd_serve;
+pub mod cmd_train;
 pub mod output;
 
 use std::process::ExitCode;
@@ -72,12 +74,12 @@ pub enum Command {
     #[command(subcommand)]
     Rollout(crate::cli::cmd_rollout::RolloutCmd),
     /// Drift of the fleet's inputs and outputs against the reference profile.
-    Drift(crate::cli::cmd_retrain::DriftArgs),
+    Drift(crate::cli::cmd_drift::DriftArgs),
     /// Retraining jobs.
     #[command(subcommand)]
     Retrain(crate::cli::cmd_retrain::RetrainCmd),
     /// Train a model with the reference trainer (runs locally, no Python).
-    Train(crate::cli::cmd_retrain::TrainArgs),
+    Train(crate::cli::cmd_train::TrainArgs),
     /// Merged telemetry.
     Telemetry(cmd_misc::TelemetryArgs),
     /// Print shell completions.
@@ -106,12 +108,12 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Broker(c) => cmd_misc::broker(c, ctx).await,
         Command::Deploy(a) => cmd_deploy::run(a, ctx).await,
         Command::Rollout(c) => crate::cli::cmd_rollout::run(c, ctx).await,
-        Command::Drift(a) => crate::cli::cmd_retrain::run_drift(a, &ctx.client, ctx.output).await,
+        Command::Drift(a) => crate::cli::cmd_drift::run_drift(a, &ctx.client, ctx.output).await,
         Command::Retrain(c) => {
             crate::cli::cmd_retrain::run_retrain(c, &ctx.client, ctx.output).await
         }
         Command::Train(a) => {
-            crate::cli::cmd_retrain::run_train(a, ctx.client.base(), ctx.output).await
+            crate::cli::cmd_train::run_train(a, ctx.client.base(), ctx.output).await
         }
         Command::Telemetry(a) => cmd_misc::telemetry(a, ctx).await,
         Command::Serve(_) | Command::Completions { .. } => Ok(()),

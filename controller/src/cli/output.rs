@@ -77,3 +77,16 @@ pub fn age(ms: Option<u64>, now_ms: u64) -> String {
         }
     }
 }
+
+/// Now as Unix milliseconds, for relative times in printed reports (the CLI
+/// is an edge: it reads the wall clock directly).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A ratio or score with four decimals.
+pub(crate) fn f4(v: f64) -> String {
+    format!("{v:.4}")
+}

@@ -1214,9 +1214,9 @@ async fn sklearn_example_hook() {
 
 #[tokio::test]
 async fn cli_commands_against_a_live_api() {
-    use crate::cli::cmd_retrain::{
-        DriftArgs, RetrainCmd, TrainArgs, run_drift, run_retrain, run_train,
-    };
+    use crate::cli::cmd_drift::{DriftArgs, run_drift};
+    use crate::cli::cmd_retrain::{RetrainCmd, run_retrain};
+    use crate::cli::cmd_train::{TrainArgs, run_train};
     use crate::cli::{ApiClient, Output};
 
     let fake = Fake::new();
