@@ -27,7 +27,7 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only (see the module docs).
-pub const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "core: keys, models, aliases, devices, commands, deployments, telemetry",
         sql: CORE_V1,

@@ -28,14 +28,14 @@
 //! - [`drift`], [`train`], [`rollout`]: owned by their modules.
 
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod controller;
 pub mod core;
-pub mod db;
+pub(crate) mod db;
 pub mod fleet;
 pub mod http;
-pub mod keys;
-pub mod metrics;
+pub(crate) mod keys;
+pub(crate) mod metrics;
 pub mod registry;
 pub mod retraining;
 pub mod rollouts;

@@ -29,7 +29,7 @@ pub struct DeployArgs {
 }
 
 /// Runs `drover deploy`.
-pub async fn run(args: DeployArgs, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DeployArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let d: Deployment = ctx
         .client
         .post(

@@ -26,7 +26,11 @@ pub struct DriftArgs {
 }
 
 /// Runs `drover drift`.
-pub async fn run_drift(args: DriftArgs, client: &ApiClient, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn run_drift(
+    args: DriftArgs,
+    client: &ApiClient,
+    out: Output,
+) -> anyhow::Result<()> {
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(m) = &args.model {
         parse_model_arg(m).map_err(|e| anyhow!("{m}: {e}"))?;

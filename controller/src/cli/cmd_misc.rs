@@ -20,7 +20,7 @@ pub enum BrokerCmd {
 }
 
 /// `drover broker ...`.
-pub async fn broker(cmd: BrokerCmd, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn broker(cmd: BrokerCmd, ctx: &Ctx) -> anyhow::Result<()> {
     let BrokerCmd::Acl { out } = cmd;
     let acl: BrokerAcl = ctx.client.get("broker acl", "/v1/broker/acl", &[]).await?;
     if let Some(dir) = out {
@@ -54,7 +54,7 @@ pub struct TelemetryArgs {
 }
 
 /// `drover telemetry`.
-pub async fn telemetry(args: TelemetryArgs, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn telemetry(args: TelemetryArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut q = Vec::new();
     if let Some(m) = args.model {
         q.push(("model", m));

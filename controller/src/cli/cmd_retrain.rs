@@ -32,7 +32,11 @@ pub enum RetrainCmd {
 }
 
 /// Runs `drover retrain list|show|run`.
-pub async fn run_retrain(cmd: RetrainCmd, client: &ApiClient, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn run_retrain(
+    cmd: RetrainCmd,
+    client: &ApiClient,
+    out: Output,
+) -> anyhow::Result<()> {
     match cmd {
         RetrainCmd::List { model, limit } => {
             let mut query = vec![("limit", limit.to_string())];

@@ -201,7 +201,7 @@ fn is_active(d: &Value) -> bool {
 }
 
 /// Runs a `drover rollout` subcommand.
-pub async fn run(cmd: RolloutCmd, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: RolloutCmd, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         RolloutCmd::Start(a) => {
             let a = *a;

@@ -85,7 +85,11 @@ async fn fetch_base(base: &str, controller: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Runs `drover train` locally; `controller` is only used to fetch
 /// `--base NAME@VERSION`.
-pub async fn run_train(args: TrainArgs, controller: &str, out: Output) -> anyhow::Result<()> {
+pub(crate) async fn run_train(
+    args: TrainArgs,
+    controller: &str,
+    out: Output,
+) -> anyhow::Result<()> {
     let data = Dataset::from_csv_path(&args.data, &args.label_column)
         .with_context(|| format!("reading {}", args.data.display()))?;
     let base = match &args.base {

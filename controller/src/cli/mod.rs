@@ -9,18 +9,18 @@
 //! table/JSON printing (respect [`Ctx::output`]).
 #![allow(clippy::print_stdout)]
 
-pub mod client;
-pub mod cmd_deploy;
-pub mod cmd_device;
-pub mod cmd_drift;
-pub mod cmd_keys;
-pub mod cmd_misc;
-pub mod cmd_model;
-pub mod cmd_retrain;
-pub mod cmd_rollout;
-pub mod cmd_serve;
-pub mod cmd_train;
-pub mod output;
+pub(crate) mod client;
+pub(crate) mod cmd_deploy;
+pub(crate) mod cmd_device;
+pub(crate) mod cmd_drift;
+pub(crate) mod cmd_keys;
+pub(crate) mod cmd_misc;
+pub(crate) mod cmd_model;
+pub(crate) mod cmd_retrain;
+pub(crate) mod cmd_rollout;
+pub(crate) mod cmd_serve;
+pub(crate) mod cmd_train;
+pub(crate) mod output;
 
 use std::process::ExitCode;
 

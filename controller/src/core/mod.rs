@@ -7,6 +7,6 @@
 //! - [`drift`]: PSI / Jensen-Shannon, drift reports, the `DriftPolicy`.
 //! - [`retraining`]: the retraining scheduler, job, capture and dataset cores.
 
-pub mod drift;
-pub mod retraining;
+pub(crate) mod drift;
+pub(crate) mod retraining;
 pub mod rollout;

@@ -18,7 +18,7 @@ use crate::metrics::inc;
 
 /// Scheduler settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkConfig {
+pub(crate) struct ChunkConfig {
     /// Requests queued per device; more are dropped (the agent re-requests).
     pub per_device_queue: usize,
     /// Global cap on chunk bytes per second.
@@ -30,7 +30,7 @@ pub struct ChunkConfig {
 impl ChunkConfig {
     /// Settings for a rate, with a burst of a tenth of a second (at least one
     /// full chunk, so every chunk can eventually go).
-    pub fn with_rate(rate_bytes_per_sec: u64) -> ChunkConfig {
+    pub(crate) fn with_rate(rate_bytes_per_sec: u64) -> ChunkConfig {
         ChunkConfig {
             per_device_queue: 64,
             rate_bytes_per_sec: rate_bytes_per_sec.max(1),
@@ -40,11 +40,11 @@ impl ChunkConfig {
 }
 
 /// Default global cap: 50 MB/s.
-pub const DEFAULT_RATE_BYTES_PER_SEC: u64 = 50_000_000;
+pub(crate) const DEFAULT_RATE_BYTES_PER_SEC: u64 = 50_000_000;
 
 /// A validated chunk to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkJob {
+pub(crate) struct ChunkJob {
     /// Artifact.
     pub sha256: Sha256,
     /// First byte.
@@ -56,12 +56,12 @@ pub struct ChunkJob {
 /// The device's queue is full; the request was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("chunk queue full")]
-pub struct QueueFull;
+pub(crate) struct QueueFull;
 
 /// Fair, rate-capped chunk scheduling. Time is milliseconds on any
 /// monotonic scale, passed in.
 #[derive(Debug)]
-pub struct ChunkScheduler {
+pub(crate) struct ChunkScheduler {
     cfg: ChunkConfig,
     queues: HashMap<DeviceId, VecDeque<ChunkJob>>,
     ring: VecDeque<DeviceId>,
@@ -71,7 +71,7 @@ pub struct ChunkScheduler {
 
 impl ChunkScheduler {
     /// A scheduler with a full bucket at `now_ms`.
-    pub fn new(cfg: ChunkConfig, now_ms: u64) -> ChunkScheduler {
+    pub(crate) fn new(cfg: ChunkConfig, now_ms: u64) -> ChunkScheduler {
         ChunkScheduler {
             cfg,
             queues: HashMap::new(),
@@ -82,7 +82,11 @@ impl ChunkScheduler {
     }
 
     /// Queues a job for `device`.
-    pub fn handle_request(&mut self, device: DeviceId, job: ChunkJob) -> Result<(), QueueFull> {
+    pub(crate) fn handle_request(
+        &mut self,
+        device: DeviceId,
+        job: ChunkJob,
+    ) -> Result<(), QueueFull> {
         let q = self.queues.entry(device.clone()).or_default();
         if q.len() >= self.cfg.per_device_queue {
             return Err(QueueFull);
@@ -103,7 +107,7 @@ impl ChunkScheduler {
 
     /// The next chunk to send, if the rate allows one now: devices take
     /// turns, one chunk each.
-    pub fn poll_transmit(&mut self, now_ms: u64) -> Option<(DeviceId, ChunkJob)> {
+    pub(crate) fn poll_transmit(&mut self, now_ms: u64) -> Option<(DeviceId, ChunkJob)> {
         self.refill(now_ms);
         let device = self.ring.front()?.clone();
         let q = self.queues.get_mut(&device)?;
@@ -123,7 +127,7 @@ impl ChunkScheduler {
     }
 
     /// When the next queued chunk can go (`None`: nothing queued).
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub(crate) fn poll_timeout(&self) -> Option<u64> {
         let device = self.ring.front()?;
         let job = self.queues.get(device)?.front()?;
         let missing = f64::from(job.len) - self.tokens;
@@ -135,14 +139,15 @@ impl ChunkScheduler {
     }
 
     /// Jobs queued across all devices.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.queues.values().map(VecDeque::len).sum()
     }
 }
 
 /// Hot artifacts in memory, least recently used evicted past `max_bytes`.
 #[derive(Debug)]
-pub struct ArtifactCache {
+pub(crate) struct ArtifactCache {
     dir: PathBuf,
     max_bytes: usize,
     bytes: usize,
@@ -152,7 +157,7 @@ pub struct ArtifactCache {
 
 impl ArtifactCache {
     /// A cache over `DATA_DIR/artifacts`.
-    pub fn new(dir: PathBuf, max_bytes: usize) -> ArtifactCache {
+    pub(crate) fn new(dir: PathBuf, max_bytes: usize) -> ArtifactCache {
         ArtifactCache {
             dir,
             max_bytes,
@@ -163,7 +168,7 @@ impl ArtifactCache {
     }
 
     /// The artifact's bytes, or `None` if the store has no such artifact.
-    pub async fn get(&mut self, sha: &Sha256) -> Option<Arc<Vec<u8>>> {
+    pub(crate) async fn get(&mut self, sha: &Sha256) -> Option<Arc<Vec<u8>>> {
         self.tick += 1;
         if let Some((data, used)) = self.entries.get_mut(sha) {
             *used = self.tick;
@@ -192,13 +197,14 @@ impl ArtifactCache {
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }
 
 /// Clamps a request to the artifact; `None` if it is out of range.
-pub fn validate(req: &ChunkRequest, size: u64) -> Option<ChunkJob> {
+pub(crate) fn validate(req: &ChunkRequest, size: u64) -> Option<ChunkJob> {
     if req.len == 0 || req.offset >= size {
         return None;
     }

@@ -16,7 +16,7 @@ use crate::fleet::devices::{self, DeployReport};
 use crate::metrics::inc;
 
 /// Share of live inputs a shadow deploy samples, per mille.
-pub const DEFAULT_SHADOW_PER_MILLE: u16 = 100;
+pub(crate) const DEFAULT_SHADOW_PER_MILLE: u16 = 100;
 
 /// A deploy of one model version to one device, as tracked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ pub struct Deployment {
 }
 
 /// Phase word and (received, total, reason).
-pub fn phase_word(p: &DeployPhase) -> (&'static str, u64, u64, Option<String>) {
+pub(crate) fn phase_word(p: &DeployPhase) -> (&'static str, u64, u64, Option<String>) {
     match p {
         DeployPhase::Downloading { received, total } => ("downloading", *received, *total, None),
         DeployPhase::Verifying => ("verifying", 0, 0, None),

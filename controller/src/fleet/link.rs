@@ -21,14 +21,14 @@ use crate::controller::Controller;
 use crate::metrics::{Metrics, inc};
 
 /// Room above the largest payload for MQTT headers and topics.
-pub const PACKET_MARGIN: usize = 4096;
+pub(crate) const PACKET_MARGIN: usize = 4096;
 /// Incoming packets up to this size are read (and refused by the codec if
 /// over the channel limit) rather than killing the connection.
-pub const MAX_INCOMING_PACKET: usize = 2 * codec::MAX_PAYLOAD + PACKET_MARGIN;
+pub(crate) const MAX_INCOMING_PACKET: usize = 2 * codec::MAX_PAYLOAD + PACKET_MARGIN;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
-pub struct LinkSettings {
+pub(crate) struct LinkSettings {
     /// Broker host.
     pub host: String,
     /// Broker port.

@@ -9,8 +9,8 @@
 //! - [`broker`]: the embedded rumqttd broker and `--broker` parsing.
 //! - [`artifacts`]: the rate-capped, fair chunk server.
 
-pub mod artifacts;
+pub(crate) mod artifacts;
 pub mod broker;
-pub mod commands;
+pub(crate) mod commands;
 pub mod devices;
-pub mod link;
+pub(crate) mod link;

@@ -3,8 +3,8 @@
 //! drift, retraining) can `.merge()` their own routes. Routes are listed in
 //! `controller/API.md`.
 
-pub mod errors;
-pub mod retrain;
+pub(crate) mod errors;
+pub(crate) mod retrain;
 pub mod rollouts;
 mod routes;
 

@@ -30,18 +30,18 @@ use crate::http::ApiError;
 use crate::retraining::runner::{DriftRequest, RetrainError, RetrainRunner};
 
 /// Most jobs one list returns.
-pub const MAX_LIST: usize = 1_000;
+pub(crate) const MAX_LIST: usize = 1_000;
 
 /// The routes' state.
 #[derive(Debug, Clone)]
-pub struct RetrainApi {
+pub(crate) struct RetrainApi {
     /// The retraining service.
     pub runner: RetrainRunner,
 }
 
 /// The routes above, with their state applied, so the result merges into
 /// any router (`router.merge(retrain::http::routes(runner))`).
-pub fn routes<S>(runner: RetrainRunner) -> Router<S>
+pub(crate) fn routes<S>(runner: RetrainRunner) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -54,14 +54,14 @@ where
 
 /// `GET /v1/drift` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DriftResponse {
+pub(crate) struct DriftResponse {
     /// One per model.
     pub reports: Vec<DriftOverview>,
 }
 
 /// `GET /v1/retrain` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobList {
+pub(crate) struct JobList {
     /// Newest first.
     pub jobs: Vec<JobSummary>,
 }
@@ -69,7 +69,7 @@ pub struct JobList {
 /// `POST /v1/retrain` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RunBody {
+pub(crate) struct RunBody {
     /// Model to retrain.
     pub model: String,
 }
@@ -111,7 +111,7 @@ fn model_name(s: &str) -> ApiResult<ModelName> {
 }
 
 /// `N` or `N@V` (`V` a number, or `production` for the default).
-pub fn parse_model_arg(s: &str) -> Result<(ModelName, Option<Version>), String> {
+pub(crate) fn parse_model_arg(s: &str) -> Result<(ModelName, Option<Version>), String> {
     let (name, version) = match s.split_once('@') {
         Some((n, v)) => (n, Some(v)),
         None => (s, None),

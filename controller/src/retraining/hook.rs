@@ -96,9 +96,9 @@ use crate::core::retraining::job::JobTrigger;
 use crate::train::{Dataset, TrainError, load_base_from_onnx, to_onnx, train};
 
 /// `schema` of the job JSON.
-pub const JOB_SCHEMA: &str = "drover.retrain.job/v1";
+pub(crate) const JOB_SCHEMA: &str = "drover.retrain.job/v1";
 /// Largest model a hook may produce (and a webhook reply may carry).
-pub const MAX_MODEL_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_MODEL_BYTES: u64 = 256 * 1024 * 1024;
 /// Lines of stderr quoted in a failure reason.
 const STDERR_LINES_IN_REASON: usize = 5;
 /// How long to wait for the output pipes after the hook exited: a
@@ -107,7 +107,7 @@ const PIPE_GRACE: Duration = Duration::from_secs(5);
 
 /// The dataset part of the job JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookDataset {
+pub(crate) struct HookDataset {
     /// Absolute path of the CSV.
     pub path: String,
     /// Data rows.
@@ -124,7 +124,7 @@ pub struct HookDataset {
 
 /// The job description every hook receives (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HookJob {
+pub(crate) struct HookJob {
     /// [`JOB_SCHEMA`].
     pub schema: String,
     /// Job id.
@@ -160,14 +160,14 @@ pub struct HookJob {
 
 impl HookJob {
     /// Whether the model is a classifier.
-    pub fn is_classification(&self) -> bool {
+    pub(crate) fn is_classification(&self) -> bool {
         self.task == "classification"
     }
 }
 
 /// What a hook produced.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HookOutput {
+pub(crate) struct HookOutput {
     /// The model file (the job's `output_path`).
     pub model_path: PathBuf,
     /// Evaluation metrics reported by the hook.
@@ -176,7 +176,7 @@ pub struct HookOutput {
 
 /// How a hook run ended.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HookResult {
+pub(crate) struct HookResult {
     /// stdout/stderr (exec), reply log (webhook) or training summary
     /// (builtin), bounded.
     pub log: String,
@@ -199,7 +199,7 @@ impl HookResult {
 /// Runs the configured hook for `job` (whose JSON is already at
 /// `job_file`). Never panics and never returns early without a result:
 /// every failure is an `Err` outcome with a reason for the job.
-pub async fn run_hook(config: &HookConfig, job: &HookJob, job_file: &Path) -> HookResult {
+pub(crate) async fn run_hook(config: &HookConfig, job: &HookJob, job_file: &Path) -> HookResult {
     match config {
         HookConfig::Builtin(cfg) => run_builtin(cfg, job).await,
         HookConfig::Exec(cfg) => run_exec(cfg, job, job_file).await,
@@ -689,7 +689,7 @@ fn train_builtin(
 
 /// What validation learned about a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelCheck {
+pub(crate) struct ModelCheck {
     /// Size in bytes.
     pub bytes: u64,
     /// Widths of the rank-2 outputs for one row (`[1, C]`), in graph order.
@@ -699,7 +699,7 @@ pub struct ModelCheck {
 /// Checks a hook's output: exists, non-empty, at most [`MAX_MODEL_BYTES`],
 /// loads in tract with `features` inputs per row, runs one row, and (when
 /// `classes` is given) has a `[N, classes]` output.
-pub fn validate_model(
+pub(crate) fn validate_model(
     path: &Path,
     features: usize,
     classes: Option<usize>,

@@ -43,11 +43,11 @@
 //! 4. Merge [`http::routes`] into the API router and add the [`cli`]
 //!    commands to `drover`.
 
-pub mod config_file;
-pub mod hook;
-pub mod ports;
-pub mod runner;
-pub mod store;
+pub(crate) mod config_file;
+pub(crate) mod hook;
+pub(crate) mod ports;
+pub(crate) mod runner;
+pub(crate) mod store;
 
 #[cfg(test)]
 mod tests;

@@ -34,19 +34,19 @@ fn port_err(e: ControllerError) -> PortError {
 
 /// The three ports over one controller.
 #[derive(Clone)]
-pub struct ControllerPorts {
+pub(crate) struct ControllerPorts {
     ctl: Controller,
     rollouts: RolloutService,
 }
 
 impl ControllerPorts {
     /// Builds the ports.
-    pub fn new(ctl: Controller, rollouts: RolloutService) -> ControllerPorts {
+    pub(crate) fn new(ctl: Controller, rollouts: RolloutService) -> ControllerPorts {
         ControllerPorts { ctl, rollouts }
     }
 
     /// As the runner's [`Ports`].
-    pub fn ports(self) -> Ports {
+    pub(crate) fn ports(self) -> Ports {
         let me = Arc::new(self);
         Ports {
             telemetry: me.clone(),

@@ -59,12 +59,12 @@ use crate::core::drift::{DriftError, Evaluation};
 
 /// Most cohorts a drift report breaks down (the most populated ones), so a
 /// high-cardinality label cannot turn one request into thousands of queries.
-pub const MAX_COHORTS: usize = 50;
+pub(crate) const MAX_COHORTS: usize = 50;
 /// Longest sleep of [`RetrainRunner::run`] between checks, so a wall clock
 /// that jumps is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Alias given to retrained versions until a rollout promotes them.
-pub const CANDIDATE_ALIAS: &str = "candidate";
+pub(crate) const CANDIDATE_ALIAS: &str = "candidate";
 
 /// Why a retraining operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use crate::core::retraining::job::{JobState, JobSummary, RetrainJob};
 
 /// The retraining tables, one statement batch per schema step. Every
 /// statement is `IF NOT EXISTS`, so applying them twice is harmless.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE IF NOT EXISTS retrain_jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     model       TEXT NOT NULL,
@@ -53,7 +53,7 @@ pub enum StoreError {
 }
 
 /// Applies [`MIGRATIONS`] (idempotent).
-pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for sql in MIGRATIONS {
         conn.execute_batch(sql)?;
     }
@@ -79,7 +79,7 @@ fn decode(id: i64, json: &str) -> Result<RetrainJob, StoreError> {
 
 /// Stores a new job, assigning its id (the job's own `id` is ignored);
 /// returns the stored job.
-pub fn insert_job(conn: &Connection, job: &RetrainJob) -> Result<RetrainJob, StoreError> {
+pub(crate) fn insert_job(conn: &Connection, job: &RetrainJob) -> Result<RetrainJob, StoreError> {
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         "INSERT INTO retrain_jobs (model, state, created_at, updated_at, job) \
@@ -103,7 +103,7 @@ pub fn insert_job(conn: &Connection, job: &RetrainJob) -> Result<RetrainJob, Sto
 }
 
 /// Overwrites a stored job.
-pub fn update_job(conn: &Connection, job: &RetrainJob) -> Result<(), StoreError> {
+pub(crate) fn update_job(conn: &Connection, job: &RetrainJob) -> Result<(), StoreError> {
     let n = conn.execute(
         "UPDATE retrain_jobs SET model = ?1, state = ?2, updated_at = ?3, job = ?4 WHERE id = ?5",
         params![
@@ -121,7 +121,7 @@ pub fn update_job(conn: &Connection, job: &RetrainJob) -> Result<(), StoreError>
 }
 
 /// One job.
-pub fn get_job(conn: &Connection, id: u64) -> Result<Option<RetrainJob>, StoreError> {
+pub(crate) fn get_job(conn: &Connection, id: u64) -> Result<Option<RetrainJob>, StoreError> {
     conn.query_row(
         "SELECT id, job FROM retrain_jobs WHERE id = ?1",
         params![to_i64(id)],
@@ -133,7 +133,7 @@ pub fn get_job(conn: &Connection, id: u64) -> Result<Option<RetrainJob>, StoreEr
 }
 
 /// The newest `limit` jobs (of `model`, when given), newest first.
-pub fn list_jobs(
+pub(crate) fn list_jobs(
     conn: &Connection,
     model: Option<&ModelName>,
     limit: usize,
@@ -155,7 +155,7 @@ pub fn list_jobs(
 }
 
 /// Jobs with work left (queued, capturing, training), oldest first.
-pub fn active_jobs(conn: &Connection) -> Result<Vec<RetrainJob>, StoreError> {
+pub(crate) fn active_jobs(conn: &Connection) -> Result<Vec<RetrainJob>, StoreError> {
     let mut stmt = conn
         .prepare("SELECT id, job FROM retrain_jobs WHERE state IN (?1, ?2, ?3) ORDER BY id ASC")?;
     let rows = stmt.query_map(
@@ -175,7 +175,7 @@ pub fn active_jobs(conn: &Connection) -> Result<Vec<RetrainJob>, StoreError> {
 }
 
 /// Saves `model`'s drift policy state.
-pub fn save_policy_state(
+pub(crate) fn save_policy_state(
     conn: &Connection,
     model: &ModelName,
     state: &DriftPolicyState,
@@ -193,7 +193,7 @@ pub fn save_policy_state(
 
 /// Every saved policy state, by model. Rows for names that are no longer
 /// valid model names are skipped.
-pub fn load_policy_states(
+pub(crate) fn load_policy_states(
     conn: &Connection,
 ) -> Result<BTreeMap<ModelName, DriftPolicyState>, StoreError> {
     let mut stmt = conn.prepare("SELECT model, state FROM retrain_policy")?;

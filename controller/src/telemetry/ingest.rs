@@ -18,11 +18,11 @@ use crate::db::DbError;
 use crate::metrics::inc;
 
 /// Windows stored per transaction at most.
-pub const BATCH: usize = 256;
+pub(crate) const BATCH: usize = 256;
 
 /// What a batch did.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct BatchOutcome {
+pub(crate) struct BatchOutcome {
     /// Sequences to acknowledge, per device.
     pub acks: BTreeMap<DeviceId, Vec<u64>>,
     /// Windows stored now (not duplicates).
@@ -39,7 +39,7 @@ fn role_word(r: ModelRole) -> &'static str {
 }
 
 /// Stores a batch in one transaction.
-pub fn store_batch(
+pub(crate) fn store_batch(
     conn: &mut rusqlite::Connection,
     items: &[(DeviceId, TelemetryWindow)],
     now: Timestamp,
@@ -98,7 +98,7 @@ pub fn store_batch(
 }
 
 /// Deletes windows that ended before `cutoff`; returns how many.
-pub fn prune(conn: &rusqlite::Connection, cutoff: Timestamp) -> Result<usize, DbError> {
+pub(crate) fn prune(conn: &rusqlite::Connection, cutoff: Timestamp) -> Result<usize, DbError> {
     Ok(conn.execute(
         "DELETE FROM telemetry WHERE end_ms < ?1",
         params![cutoff.0 as i64],

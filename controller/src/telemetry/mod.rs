@@ -3,5 +3,5 @@
 //! - [`ingest`]: batched, deduplicated telemetry storage, acks, retention.
 //! - [`query`]: merged aggregates over stored windows.
 
-pub mod ingest;
+pub(crate) mod ingest;
 pub mod query;

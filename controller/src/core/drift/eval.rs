@@ -34,18 +34,18 @@ use super::stats::Histogram;
 /// The splitmix64 generator (Steele, Lea & Flood 2014): tiny, fast, and good
 /// enough for simulation; not for anything secret.
 #[derive(Debug, Clone)]
-pub struct SplitMix64 {
+pub(crate) struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
     /// A generator seeded with `seed`; any value, including 0, is fine.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self { state: seed }
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -54,14 +54,14 @@ impl SplitMix64 {
     }
 
     /// Uniform in `[0, 1)`, from the top 53 bits (all an f64 mantissa holds).
-    pub fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 }
 
 /// Standard normal samples by the Box-Muller transform.
 #[derive(Debug, Clone)]
-pub struct Gaussian {
+pub(crate) struct Gaussian {
     rng: SplitMix64,
     // Box-Muller yields two independent normals per pair of uniforms.
     spare: Option<f64>,
@@ -69,7 +69,7 @@ pub struct Gaussian {
 
 impl Gaussian {
     /// A normal generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             rng: SplitMix64::new(seed),
             spare: None,
@@ -77,12 +77,12 @@ impl Gaussian {
     }
 
     /// Uniform in `[0, 1)` from the underlying generator.
-    pub fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         self.rng.next_f64()
     }
 
     /// One N(0, 1) sample.
-    pub fn sample(&mut self) -> f64 {
+    pub(crate) fn sample(&mut self) -> f64 {
         if let Some(z) = self.spare.take() {
             return z;
         }
@@ -98,7 +98,7 @@ impl Gaussian {
 
 /// Shape of the simulated fleet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SimulationConfig {
+pub(crate) struct SimulationConfig {
     /// Input features per sample.
     pub features: usize,
     /// Training samples per feature for the reference profile.
@@ -238,7 +238,7 @@ impl Stream {
 
 /// Outcome of one [`detection_trial`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DetectionTrial {
+pub(crate) struct DetectionTrial {
     /// Windows from the shift onset's window (counted as 1) to the trigger;
     /// `None` if no trigger within [`SimulationConfig::max_windows`].
     pub delay: Option<u32>,
@@ -253,7 +253,7 @@ pub struct DetectionTrial {
 
 /// Runs a mean shift of `sigmas` on one feature (chosen from the seed)
 /// starting at a random point in the window after the warm-up.
-pub fn detection_trial(
+pub(crate) fn detection_trial(
     seed: u64,
     sim: &SimulationConfig,
     policy: &DriftPolicyConfig,
@@ -298,7 +298,7 @@ pub fn detection_trial(
 
 /// Outcome of one [`stationary_trial`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StationaryTrial {
+pub(crate) struct StationaryTrial {
     /// Windows evaluated.
     pub windows: u32,
     /// Windows whose report had `drifting` set.
@@ -310,7 +310,7 @@ pub struct StationaryTrial {
 }
 
 /// Runs `windows` windows of an unchanged stream.
-pub fn stationary_trial(
+pub(crate) fn stationary_trial(
     seed: u64,
     sim: &SimulationConfig,
     policy: &DriftPolicyConfig,

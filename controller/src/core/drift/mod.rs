@@ -17,23 +17,19 @@
 //! - [`eval`]: a deterministic simulation measuring detection delay and false
 //!   alarms of the default policy; its tests pin those numbers.
 
-pub mod error;
-pub mod eval;
-pub mod policy;
-pub mod profile;
-pub mod report;
-pub mod stats;
+pub(crate) mod error;
+#[cfg(test)]
+pub(crate) mod eval;
+pub(crate) mod policy;
+pub(crate) mod profile;
+pub(crate) mod report;
+pub(crate) mod stats;
 
-pub use error::DriftError;
-pub use policy::{
-    DriftPolicy, DriftPolicyConfig, DriftPolicyState, Evaluation, JobOutcome, Suppression, Trigger,
-    UnixMillis,
+pub(crate) use error::DriftError;
+pub(crate) use policy::{DriftPolicy, DriftPolicyConfig, DriftPolicyState, Evaluation, Trigger};
+pub(crate) use profile::{FeatureReference, ReferenceProfile, edges_from_quantiles};
+pub(crate) use report::{
+    DeviceDriftShare, DriftReport, DriftThresholds, ObservedWindow, Verdict,
+    share_of_devices_drifting,
 };
-pub use profile::{
-    FeatureReference, ReferenceProfile, edges_from_quantiles, reference_frequencies,
-};
-pub use report::{
-    DeviceDriftShare, DeviceScore, DriftReport, DriftThresholds, FeatureDrift, ObservedWindow,
-    Verdict, share_of_devices_drifting,
-};
-pub use stats::{Histogram, bin_index, js_distance, js_divergence, psi, psi_with_epsilon};
+pub(crate) use stats::Histogram;

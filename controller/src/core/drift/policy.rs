@@ -36,7 +36,7 @@ use super::report::{DriftReport, DriftThresholds, Verdict};
 
 /// Milliseconds since the Unix epoch. Wall-clock rather than monotonic time
 /// because policy state (the last trigger) must survive restarts.
-pub type UnixMillis = u64;
+pub(crate) type UnixMillis = u64;
 
 /// Retraining policy settings. Every field has a default (see
 /// [`Default`]), so a config file only lists what it changes; unknown
@@ -320,38 +320,43 @@ impl DriftPolicyState {
 
 /// The retraining policy for one model. See the module docs for the rules.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DriftPolicy {
+pub(crate) struct DriftPolicy {
     config: DriftPolicyConfig,
     state: DriftPolicyState,
 }
 
 impl DriftPolicy {
     /// A fresh policy.
-    pub fn new(config: DriftPolicyConfig) -> Result<Self, DriftError> {
+    #[cfg(test)]
+    pub(crate) fn new(config: DriftPolicyConfig) -> Result<Self, DriftError> {
         Self::resume(config, DriftPolicyState::default())
     }
 
     /// Continues from persisted state, possibly under a changed config
     /// (a new `consecutive` or `cooldown` applies from the next call).
-    pub fn resume(config: DriftPolicyConfig, state: DriftPolicyState) -> Result<Self, DriftError> {
+    pub(crate) fn resume(
+        config: DriftPolicyConfig,
+        state: DriftPolicyState,
+    ) -> Result<Self, DriftError> {
         config.validate()?;
         Ok(Self { config, state })
     }
 
     /// The settings in force.
-    pub fn config(&self) -> &DriftPolicyConfig {
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &DriftPolicyConfig {
         &self.config
     }
 
     /// The state to persist.
-    pub fn state(&self) -> &DriftPolicyState {
+    pub(crate) fn state(&self) -> &DriftPolicyState {
         &self.state
     }
 
     /// When the cooldown from the last trigger ends, if one was ever fired.
     /// Informational (for status output): nothing happens at that instant;
     /// the next drifting evaluation after it may trigger.
-    pub fn cooldown_until(&self) -> Option<UnixMillis> {
+    pub(crate) fn cooldown_until(&self) -> Option<UnixMillis> {
         self.state
             .last_trigger_at
             .map(|at| at.saturating_add(self.config.cooldown_ms()))
@@ -359,7 +364,11 @@ impl DriftPolicy {
 
     /// Takes one window's report into account. The report is re-judged with
     /// this policy's thresholds; its own `drifting` flag is ignored.
-    pub fn handle_evaluation(&mut self, now: UnixMillis, report: &DriftReport) -> Evaluation {
+    pub(crate) fn handle_evaluation(
+        &mut self,
+        now: UnixMillis,
+        report: &DriftReport,
+    ) -> Evaluation {
         let fleet_score = report.fleet_score;
         let evaluation = match self.config.thresholds().verdict(report) {
             Verdict::Insufficient { samples } => {
@@ -429,7 +438,7 @@ impl DriftPolicy {
     /// The trigger fired by the last evaluations, once. It stays in the
     /// persisted state until taken, so a crash between firing and creating
     /// the job does not lose it.
-    pub fn poll_trigger(&mut self) -> Option<Trigger> {
+    pub(crate) fn poll_trigger(&mut self) -> Option<Trigger> {
         self.state.pending.take()
     }
 
@@ -444,7 +453,7 @@ impl DriftPolicy {
     ///
     /// A report with no job in flight (a duplicate, or one from before a
     /// state reset) only updates [`DriftPolicyState::last_job`].
-    pub fn handle_job_finished(&mut self, now: UnixMillis, ok: bool) {
+    pub(crate) fn handle_job_finished(&mut self, now: UnixMillis, ok: bool) {
         self.state.last_job = Some(JobOutcome {
             finished_at: now,
             ok,

@@ -106,7 +106,7 @@ impl ReferenceProfile {
 /// [`DriftError::TooFewBins`] for `bins < 2`, [`DriftError::TooFewSamples`]
 /// for fewer than `bins` samples, [`DriftError::NonFiniteSample`] for NaN or
 /// infinite samples (an infinite edge would make a bin unreachable).
-pub fn edges_from_quantiles(samples: &[f64], bins: usize) -> Result<Vec<f64>, DriftError> {
+pub(crate) fn edges_from_quantiles(samples: &[f64], bins: usize) -> Result<Vec<f64>, DriftError> {
     if bins < 2 {
         return Err(DriftError::TooFewBins(bins));
     }
@@ -142,7 +142,10 @@ pub fn edges_from_quantiles(samples: &[f64], bins: usize) -> Result<Vec<f64>, Dr
 ///
 /// [`DriftError::InvalidEdges`], [`DriftError::TooFewSamples`] for an empty
 /// sample set, [`DriftError::NonFiniteSample`].
-pub fn reference_frequencies(samples: &[f64], edges: &[f64]) -> Result<Vec<f64>, DriftError> {
+pub(crate) fn reference_frequencies(
+    samples: &[f64],
+    edges: &[f64],
+) -> Result<Vec<f64>, DriftError> {
     validate_edges(edges)?;
     if samples.is_empty() {
         return Err(DriftError::TooFewSamples { needed: 1, got: 0 });

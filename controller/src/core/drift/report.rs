@@ -9,7 +9,7 @@ use super::stats::{Histogram, js_divergence, psi};
 
 /// How many of the worst devices a [`DeviceDriftShare`] lists. Bounded so a
 /// 50,000-device fleet still produces a small report.
-pub const MAX_WORST_DEVICES: usize = 10;
+pub(crate) const MAX_WORST_DEVICES: usize = 10;
 
 /// Histograms observed over one window, aligned with a [`ReferenceProfile`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -345,7 +345,7 @@ pub struct DeviceDriftShare {
 ///
 /// A [`DriftError::Device`] wrapping the first device whose window does not
 /// fit the profile.
-pub fn share_of_devices_drifting<'a, I>(
+pub(crate) fn share_of_devices_drifting<'a, I>(
     profile: &ReferenceProfile,
     devices: I,
     threshold: f64,

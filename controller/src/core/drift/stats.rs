@@ -18,13 +18,13 @@ use super::error::DriftError;
 /// empty on one side, where it caps a term at roughly
 /// `|p - q| * ln(|p - q| / 1e-4)` (about 0.7 for a 10 % bin that empties)
 /// instead of infinity.
-pub const PSI_EPSILON: f64 = 1e-4;
+pub(crate) const PSI_EPSILON: f64 = 1e-4;
 
 /// Index of the bin holding `x` for sorted `edges` (see the module docs).
 ///
 /// NaN lands in the overflow bin, like the agent's binning, so bad inputs
 /// show up as drift instead of disappearing.
-pub fn bin_index(edges: &[f64], x: f64) -> usize {
+pub(crate) fn bin_index(edges: &[f64], x: f64) -> usize {
     if x.is_nan() {
         return edges.len();
     }
@@ -33,7 +33,7 @@ pub fn bin_index(edges: &[f64], x: f64) -> usize {
 
 /// Checks that `edges` are finite and strictly increasing, which
 /// [`bin_index`] and the reference-frequency builders rely on.
-pub fn validate_edges(edges: &[f64]) -> Result<(), DriftError> {
+pub(crate) fn validate_edges(edges: &[f64]) -> Result<(), DriftError> {
     for (index, edge) in edges.iter().enumerate() {
         if !edge.is_finite() {
             return Err(DriftError::InvalidEdges { index });
@@ -47,7 +47,7 @@ pub fn validate_edges(edges: &[f64]) -> Result<(), DriftError> {
 
 /// Population stability index of `observed` counts against `reference`
 /// frequencies, smoothed with [`PSI_EPSILON`].
-pub fn psi(reference: &[f64], observed: &[u64]) -> Result<f64, DriftError> {
+pub(crate) fn psi(reference: &[f64], observed: &[u64]) -> Result<f64, DriftError> {
     psi_with_epsilon(reference, observed, PSI_EPSILON)
 }
 
@@ -76,7 +76,7 @@ pub fn psi(reference: &[f64], observed: &[u64]) -> Result<f64, DriftError> {
 /// or non-finite frequency), [`DriftError::EmptyReference`] (sums to 0),
 /// [`DriftError::EmptyObservation`] (total count 0) and
 /// [`DriftError::InvalidEpsilon`] (not finite and positive).
-pub fn psi_with_epsilon(
+pub(crate) fn psi_with_epsilon(
     reference: &[f64],
     observed: &[u64],
     epsilon: f64,
@@ -111,7 +111,7 @@ pub fn psi_with_epsilon(
 /// proportion are taken as `0·log 0 = 0`. Disjoint supports give exactly 1.
 /// Proportions are normalised as in [`psi_with_epsilon`], with the same
 /// errors (except the epsilon one).
-pub fn js_divergence(reference: &[f64], observed: &[u64]) -> Result<f64, DriftError> {
+pub(crate) fn js_divergence(reference: &[f64], observed: &[u64]) -> Result<f64, DriftError> {
     let (r, o) = proportions_pair(reference, observed)?;
     let mut sum = 0.0;
     for (r, o) in r.iter().zip(&o) {
@@ -129,7 +129,8 @@ pub fn js_divergence(reference: &[f64], observed: &[u64]) -> Result<f64, DriftEr
 
 /// Jensen-Shannon distance: the square root of [`js_divergence`], a metric
 /// (triangle inequality holds), also in `[0, 1]`.
-pub fn js_distance(reference: &[f64], observed: &[u64]) -> Result<f64, DriftError> {
+#[cfg(test)]
+pub(crate) fn js_distance(reference: &[f64], observed: &[u64]) -> Result<f64, DriftError> {
     js_divergence(reference, observed).map(f64::sqrt)
 }
 

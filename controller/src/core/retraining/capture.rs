@@ -26,7 +26,7 @@ fn sample_bytes(sample: &CapturedSample) -> u64 {
 /// first), then the other `candidates` by id. Only `candidates` (the
 /// caller's online devices on the right model version and cohort) are ever
 /// picked.
-pub fn select_capture_devices(
+pub(crate) fn select_capture_devices(
     share: Option<&DeviceDriftShare>,
     candidates: &[FleetDevice],
     n: usize,
@@ -243,7 +243,7 @@ mod tests {
     use drover_protocol::{ModelRef, Version};
 
     use super::*;
-    use crate::core::drift::DeviceScore;
+    use crate::core::drift::report::DeviceScore;
 
     fn dev(id: &str) -> FleetDevice {
         FleetDevice {

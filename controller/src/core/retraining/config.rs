@@ -59,7 +59,7 @@ use crate::core::rollout::{Gate, RolloutSpec};
 use crate::train::TrainOptions;
 
 /// File name of the controller config inside the data dir.
-pub const CONFIG_FILE: &str = "controller.toml";
+pub(crate) const CONFIG_FILE: &str = "controller.toml";
 
 /// Keys of a `[retrain.<model>]` table that are not drift policy settings.
 const MODEL_KEYS: [&str; 7] = [
@@ -637,7 +637,7 @@ pub(crate) fn millis(d: Duration) -> u64 {
 }
 
 /// Parses `500ms`, `30s`, `10m`, `2h`, `1d`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
@@ -657,7 +657,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The shortest exact form of `d` for [`parse_duration`] (`90s`, `10m`).
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = millis(d);
     for (unit, per) in [
         ("d", 86_400_000),

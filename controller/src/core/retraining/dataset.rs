@@ -36,11 +36,11 @@ use crate::train::{Dataset, TrainError};
 
 /// Fewer captured rows than this make a noisy reference profile (10 bins
 /// per feature); the whole dataset is used for the profile instead.
-pub const MIN_PROFILE_ROWS: u64 = 100;
+pub(crate) const MIN_PROFILE_ROWS: u64 = 100;
 
 /// Why no dataset could be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DatasetError {
+pub(crate) enum DatasetError {
     /// Nothing was captured and there is no reference data to fall back on.
     #[error("the dataset is empty: no device sent samples and no reference rows were available")]
     Empty,
@@ -51,7 +51,7 @@ pub enum DatasetError {
 
 /// Column names and how labels are written.
 #[derive(Debug, Clone, Copy)]
-pub struct DatasetLayout<'a> {
+pub(crate) struct DatasetLayout<'a> {
     /// Feature names, in input order.
     pub feature_names: &'a [String],
     /// The label column's name.
@@ -62,7 +62,7 @@ pub struct DatasetLayout<'a> {
 
 /// Labelled rows from a reference CSV.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReferenceRows {
+pub(crate) struct ReferenceRows {
     /// Feature values.
     pub rows: Vec<Vec<f32>>,
     /// Label per row.
@@ -73,7 +73,7 @@ pub struct ReferenceRows {
 /// features from a reference CSV whose label column is `label_column`, or
 /// the last column when that name is missing and the header has one
 /// column more than `width`.
-pub fn parse_reference_csv(
+pub(crate) fn parse_reference_csv(
     bytes: &[u8],
     label_column: &str,
     width: usize,
@@ -110,7 +110,7 @@ pub fn parse_reference_csv(
 
 /// The dataset CSV and what is in it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BuiltDataset {
+pub(crate) struct BuiltDataset {
     /// The CSV text (see the module docs).
     pub csv: String,
     /// Features-only CSV for the new version's reference profile.
@@ -175,7 +175,7 @@ fn class_order(labels: &BTreeSet<String>) -> Vec<String> {
 
 /// Assembles the dataset from captured samples (already checked for width
 /// and finiteness) and, if given, reference rows to append.
-pub fn build_dataset(
+pub(crate) fn build_dataset(
     layout: DatasetLayout<'_>,
     captured: &[CapturedSample],
     reference: Option<&ReferenceRows>,
@@ -255,7 +255,7 @@ pub fn build_dataset(
 /// The labelled rows of a dataset CSV written by [`build_dataset`] (the
 /// label is the last field; unlabelled rows end with a comma), for
 /// trainers that need a label on every row.
-pub fn labelled_only(csv: &str) -> String {
+pub(crate) fn labelled_only(csv: &str) -> String {
     let mut lines = csv.lines();
     let mut out = String::with_capacity(csv.len());
     if let Some(header) = lines.next() {

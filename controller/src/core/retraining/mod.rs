@@ -15,13 +15,13 @@
 //! - [`dataset`]: the dataset CSV.
 //! - [`scheduler`]: the sans-IO core (schedule, policies, captures).
 
-pub mod capture;
-pub mod config;
-pub mod dataset;
-pub mod job;
-pub mod ports;
-pub mod report;
-pub mod scheduler;
+pub(crate) mod capture;
+pub(crate) mod config;
+pub(crate) mod dataset;
+pub(crate) mod job;
+pub(crate) mod ports;
+pub(crate) mod report;
+pub(crate) mod scheduler;
 
 pub use config::{ModelRetrainConfig, RetrainConfig};
 pub use job::{JobState, RetrainJob};

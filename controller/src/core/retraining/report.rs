@@ -19,10 +19,10 @@ use crate::core::drift::{
 
 /// Name of the output distribution in reports (predicted classes, or
 /// binned regression predictions).
-pub const OUTPUT_NAME: &str = "prediction";
+pub(crate) const OUTPUT_NAME: &str = "prediction";
 
 /// How many accuracy buckets a report's time range is cut into.
-pub const ACCURACY_BUCKETS: u64 = 12;
+pub(crate) const ACCURACY_BUCKETS: u64 = 12;
 
 /// The manifest's reference profile in drift's terms, validated.
 ///
@@ -31,7 +31,7 @@ pub const ACCURACY_BUCKETS: u64 = 12;
 /// [`DriftError::TooFewBins`] (0) when the manifest has no feature profile
 /// (pushed without a reference CSV: drift cannot be measured), or the
 /// validation error of the first bad distribution.
-pub fn reference_profile(manifest: &ModelManifest) -> Result<ReferenceProfile, DriftError> {
+pub(crate) fn reference_profile(manifest: &ModelManifest) -> Result<ReferenceProfile, DriftError> {
     let convert = |name: &str, edges: &[f32], frequencies: &[f32]| FeatureReference {
         name: name.to_owned(),
         edges: edges.iter().map(|e| f64::from(*e)).collect(),
@@ -107,7 +107,7 @@ fn shaped(profile: &ReferenceProfile, window: &ObservedWindow) -> ObservedWindow
 /// # Errors
 ///
 /// A shape error of the merged window.
-pub fn assess(
+pub(crate) fn assess(
     profile: &ReferenceProfile,
     policy: &DriftPolicyConfig,
     slice: &TelemetrySlice,
@@ -276,7 +276,7 @@ impl ScopeDrift {
 /// score, else the one with the most samples (which the policy will find
 /// inconclusive). Ties go to the earlier scope. `None` if no scope has a
 /// report.
-pub fn worst_scope(scopes: &[ScopeDrift]) -> Option<usize> {
+pub(crate) fn worst_scope(scopes: &[ScopeDrift]) -> Option<usize> {
     let key = |s: &ScopeDrift| {
         let report = s.report.as_ref()?;
         let rank = if s.is_drifting() {
