@@ -15,6 +15,7 @@
 //! agent and the controller (and fuzzers) use it as-is.
 
 pub mod codec;
+pub mod duration;
 pub mod ids;
 pub mod manifest;
 pub mod messages;

@@ -83,9 +83,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         StartBody {
             model: format!("sensor@{v1}"),
             waves: Some("50,100".into()),
-            bake: Some("1s".into()),
-            device_timeout: Some("120s".into()),
-            metrics_interval: Some("1s".into()),
+            bake: Some(Duration::from_secs(1)),
+            device_timeout: Some(Duration::from_secs(120)),
+            metrics_interval: Some(Duration::from_secs(1)),
             ..StartBody::default()
         },
         Duration::from_secs(600),

@@ -264,9 +264,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         StartBody {
             model: format!("sensor@{v1}"),
             waves: Some("10,50,100".into()),
-            bake: Some(bake.clone()),
-            device_timeout: Some("30s".into()),
-            metrics_interval: Some("1s".into()),
+            bake: Some(opts.bake),
+            device_timeout: Some(Duration::from_secs(30)),
+            metrics_interval: Some(Duration::from_secs(1)),
             ..StartBody::default()
         },
         Duration::from_secs(90),
@@ -328,12 +328,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         StartBody {
             model: format!("sensor@{v3}"),
             waves: Some("10,50,100".into()),
-            bake: Some(bake.clone()),
+            bake: Some(opts.bake),
             gates: gates_for_candidates(),
             min_samples: Some(100),
-            device_timeout: Some("30s".into()),
+            device_timeout: Some(Duration::from_secs(30)),
             on_fail: Some("rollback".into()),
-            metrics_interval: Some("1s".into()),
+            metrics_interval: Some(Duration::from_secs(1)),
             rollback_rate_per_min: Some(600),
             ..StartBody::default()
         },

@@ -75,9 +75,9 @@ fn quick(model: String) -> StartBody {
     StartBody {
         model,
         waves: Some("25,100".into()),
-        bake: Some("3s".into()),
-        device_timeout: Some("20s".into()),
-        metrics_interval: Some("1s".into()),
+        bake: Some(Duration::from_secs(3)),
+        device_timeout: Some(Duration::from_secs(20)),
+        metrics_interval: Some(Duration::from_secs(1)),
         ..StartBody::default()
     }
 }

@@ -87,11 +87,11 @@ async fn controller_killed_mid_rollout_resumes_without_resending_or_skipping_gat
         model: format!("sensor@{v2}"),
         id: Some("resume-me".into()),
         waves: Some("25,100".into()),
-        bake: Some("4s".into()),
+        bake: Some(Duration::from_secs(4)),
         gates: vec!["error_rate_delta<=0.05".into()],
         min_samples: Some(50),
-        device_timeout: Some("30s".into()),
-        metrics_interval: Some("1s".into()),
+        device_timeout: Some(Duration::from_secs(30)),
+        metrics_interval: Some(Duration::from_secs(1)),
         ..StartBody::default()
     };
     let rollouts = running.rollouts();

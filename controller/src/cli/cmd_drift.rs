@@ -6,9 +6,9 @@ use anyhow::anyhow;
 use crate::cli::ApiClient;
 use crate::cli::output::{self, Output, f4};
 use crate::core::drift::Verdict;
-use crate::core::retraining::config::{format_duration, parse_duration};
 use crate::core::retraining::report::{DriftOverview, ScopeDrift};
 use crate::http::retrain::{DriftResponse, parse_model_arg};
+use drover_protocol::duration;
 
 /// `drover drift [N[@V]] [--cohort KEY] [--window 1h]`.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,8 +21,8 @@ pub struct DriftArgs {
     pub cohort: Option<String>,
     /// Time range ending now (`30m`, `1h`, `1d`); default: the model's
     /// configured window.
-    #[arg(long)]
-    pub window: Option<String>,
+    #[arg(long, value_parser = duration::parse)]
+    pub window: Option<std::time::Duration>,
 }
 
 /// Runs `drover drift`.
@@ -39,9 +39,8 @@ pub(crate) async fn run_drift(
     if let Some(c) = &args.cohort {
         query.push(("cohort", c.clone()));
     }
-    if let Some(w) = &args.window {
-        parse_duration(w).map_err(|e| anyhow!("--window: {e}"))?;
-        query.push(("window", w.clone()));
+    if let Some(w) = args.window {
+        query.push(("window", duration::format(w)));
     }
     let response: DriftResponse = client.get("drift report", "/v1/drift", &query).await?;
     match out {
@@ -77,7 +76,7 @@ fn verdict(s: &ScopeDrift) -> String {
 }
 
 fn print_overview(o: &DriftOverview) {
-    let window = format_duration(std::time::Duration::from_millis(
+    let window = duration::format(std::time::Duration::from_millis(
         o.to_ms.saturating_sub(o.from_ms),
     ));
     output::line(&format!(

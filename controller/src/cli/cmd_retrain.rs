@@ -3,7 +3,6 @@
 
 use crate::cli::ApiClient;
 use crate::cli::output::{self, Output, f4, now_ms};
-use crate::core::retraining::config::format_duration;
 use crate::core::retraining::job::RetrainJob;
 use crate::http::retrain::{JobList, RunBody};
 
@@ -162,7 +161,7 @@ fn print_job(job: &RetrainJob) {
             format!(
                 "{} ran {}{}",
                 h.kind,
-                format_duration(std::time::Duration::from_millis(
+                drover_protocol::duration::format(std::time::Duration::from_millis(
                     h.finished_at.saturating_sub(h.started_at)
                 )),
                 h.exit_code

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use drover_protocol::duration;
 use serde_json::Value;
 
 use crate::cli::{Ctx, Output, output};
@@ -59,12 +60,12 @@ pub struct StartArgs {
     /// Cumulative wave percentages (default 1,10,50,100).
     #[arg(long)]
     pub waves: Option<String>,
-    /// Bake time per wave, e.g. `10m`.
-    #[arg(long)]
-    pub bake: Option<String>,
+    /// Bake time per wave, e.g. `10m` (a bare number is seconds).
+    #[arg(long, value_parser = duration::parse)]
+    pub bake: Option<Duration>,
     /// Shadow phase on the first wave before it serves, e.g. `5m`.
-    #[arg(long)]
-    pub shadow: Option<String>,
+    #[arg(long, value_parser = duration::parse)]
+    pub shadow: Option<Duration>,
     /// Gate, e.g. `p95_latency_ratio<=1.2` (repeatable). Metrics:
     /// p95_latency_ratio, p99_latency_ratio, error_rate_delta,
     /// accuracy_delta, output_psi, shadow_agreement.
@@ -74,8 +75,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub min_samples: Option<u64>,
     /// Commanded devices that do not report by then are silent.
-    #[arg(long)]
-    pub device_timeout: Option<String>,
+    #[arg(long, value_parser = duration::parse)]
+    pub device_timeout: Option<Duration>,
     /// `rollback` (default) or `pause`.
     #[arg(long)]
     pub on_fail: Option<String>,
@@ -83,8 +84,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub max_silent: Option<String>,
     /// Interval between gate evaluations while baking, e.g. `1m`.
-    #[arg(long)]
-    pub metrics_interval: Option<String>,
+    #[arg(long, value_parser = duration::parse)]
+    pub metrics_interval: Option<Duration>,
     /// Explicit rollout id.
     #[arg(long)]
     pub id: Option<String>,

@@ -22,7 +22,6 @@ use axum::routing::get;
 use drover_protocol::{ModelName, Version};
 use serde::{Deserialize, Serialize};
 
-use crate::core::retraining::config::parse_duration;
 use crate::core::retraining::job::{JobSummary, RetrainJob};
 use crate::core::retraining::ports::PortError;
 use crate::core::retraining::report::DriftOverview;
@@ -140,9 +139,9 @@ async fn drift(
     let window_ms = q
         .get("window")
         .map(|w| {
-            parse_duration(w)
-                .map(crate::core::retraining::config::millis)
-                .map_err(bad)
+            drover_protocol::duration::parse(w)
+                .map(drover_protocol::duration::millis)
+                .map_err(|e| bad(e.to_string()))
         })
         .transpose()?;
     if window_ms == Some(0) {

@@ -10,7 +10,11 @@ use axum::{Json, Router};
 use drover_protocol::ModelRef;
 use serde::{Deserialize, Serialize};
 
-use crate::core::rollout::spec::{parse_duration_ms, parse_fraction, parse_waves};
+use std::time::Duration;
+
+use drover_protocol::duration::{millis, serde_text};
+
+use crate::core::rollout::spec::{parse_fraction, parse_waves};
 use crate::core::rollout::{Gate, OnFail, RolloutCommand, RolloutSpec, RolloutStatus, Selector};
 use crate::http::ApiError;
 use crate::rollouts::{RolloutDetail, RolloutService, RolloutServiceError, RolloutSummary};
@@ -30,21 +34,21 @@ pub struct StartBody {
     /// `1,10,50,100`.
     #[serde(default)]
     pub waves: Option<String>,
-    /// `10m`.
-    #[serde(default)]
-    pub bake: Option<String>,
-    /// `5m`.
-    #[serde(default)]
-    pub shadow: Option<String>,
+    /// Bake time per wave: `10m`, or a number of seconds (`600`).
+    #[serde(default, with = "serde_text::option")]
+    pub bake: Option<Duration>,
+    /// Shadow phase: `5m`.
+    #[serde(default, with = "serde_text::option")]
+    pub shadow: Option<Duration>,
     /// `p95_latency_ratio<=1.2`, ...
     #[serde(default)]
     pub gates: Vec<String>,
     /// Minimum samples per gate and cohort.
     #[serde(default)]
     pub min_samples: Option<u64>,
-    /// `5m`.
-    #[serde(default)]
-    pub device_timeout: Option<String>,
+    /// Device timeout: `5m`.
+    #[serde(default, with = "serde_text::option")]
+    pub device_timeout: Option<Duration>,
     /// `rollback` or `pause`.
     #[serde(default)]
     pub on_fail: Option<String>,
@@ -52,8 +56,8 @@ pub struct StartBody {
     #[serde(default)]
     pub max_silent: Option<String>,
     /// Interval between gate evaluations while baking (`1m`).
-    #[serde(default)]
-    pub metrics_interval: Option<String>,
+    #[serde(default, with = "serde_text::option")]
+    pub metrics_interval: Option<Duration>,
     /// Rollback commands per minute.
     #[serde(default)]
     pub rollback_rate_per_min: Option<u32>,
@@ -78,11 +82,11 @@ impl StartBody {
         if let Some(w) = &self.waves {
             spec.waves = parse_waves(w).map_err(bad)?;
         }
-        if let Some(b) = &self.bake {
-            spec.bake_ms = parse_duration_ms(b).map_err(bad)?;
+        if let Some(b) = self.bake {
+            spec.bake_ms = millis(b);
         }
-        if let Some(s) = &self.shadow {
-            spec.shadow_ms = Some(parse_duration_ms(s).map_err(bad)?);
+        if let Some(s) = self.shadow {
+            spec.shadow_ms = Some(millis(s));
         }
         for g in &self.gates {
             spec.gates.push(g.parse::<Gate>().map_err(bad)?);
@@ -90,8 +94,8 @@ impl StartBody {
         if let Some(m) = self.min_samples {
             spec.min_samples = m;
         }
-        if let Some(t) = &self.device_timeout {
-            spec.device_timeout_ms = parse_duration_ms(t).map_err(bad)?;
+        if let Some(t) = self.device_timeout {
+            spec.device_timeout_ms = millis(t);
         }
         if let Some(o) = &self.on_fail {
             spec.on_fail = o.parse::<OnFail>().map_err(bad)?;
@@ -99,8 +103,8 @@ impl StartBody {
         if let Some(s) = &self.max_silent {
             spec.max_silent = parse_fraction(s).map_err(bad)?;
         }
-        if let Some(i) = &self.metrics_interval {
-            spec.metrics_interval_ms = parse_duration_ms(i).map_err(bad)?;
+        if let Some(i) = self.metrics_interval {
+            spec.metrics_interval_ms = millis(i);
         }
         if let Some(r) = self.rollback_rate_per_min {
             spec.rollback_rate_per_min = r;

@@ -88,9 +88,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tract_onnx::prelude::*;
 
-use crate::core::retraining::config::{
-    BuiltinHook, ExecHook, HookConfig, WebhookHook, format_duration,
-};
+use crate::core::retraining::config::{BuiltinHook, ExecHook, HookConfig, WebhookHook};
 use crate::core::retraining::dataset::labelled_only;
 use crate::core::retraining::job::JobTrigger;
 use crate::train::{Dataset, TrainError, load_base_from_onnx, to_onnx, train};
@@ -370,7 +368,10 @@ async fn run_exec(cfg: &ExecHook, job: &HookJob, job_file: &Path) -> HookResult 
             return HookResult::failed(
                 log,
                 None,
-                format!("timeout after {}", format_duration(cfg.timeout)),
+                format!(
+                    "timeout after {}",
+                    drover_protocol::duration::format(cfg.timeout)
+                ),
             );
         }
         Ok(Err(e)) => return HookResult::failed(log, None, format!("waiting for the hook: {e}")),
@@ -445,7 +446,12 @@ struct WebhookReply {
 }
 
 async fn run_webhook(cfg: &WebhookHook, job: &HookJob) -> HookResult {
-    let timeout_reason = || format!("timeout after {}", format_duration(cfg.timeout));
+    let timeout_reason = || {
+        format!(
+            "timeout after {}",
+            drover_protocol::duration::format(cfg.timeout)
+        )
+    };
     let mut job = job.clone();
     if cfg.inline_dataset {
         match tokio::fs::read_to_string(&job.dataset.path).await {
@@ -589,7 +595,10 @@ async fn run_builtin(cfg: &BuiltinHook, job: &HookJob) -> HookResult {
         Err(_) => HookResult::failed(
             String::new(),
             None,
-            format!("timeout after {}", format_duration(cfg.timeout)),
+            format!(
+                "timeout after {}",
+                drover_protocol::duration::format(cfg.timeout)
+            ),
         ),
         Ok(Err(e)) => HookResult::failed(String::new(), None, format!("trainer task failed: {e}")),
         Ok(Ok((log, Err(reason)))) => HookResult::failed(log, None, reason),

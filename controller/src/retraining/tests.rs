@@ -1233,7 +1233,7 @@ async fn cli_commands_against_a_live_api() {
             DriftArgs {
                 model: Some("sensor@1".into()),
                 cohort: Some("region".into()),
-                window: Some("1h".into()),
+                window: Some(std::time::Duration::from_secs(3600)),
             },
             &client,
             out,
@@ -1241,16 +1241,10 @@ async fn cli_commands_against_a_live_api() {
         .await
         .unwrap();
     }
-    let err = run_drift(
-        DriftArgs {
-            model: Some("sensor".into()),
-            cohort: None,
-            window: Some("soon".into()),
-        },
-        &client,
-        Output::Table,
-    )
-    .await
+    // A bad --window is refused by the flag's value parser, naming the flag.
+    let err = <crate::cli::Cli as clap::Parser>::try_parse_from([
+        "drover", "drift", "sensor", "--window", "soon",
+    ])
     .unwrap_err();
     assert!(err.to_string().contains("--window"), "{err}");
 
@@ -1332,4 +1326,59 @@ async fn cli_commands_against_a_live_api() {
     .unwrap_err();
     // This test's API has no artifact route: the fetch fails with its status.
     assert!(err.to_string().contains("HTTP 404"), "{err:#}");
+}
+
+/// One meaning for a bare number: `600` is ten minutes on `/v1/drift`,
+/// `/v1/rollouts` (number or text) and the CLI flags alike.
+#[tokio::test]
+async fn six_hundred_means_ten_minutes_on_every_route_and_flag() {
+    let ten_minutes = std::time::Duration::from_secs(600);
+    let fake = Fake::new();
+    fake.set_fleet(&STABLE);
+    let h = Harness::new(fake.clone(), config_with(|_| {})).await;
+    let app: axum::Router = crate::http::retrain::routes(h.runner.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    for window in ["600", "10m"] {
+        let drift: serde_json::Value = client
+            .get(format!("{base}/v1/drift?model=sensor@1&window={window}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let report = &drift["reports"][0];
+        let span = report["to_ms"].as_u64().unwrap() - report["from_ms"].as_u64().unwrap();
+        assert_eq!(span, 600_000, "window={window}: {report}");
+    }
+
+    for body in [
+        serde_json::json!({"model": "m@2", "bake": 600, "device_timeout": "600"}),
+        serde_json::json!({"model": "m@2", "bake": "10m", "device_timeout": "600s"}),
+    ] {
+        let start: crate::http::rollouts::StartBody = serde_json::from_value(body).unwrap();
+        let spec = start.to_spec().unwrap();
+        assert_eq!(spec.bake_ms, 600_000);
+        assert_eq!(spec.device_timeout_ms, 600_000);
+    }
+
+    use clap::Parser as _;
+    let cli = crate::cli::Cli::try_parse_from(["drover", "drift", "--window", "600"]).unwrap();
+    let crate::cli::Command::Drift(d) = cli.command else {
+        panic!("not drift");
+    };
+    assert_eq!(d.window, Some(ten_minutes));
+    let cli = crate::cli::Cli::try_parse_from([
+        "drover", "rollout", "start", "m@2", "--bake", "600", "--shadow", "600",
+    ])
+    .unwrap();
+    let crate::cli::Command::Rollout(crate::cli::cmd_rollout::RolloutCmd::Start(s)) = cli.command
+    else {
+        panic!("not rollout start");
+    };
+    assert_eq!(s.bake, Some(ten_minutes));
+    assert_eq!(s.shadow, Some(ten_minutes));
 }

@@ -155,12 +155,12 @@ pub struct ModelRetrainConfig {
     /// samples, cooldown, device share). Default [`DriftPolicyConfig::default`].
     pub policy: DriftPolicyConfig,
     /// Time between evaluations. Default 10 min.
-    #[serde(with = "duration_text")]
+    #[serde(with = "drover_protocol::duration::serde_text")]
     pub interval: Duration,
     /// Time range each evaluation covers, ending now. Default 1 h: long
     /// enough for `min_samples` on a modest fleet, short enough that drift
     /// shows within a few evaluations.
-    #[serde(with = "duration_text")]
+    #[serde(with = "drover_protocol::duration::serde_text")]
     pub window: Duration,
     /// If set, drift is evaluated per value of this device label and the
     /// worst cohort is what the policy sees, so drift confined to one region
@@ -195,9 +195,9 @@ impl Default for ModelRetrainConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelKeys {
-    #[serde(default, with = "duration_text::option")]
+    #[serde(default, with = "drover_protocol::duration::serde_text::option")]
     interval: Option<Duration>,
-    #[serde(default, with = "duration_text::option")]
+    #[serde(default, with = "drover_protocol::duration::serde_text::option")]
     window: Option<Duration>,
     cohort_key: Option<String>,
     capture: Option<CaptureConfig>,
@@ -286,7 +286,7 @@ pub struct CaptureConfig {
     pub max_bytes_per_device: u32,
     /// How long to wait for the devices' last parts. Default 10 min; what
     /// arrived by then is used.
-    #[serde(with = "duration_text")]
+    #[serde(with = "drover_protocol::duration::serde_text")]
     pub timeout: Duration,
 }
 
@@ -449,7 +449,7 @@ pub struct BuiltinHook {
     /// trainer (other models train from scratch). Default true.
     pub warm_start: bool,
     /// Default 30 min.
-    #[serde(with = "duration_text")]
+    #[serde(with = "drover_protocol::duration::serde_text")]
     pub timeout: Duration,
 }
 
@@ -520,7 +520,10 @@ pub struct ExecHook {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Kill the process group and fail the job after this. Default 30 min.
-    #[serde(default = "default_hook_timeout", with = "duration_text")]
+    #[serde(
+        default = "default_hook_timeout",
+        with = "drover_protocol::duration::serde_text"
+    )]
     pub timeout: Duration,
     /// Bytes kept of stdout and of stderr each (the tail). Default 64 KiB.
     #[serde(default = "default_max_log_bytes")]
@@ -539,7 +542,10 @@ pub struct WebhookHook {
     /// endpoint behind a local proxy).
     pub url: String,
     /// Whole request, reply included. Default 30 min.
-    #[serde(default = "default_hook_timeout", with = "duration_text")]
+    #[serde(
+        default = "default_hook_timeout",
+        with = "drover_protocol::duration::serde_text"
+    )]
     pub timeout: Duration,
     /// Extra request headers (e.g. `Authorization`).
     #[serde(default)]
@@ -572,10 +578,10 @@ pub struct AutoRolloutConfig {
     /// Cumulative wave percentages. Default 1, 10, 50, 100.
     pub waves: Vec<f64>,
     /// Bake time per wave. Default 10 min.
-    #[serde(with = "duration_text")]
+    #[serde(with = "drover_protocol::duration::serde_text")]
     pub bake: Duration,
     /// Optional shadow phase on the first wave.
-    #[serde(with = "duration_text::option")]
+    #[serde(with = "drover_protocol::duration::serde_text::option")]
     pub shadow: Option<Duration>,
     /// Gate expressions (`p95_latency_ratio<=1.2`); empty means the rollout
     /// engine's defaults.
@@ -632,98 +638,7 @@ impl AutoRolloutConfig {
     }
 }
 
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Parses `500ms`, `30s`, `10m`, `2h`, `1d`; a bare number is seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || format!("{text:?} is not a duration like 500ms, 30s, 10m, 2h or 1d");
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let ms_per = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(ms_per)
-        .map(Duration::from_millis)
-        .ok_or_else(bad)
-}
-
-/// The shortest exact form of `d` for [`parse_duration`] (`90s`, `10m`).
-pub(crate) fn format_duration(d: Duration) -> String {
-    let ms = millis(d);
-    for (unit, per) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if ms != 0 && ms % per == 0 {
-            return format!("{}{unit}", ms / per);
-        }
-    }
-    format!("{ms}ms")
-}
-
-/// Serde adapter: a `Duration` as `"10m"`-style text (or integer seconds).
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
-    }
-
-    fn from_raw<E: serde::de::Error>(raw: Raw) -> Result<Duration, E> {
-        match raw {
-            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => super::parse_duration(&t).map_err(E::custom),
-        }
-    }
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_duration(*d))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        from_raw(Raw::deserialize(d)?)
-    }
-
-    pub(super) mod option {
-        use std::time::Duration;
-
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        pub(in super::super) fn serialize<S: Serializer>(
-            d: &Option<Duration>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => s.serialize_str(&super::super::format_duration(*d)),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Duration>, D::Error> {
-            Option::<super::Raw>::deserialize(d)?
-                .map(super::from_raw)
-                .transpose()
-        }
-    }
-}
+pub(crate) use drover_protocol::duration::millis;
 
 #[cfg(test)]
 mod tests {
@@ -869,19 +784,5 @@ hook = { kind = "webhook", url = "http://trainer:9000/train" }
         assert!(e.contains("table"), "{e}");
         let e = err("[retrain.m\n");
         assert!(e.starts_with("test.toml: "), "{e}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration(" 2h "), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("99999999999999999d").is_err());
-        for d in ["90s", "10m", "2h", "1d", "250ms"] {
-            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
-        }
     }
 }

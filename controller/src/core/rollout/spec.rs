@@ -112,9 +112,6 @@ pub enum SpecError {
         "a first install (no device runs the model yet) takes no gates and no shadow phase: there is nothing to compare against"
     )]
     InitialWithGates,
-    /// A duration string did not parse.
-    #[error("duration {0:?} is not a number followed by ms, s, m, h or d")]
-    BadDuration(String),
     /// A percentage or fraction string did not parse.
     #[error("{0:?} is not a percentage (5%) or a fraction (0.05)")]
     BadPercent(String),
@@ -635,24 +632,6 @@ impl RolloutSpec {
     }
 }
 
-/// Parses `500ms`, `30s`, `10m`, `2h`, `1d` (a bare number is milliseconds).
-pub fn parse_duration_ms(s: &str) -> Result<u64, SpecError> {
-    let t = s.trim();
-    let bad = || SpecError::BadDuration(s.to_string());
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let factor = match unit.trim() {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(factor).ok_or_else(bad)
-}
-
 /// Parses `5%` as 0.05, or a bare fraction `0.05` as itself.
 pub fn parse_fraction(s: &str) -> Result<f64, SpecError> {
     let t = s.trim();
@@ -837,11 +816,7 @@ mod tests {
 
     #[test]
     fn cli_value_parsers() {
-        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
-        assert_eq!(parse_duration_ms("250ms"), Ok(250));
-        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
-        assert!(parse_duration_ms("ten").is_err());
-        assert!(parse_duration_ms("5y").is_err());
+        // Durations: drover_protocol::duration's tests (one parser).
         assert_eq!(parse_fraction("5%"), Ok(0.05));
         assert_eq!(parse_fraction("0.1"), Ok(0.1));
         assert!(parse_fraction("x%").is_err());
