@@ -19,7 +19,9 @@ use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError};
-use crate::fleet::devices::{self, BrokerAcl, DeviceBundle, DeviceInfo, Selector, SelectorError};
+use drover_protocol::labels::{LabelError, Selector};
+
+use crate::fleet::devices::{self, BrokerAcl, DeviceBundle, DeviceInfo};
 use crate::keys::{self, KeyError, KeyInit, KeyStore, Keys};
 use crate::metrics::Metrics;
 use crate::registry::store::{ModelStore, StoredModel};
@@ -40,7 +42,7 @@ pub enum ControllerError {
     Keys(#[from] KeyError),
     /// A selector did not parse.
     #[error(transparent)]
-    BadSelector(#[from] SelectorError),
+    BadSelector(#[from] LabelError),
     /// The device is not in the inventory.
     #[error("unknown device {0:?}: add it with `drover device add` (or wait until it connects)")]
     UnknownDevice(String),

@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod duration;
 pub mod ids;
+pub mod labels;
 pub mod manifest;
 pub mod messages;
 pub mod signing;

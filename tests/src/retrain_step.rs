@@ -100,7 +100,7 @@ pub async fn run(
                 .iter()
                 .filter_map(|c| {
                     Some((
-                        c.cohort.as_ref()?.value.clone(),
+                        c.cohort.as_ref()?.value().to_owned(),
                         c.report.as_ref()?.fleet_score,
                     ))
                 })

@@ -63,7 +63,7 @@ pub(crate) async fn run_drift(
 fn scope_name(s: &ScopeDrift) -> String {
     s.cohort
         .as_ref()
-        .map_or_else(|| "fleet".to_owned(), |c| format!("{}={}", c.key, c.value))
+        .map_or_else(|| "fleet".to_owned(), |c| c.to_string())
 }
 
 fn verdict(s: &ScopeDrift) -> String {

@@ -112,7 +112,7 @@ fn print_job(job: &RetrainJob) {
         format!("{:?}: {}", job.trigger.kind, job.trigger.reason).to_lowercase(),
     ));
     if let Some(c) = &job.trigger.cohort {
-        pairs.push(("cohort", format!("{}={}", c.key, c.value)));
+        pairs.push(("cohort", c.to_string()));
     }
     if let Some(r) = &job.trigger.report {
         pairs.push((

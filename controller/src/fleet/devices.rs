@@ -13,70 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::DbError;
 
-/// Why a selector did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "bad selector {input:?}: {reason} (expected k=v[,k=v...], keys and values of [A-Za-z0-9._-])"
-)]
-pub struct SelectorError {
-    /// The selector text.
-    pub input: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// A label selector: every `k=v` must hold (empty selects everything).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Selector(pub BTreeMap<String, String>);
-
-fn label_token_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-}
-
-impl Selector {
-    /// Parses `k=v,k2=v2`.
-    pub fn parse(input: &str) -> Result<Selector, SelectorError> {
-        let err = |reason: String| SelectorError {
-            input: input.to_string(),
-            reason,
-        };
-        let mut map = BTreeMap::new();
-        if input.trim().is_empty() {
-            return Ok(Selector(map));
-        }
-        for part in input.split(',') {
-            let part = part.trim();
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| err(format!("{part:?} has no '='")))?;
-            let (k, v) = (k.trim(), v.trim());
-            if !label_token_ok(k) {
-                return Err(err(format!("bad key {k:?}")));
-            }
-            if !label_token_ok(v) {
-                return Err(err(format!("bad value {v:?} for key {k:?}")));
-            }
-            if map.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(err(format!("key {k:?} given twice")));
-            }
-        }
-        Ok(Selector(map))
-    }
-
-    /// True if every pair holds in `labels`.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-}
-
-/// Parses `k=v,...` labels for `device add` (same grammar as selectors).
-pub fn parse_labels(input: &str) -> Result<BTreeMap<String, String>, SelectorError> {
-    Selector::parse(input).map(|s| s.0)
-}
-
 /// The latest deploy report of a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployReport {
@@ -412,22 +348,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn selectors_parse_and_match() {
-        let s = Selector::parse("region=eu, site=a-1").unwrap();
-        let mut labels = BTreeMap::new();
-        labels.insert("region".to_string(), "eu".to_string());
-        assert!(!s.matches(&labels));
-        labels.insert("site".to_string(), "a-1".to_string());
-        assert!(s.matches(&labels));
-        assert!(Selector::parse("").unwrap().matches(&BTreeMap::new()));
-        for bad in ["region", "=eu", "region=", "a=b,a=c", "re gion=eu", "a=b;c"] {
-            assert!(Selector::parse(bad).is_err(), "{bad:?}");
-        }
-        let e = Selector::parse("region").unwrap_err().to_string();
-        assert!(e.contains("k=v"), "{e}");
-    }
-
-    #[test]
     fn mosquitto_hash_matches_known_vector() {
         // PBKDF2-HMAC-SHA512 test vector (RFC 6070 style, 1 iteration).
         let h = mosquitto_hash_with_salt("password", b"salt", 1);
@@ -485,7 +405,7 @@ mod tests {
             "mqtt://127.0.0.1:1883",
             "pw".into(),
             "ab".repeat(32),
-            parse_labels("site=a").unwrap(),
+            drover_protocol::labels::parse_labels("site=a").unwrap(),
         )
         .unwrap();
         let v: toml::Value = toml::from_str(&b.agent_toml).unwrap();

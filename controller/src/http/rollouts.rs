@@ -15,7 +15,9 @@ use std::time::Duration;
 use drover_protocol::duration::{millis, serde_text};
 
 use crate::core::rollout::spec::{parse_fraction, parse_waves};
-use crate::core::rollout::{Gate, OnFail, RolloutCommand, RolloutSpec, RolloutStatus, Selector};
+use drover_protocol::labels::Selector;
+
+use crate::core::rollout::{Gate, OnFail, RolloutCommand, RolloutSpec, RolloutStatus};
 use crate::http::ApiError;
 use crate::rollouts::{RolloutDetail, RolloutService, RolloutServiceError, RolloutSummary};
 

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
 use crate::controller::Controller;
-use crate::fleet::devices::{Selector, parse_labels};
 use crate::registry::PushRequest;
 use crate::telemetry::query::TelemetryFilter;
+use drover_protocol::labels::{Selector, parse_labels};
 
 type ApiResult<T> = Result<T, ApiError>;
 

@@ -19,10 +19,10 @@ use crate::core::retraining::ports::{
     AccuracyBucket, FleetDevice, PortError, PortFuture, PushModel, TelemetryQuery, TelemetrySlice,
 };
 use crate::core::rollout::RolloutSpec;
-use crate::fleet::devices::Selector;
 use crate::registry::PushRequest;
 use crate::retraining::{FleetOps, ModelSource, Ports, TelemetrySource};
 use crate::rollouts::RolloutService;
+use drover_protocol::labels::Selector;
 
 fn port_err(e: ControllerError) -> PortError {
     match e {

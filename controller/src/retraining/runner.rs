@@ -395,10 +395,9 @@ impl RetrainRunner {
         Ok(values
             .into_iter()
             .take(MAX_COHORTS)
-            .map(|(value, _)| CohortFilter {
-                key: key.to_owned(),
-                value,
-            })
+            // A label an older agent reported that is not a valid label
+            // cannot name a cohort.
+            .filter_map(|(value, _)| CohortFilter::new(key, value).ok())
             .collect())
     }
 

@@ -198,7 +198,7 @@ impl Fake {
 
 impl TelemetrySource for Fake {
     fn observed(&self, query: TelemetryQuery, per_device: bool) -> PortFuture<'_, TelemetrySlice> {
-        let key = query.cohort.map(|c| c.value);
+        let key = query.cohort.map(|c| c.value().to_owned());
         let mut slice = self
             .slices
             .lock()
@@ -519,7 +519,7 @@ async fn drift_in_one_cohort_retrains_pushes_with_lineage_and_rolls_out() {
     let job = h.runner.job(job_id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Capturing);
     assert_eq!(job.trigger.kind, TriggerKind::Drift);
-    assert_eq!(job.trigger.cohort.as_ref().unwrap().value, "eu");
+    assert_eq!(job.trigger.cohort.as_ref().unwrap().value(), "eu");
     assert!(
         job.trigger.reason.contains("temp"),
         "{}",
@@ -1031,7 +1031,7 @@ async fn drift_report_per_cohort_with_accuracy() {
     assert_eq!(o.to_ms - o.from_ms, 60 * MIN);
     assert_eq!(o.cohorts.len(), 2);
     let eu = &o.cohorts[0];
-    assert_eq!(eu.cohort.as_ref().unwrap().value, "eu");
+    assert_eq!(eu.cohort.as_ref().unwrap().value(), "eu");
     assert!(eu.is_drifting());
     assert!(!o.cohorts[1].is_drifting());
     let devices = eu.report.as_ref().unwrap().devices.as_ref().unwrap();

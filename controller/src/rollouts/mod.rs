@@ -268,7 +268,7 @@ impl RolloutService {
             .map(Version)
             .collect();
         let devices = ctl
-            .devices(&crate::fleet::devices::Selector::default())
+            .devices(&drover_protocol::labels::Selector::default())
             .await?;
         let views: Vec<DeviceView> = devices
             .iter()
@@ -360,7 +360,7 @@ impl RolloutService {
         let Ok(devices) = self
             .inner
             .ctl
-            .devices(&crate::fleet::devices::Selector::default())
+            .devices(&drover_protocol::labels::Selector::default())
             .await
         else {
             return;

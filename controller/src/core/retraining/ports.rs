@@ -37,21 +37,9 @@ pub enum PortError {
     Failed(String),
 }
 
-/// Devices whose label `key` has the value `value`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct CohortFilter {
-    /// Label key, e.g. `region`.
-    pub key: String,
-    /// Label value, e.g. `eu-west`.
-    pub value: String,
-}
-
-impl CohortFilter {
-    /// Whether `labels` put a device in this cohort.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        labels.get(&self.key) == Some(&self.value)
-    }
-}
+/// Devices whose label `key` has the value `value`: one validated label
+/// (serialised as `{"key", "value"}`).
+pub(crate) type CohortFilter = drover_protocol::labels::Label;
 
 /// Which telemetry to merge: one model version's *active* (not shadow)
 /// windows that ended in `[from_ms, to_ms)`, optionally only from one cohort.

@@ -508,10 +508,7 @@ mod tests {
         let m = manifest();
         let model = ModelName::new("m").unwrap();
         let policy = DriftPolicyConfig::default();
-        let cohort = |v: &str| CohortFilter {
-            key: "region".into(),
-            value: v.into(),
-        };
+        let cohort = |v: &str| CohortFilter::new("region", v).unwrap();
         let overview = drift_report(DriftInput {
             model: &model,
             version: Version(1),

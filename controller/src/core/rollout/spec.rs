@@ -2,10 +2,10 @@
 //! the defaults, validation, and parsers for the CLI's textual forms
 //! (`region=eu,hw=pi4`, `p95_latency_ratio<=1.2`, `10m`, `5%`, `1,10,50,100`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use drover_protocol::labels::Selector;
 use drover_protocol::{ModelName, Version};
 use serde::{Deserialize, Serialize};
 
@@ -44,22 +44,9 @@ pub enum SpecError {
     /// Rollout ids use the same alphabet as device ids: `[a-z0-9_-]`, 1..=64 bytes.
     #[error("rollout id {0:?} must be 1..=64 characters of a-z, 0-9, '_' or '-'")]
     BadId(String),
-    /// A selector term is not `key=value`.
-    #[error("selector term {term:?} is not key=value")]
-    SelectorTerm {
-        /// The offending term.
-        term: String,
-    },
-    /// The same key appears twice with different values, which can never match.
-    #[error("selector key {key:?} is given twice ({first:?} and {second:?})")]
-    SelectorConflict {
-        /// The repeated key.
-        key: String,
-        /// Its first value.
-        first: String,
-        /// Its second value.
-        second: String,
-    },
+    /// The selector is not valid `k=v,...` labels.
+    #[error(transparent)]
+    Selector(#[from] drover_protocol::labels::LabelError),
     /// A gate expression did not parse.
     #[error(transparent)]
     Gate(#[from] GateParseError),
@@ -140,73 +127,6 @@ pub enum GateParseError {
     /// The threshold is not a finite number.
     #[error("gate threshold {0:?} is not a finite number")]
     BadThreshold(String),
-}
-
-/// A conjunction of label equalities; the empty selector matches every device.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Selector(pub BTreeMap<String, String>);
-
-impl Selector {
-    /// True when every `key=value` of the selector is among `labels`.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-
-    /// True when some label set could match both selectors (no key is
-    /// required to hold two different values).
-    pub fn compatible(&self, other: &Selector) -> bool {
-        self.0
-            .iter()
-            .all(|(k, v)| other.0.get(k).is_none_or(|w| w == v))
-    }
-}
-
-impl FromStr for Selector {
-    type Err = SpecError;
-
-    /// Parses `k=v,k2=v2`; whitespace around terms is ignored, empty terms
-    /// are skipped, so `""` is the match-all selector.
-    fn from_str(s: &str) -> Result<Selector, SpecError> {
-        let mut map = BTreeMap::new();
-        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let (k, v) = term
-                .split_once('=')
-                .ok_or_else(|| SpecError::SelectorTerm {
-                    term: term.to_string(),
-                })?;
-            let (k, v) = (k.trim(), v.trim());
-            if k.is_empty() || v.is_empty() {
-                return Err(SpecError::SelectorTerm {
-                    term: term.to_string(),
-                });
-            }
-            if let Some(first) = map.get(k) {
-                if first != v {
-                    return Err(SpecError::SelectorConflict {
-                        key: k.to_string(),
-                        first: String::clone(first),
-                        second: v.to_string(),
-                    });
-                }
-            }
-            map.insert(k.to_string(), v.to_string());
-        }
-        Ok(Selector(map))
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for (k, v) in &self.0 {
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
-            write!(f, "{k}={v}")?;
-        }
-        Ok(())
-    }
 }
 
 /// What a gate measures. See the `rollout` module docs for the statistics.
@@ -732,29 +652,6 @@ mod tests {
             "output_psi<=inf".parse::<Gate>(),
             Err(GateParseError::BadThreshold(_))
         ));
-    }
-
-    #[test]
-    fn selectors_parse_match_and_refuse() {
-        let s: Selector = "region=eu, hardware=pi4".parse().unwrap();
-        let mut labels = BTreeMap::new();
-        labels.insert("region".to_string(), "eu".to_string());
-        assert!(!s.matches(&labels));
-        labels.insert("hardware".to_string(), "pi4".to_string());
-        assert!(s.matches(&labels));
-        assert_eq!(s.to_string(), "hardware=pi4,region=eu");
-        assert!("".parse::<Selector>().unwrap().matches(&BTreeMap::new()));
-        assert!(matches!(
-            "region".parse::<Selector>(),
-            Err(SpecError::SelectorTerm { .. })
-        ));
-        assert!(matches!(
-            "region=eu,region=us".parse::<Selector>(),
-            Err(SpecError::SelectorConflict { .. })
-        ));
-        let us: Selector = "region=us".parse().unwrap();
-        assert!(!s.compatible(&us));
-        assert!(s.compatible(&"hardware=pi4".parse().unwrap()));
     }
 
     #[test]

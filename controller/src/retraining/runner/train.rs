@@ -204,7 +204,7 @@ impl RetrainRunner {
             .trigger
             .cohort
             .as_ref()
-            .map(|c| c.key.clone())
+            .map(|c| c.key().to_owned())
             .or_else(|| cfg.cohort_key.clone());
         let started = match cfg.auto_rollout.rollout_spec(
             id,
