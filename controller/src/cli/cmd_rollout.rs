@@ -86,6 +86,10 @@ pub struct StartArgs {
     /// Interval between gate evaluations while baking, e.g. `1m`.
     #[arg(long, value_parser = duration::parse)]
     pub metrics_interval: Option<Duration>,
+    /// Latency-ratio gates compare quantiles from this floor (default
+    /// `1ms`; below it scheduling noise outweighs the model), e.g. `200us`.
+    #[arg(long, value_parser = duration::parse)]
+    pub latency_floor: Option<Duration>,
     /// Explicit rollout id.
     #[arg(long)]
     pub id: Option<String>,
@@ -220,6 +224,7 @@ pub(crate) async fn run(cmd: RolloutCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 max_silent: a.max_silent,
                 metrics_interval: a.metrics_interval,
                 rollback_rate_per_min: None,
+                latency_floor: a.latency_floor,
             };
             let r: Value = ctx
                 .client

@@ -63,6 +63,9 @@ pub struct StartBody {
     /// Rollback commands per minute.
     #[serde(default)]
     pub rollback_rate_per_min: Option<u32>,
+    /// Latency-ratio gates compare quantiles from this floor (`1ms`).
+    #[serde(default, with = "serde_text::option")]
+    pub latency_floor: Option<Duration>,
 }
 
 fn bad(e: impl std::fmt::Display) -> ApiError {
@@ -107,6 +110,9 @@ impl StartBody {
         }
         if let Some(i) = self.metrics_interval {
             spec.metrics_interval_ms = millis(i);
+        }
+        if let Some(f) = self.latency_floor {
+            spec.latency_floor_us = u64::try_from(f.as_micros()).unwrap_or(u64::MAX);
         }
         if let Some(r) = self.rollback_rate_per_min {
             spec.rollback_rate_per_min = r;
@@ -184,4 +190,27 @@ pub fn routes(service: RolloutService) -> Router {
         .route("/v1/rollouts/{id}", get(detail))
         .route("/v1/rollouts/{id}/{verb}", post(command))
         .with_state(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_floor_is_a_duration_defaulting_to_one_millisecond() {
+        let body: StartBody = serde_json::from_str(r#"{"model": "m@2"}"#).unwrap();
+        assert_eq!(body.to_spec().unwrap().latency_floor_us, 1_000);
+        let body: StartBody =
+            serde_json::from_str(r#"{"model": "m@2", "latency_floor": "200us"}"#).unwrap();
+        assert_eq!(body.to_spec().unwrap().latency_floor_us, 200);
+        let body: StartBody =
+            serde_json::from_str(r#"{"model": "m@2", "latency_floor": "5ms"}"#).unwrap();
+        assert_eq!(body.to_spec().unwrap().latency_floor_us, 5_000);
+        let mut spec = body.to_spec().unwrap();
+        spec.id = "r1".into();
+        spec.validate().unwrap();
+        let mut zero = spec.clone();
+        zero.latency_floor_us = 0;
+        assert!(zero.validate().is_err());
+    }
 }

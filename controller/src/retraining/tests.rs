@@ -1372,7 +1372,16 @@ async fn six_hundred_means_ten_minutes_on_every_route_and_flag() {
     };
     assert_eq!(d.window, Some(ten_minutes));
     let cli = crate::cli::Cli::try_parse_from([
-        "drover", "rollout", "start", "m@2", "--bake", "600", "--shadow", "600",
+        "drover",
+        "rollout",
+        "start",
+        "m@2",
+        "--bake",
+        "600",
+        "--shadow",
+        "600",
+        "--latency-floor",
+        "2ms",
     ])
     .unwrap();
     let crate::cli::Command::Rollout(crate::cli::cmd_rollout::RolloutCmd::Start(s)) = cli.command
@@ -1381,4 +1390,5 @@ async fn six_hundred_means_ten_minutes_on_every_route_and_flag() {
     };
     assert_eq!(s.bake, Some(ten_minutes));
     assert_eq!(s.shadow, Some(ten_minutes));
+    assert_eq!(s.latency_floor, Some(std::time::Duration::from_millis(2)));
 }

@@ -183,6 +183,27 @@ pub fn evaluate(
     control: &CohortMetrics,
     baseline: Option<&Baseline>,
 ) -> GateResult {
+    evaluate_with_floor(
+        gate,
+        min_samples,
+        LATENCY_RATIO_FLOOR_US,
+        canary,
+        control,
+        baseline,
+    )
+}
+
+/// [`evaluate`] with the rollout's latency floor
+/// ([`RolloutSpec::latency_floor_us`](super::RolloutSpec::latency_floor_us))
+/// instead of the default [`LATENCY_RATIO_FLOOR_US`].
+pub fn evaluate_with_floor(
+    gate: &Gate,
+    min_samples: u64,
+    latency_floor_us: u64,
+    canary: &CohortMetrics,
+    control: &CohortMetrics,
+    baseline: Option<&Baseline>,
+) -> GateResult {
     let metric = gate.metric;
     let min = effective_min_samples(metric, gate.min_samples.unwrap_or(min_samples));
     let canary_samples = canary.samples(metric);
@@ -247,8 +268,8 @@ pub fn evaluate(
     }
 
     let (value, detail) = match (metric, control_used) {
-        (Metric::P95LatencyRatio, Some(c)) => latency_ratio(canary, c, 0.95),
-        (Metric::P99LatencyRatio, Some(c)) => latency_ratio(canary, c, 0.99),
+        (Metric::P95LatencyRatio, Some(c)) => latency_ratio(canary, c, 0.95, latency_floor_us),
+        (Metric::P99LatencyRatio, Some(c)) => latency_ratio(canary, c, 0.99, latency_floor_us),
         (Metric::ErrorRateDelta, Some(c)) => {
             let a = rate(canary.errors, canary.count);
             let b = rate(c.errors, c.count);
@@ -332,15 +353,24 @@ fn rate(part: u64, whole: u64) -> f64 {
 /// inside a run) outweighs the model's own cost, so ratios of sub-millisecond
 /// quantiles swing by 2× between identical models, and such a difference is
 /// not a regression an operator would roll back for. A canary that goes from
-/// 0.4 ms to 3 ms still reads 3.0.
+/// 0.4 ms to 3 ms still reads 3.0. This is the default of the per-rollout
+/// setting [`RolloutSpec::latency_floor_us`](super::RolloutSpec::latency_floor_us)
+/// (`latency_floor`): a fleet of faster models can lower it, a noisier
+/// one raise it.
 pub const LATENCY_RATIO_FLOOR_US: u64 = 1_000;
 
-fn latency_ratio(canary: &CohortMetrics, control: &CohortMetrics, q: f64) -> (Option<f64>, String) {
+fn latency_ratio(
+    canary: &CohortMetrics,
+    control: &CohortMetrics,
+    q: f64,
+    floor_us: u64,
+) -> (Option<f64>, String) {
+    let floor_us = floor_us.max(1);
     match (canary.latency.quantile(q), control.latency.quantile(q)) {
         (Some(a), Some(b)) => (
-            Some(a.max(LATENCY_RATIO_FLOOR_US) as f64 / b.max(LATENCY_RATIO_FLOOR_US) as f64),
+            Some(a.max(floor_us) as f64 / b.max(floor_us) as f64),
             format!(
-                "p{} canary {a} us vs control {b} us (each taken as at least {LATENCY_RATIO_FLOOR_US} us)",
+                "p{} canary {a} us vs control {b} us (each taken as at least {floor_us} us)",
                 (q * 100.0).round() as u32
             ),
         ),
@@ -364,16 +394,27 @@ fn output_psi(canary: &CohortMetrics, control: &CohortMetrics) -> (Option<f64>, 
 }
 
 /// Evaluates every gate (see [`evaluate`]); `min_samples` gives each gate's floor.
+/// `latency_floor_us` is the rollout's floor for latency ratios.
 pub fn evaluate_all(
     gates: &[Gate],
     min_samples: impl Fn(&Gate) -> u64,
+    latency_floor_us: u64,
     canary: &CohortMetrics,
     control: &CohortMetrics,
     baseline: Option<&Baseline>,
 ) -> Vec<GateResult> {
     gates
         .iter()
-        .map(|g| evaluate(g, min_samples(g), canary, control, baseline))
+        .map(|g| {
+            evaluate_with_floor(
+                g,
+                min_samples(g),
+                latency_floor_us,
+                canary,
+                control,
+                baseline,
+            )
+        })
         .collect()
 }
 
@@ -457,6 +498,32 @@ pub(crate) mod tests {
         let r = evaluate(&g("p95_latency_ratio<=2.0"), 500, &slow, &control, None);
         assert_eq!(r.decision, Decision::Fail, "{}", r.why);
         assert!(r.value.unwrap() > 3.0, "{}", r.why);
+    }
+
+    #[test]
+    fn the_latency_floor_is_a_per_rollout_setting() {
+        let control = synth(5000, 1_000, 0.0, 0.9, DIST, 1.0);
+        let slower = synth(5000, 3_000, 0.0, 0.9, DIST, 1.0);
+        let gate = g("p95_latency_ratio<=1.2");
+        // Default 1 ms floor: 1 ms → 3 ms reads about 3 and fails.
+        let r = evaluate_with_floor(&gate, 500, 1_000, &slower, &control, None);
+        assert_eq!(r.decision, Decision::Fail, "{}", r.why);
+        assert_eq!(
+            r.decision,
+            evaluate(&gate, 500, &slower, &control, None).decision
+        );
+        // A 5 ms floor: both are under it, the ratio reads 1 and passes.
+        let r = evaluate_with_floor(&gate, 500, 5_000, &slower, &control, None);
+        assert_eq!(r.decision, Decision::Pass, "{}", r.why);
+        assert!((r.value.unwrap() - 1.0).abs() < 1e-9, "{}", r.why);
+        assert!(r.why.contains("at least 5000 us"), "{}", r.why);
+        // A 100 µs floor resolves sub-millisecond quantiles.
+        let fast = synth(5000, 400, 0.0, 0.9, DIST, 1.0);
+        let faster = synth(5000, 200, 0.0, 0.9, DIST, 1.0);
+        let r = evaluate_with_floor(&gate, 500, 100, &fast, &faster, None);
+        assert!(r.value.unwrap() > 1.5, "{}", r.why);
+        let r = evaluate_with_floor(&gate, 500, 1_000, &fast, &faster, None);
+        assert!((r.value.unwrap() - 1.0).abs() < 1e-9, "{}", r.why);
     }
 
     #[test]

@@ -385,12 +385,21 @@ pub struct RolloutSpec {
     pub bake_limit_factor: u32,
     /// Interval between metrics requests while a stage bakes.
     pub metrics_interval_ms: u64,
+    /// Latency quantiles below this many microseconds count as this on
+    /// both sides of a latency-ratio gate (`latency_floor`, default 1 ms;
+    /// see [`LATENCY_RATIO_FLOOR_US`](super::gates::LATENCY_RATIO_FLOOR_US)).
+    #[serde(default = "default_latency_floor_us")]
+    pub latency_floor_us: u64,
     /// First install: no matching device runs any version of the model, so
     /// there is nothing to compare against. Waves advance on install success
     /// (failed and silent limits) and the full bake alone; comparison gates
     /// are refused. The shell sets this when it sees no installed version.
     #[serde(default)]
     pub initial: bool,
+}
+
+fn default_latency_floor_us() -> u64 {
+    super::gates::LATENCY_RATIO_FLOOR_US
 }
 
 impl RolloutSpec {
@@ -421,6 +430,7 @@ impl RolloutSpec {
             cohort_keys: DEFAULT_COHORT_KEYS.map(String::from).to_vec(),
             bake_limit_factor: DEFAULT_BAKE_LIMIT_FACTOR,
             metrics_interval_ms: DEFAULT_METRICS_INTERVAL_MS,
+            latency_floor_us: default_latency_floor_us(),
             initial: false,
         }
     }
@@ -464,6 +474,9 @@ impl RolloutSpec {
         }
         if self.device_timeout_ms == 0 {
             return Err(SpecError::ZeroDuration("device timeout"));
+        }
+        if self.latency_floor_us == 0 {
+            return Err(SpecError::ZeroDuration("latency floor"));
         }
         if self.metrics_interval_ms == 0 {
             return Err(SpecError::ZeroDuration("metrics interval"));

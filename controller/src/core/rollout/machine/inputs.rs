@@ -352,6 +352,7 @@ impl Rollout {
         let results = evaluate_all(
             &gates,
             |g| spec.min_samples_for(g),
+            spec.latency_floor_us,
             &canary,
             &control,
             baseline,
