@@ -8,7 +8,6 @@
 //! printed comes from the run.
 #![allow(clippy::print_stdout)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,6 +22,7 @@ use drover_protocol::{ModelName, Version};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+pub use crate::summary::DemoSummary;
 use crate::data::{self, Drift};
 use crate::fleet::{Fleet, FleetConfig};
 
@@ -48,25 +48,6 @@ impl Default for DemoOptions {
             bake: Duration::from_secs(6),
         }
     }
-}
-
-/// What the demo measured, for the closing table and for tests.
-#[derive(Debug, Clone, Default)]
-pub struct DemoSummary {
-    /// (step, outcome, seconds) per narrated step.
-    pub steps: Vec<(String, String, f64)>,
-    /// Final phase of each rollout, by model version.
-    pub rollouts: BTreeMap<String, String>,
-    /// Devices per active model at the end.
-    pub versions: BTreeMap<String, usize>,
-    /// Inferences, errors, feedback, correct predictions.
-    pub totals: (u64, u64, u64, u64),
-    /// Windows the controller stored.
-    pub windows: u64,
-    /// Retraining job that produced v2, if any.
-    pub retrain_job: Option<String>,
-    /// Total wall time.
-    pub seconds: f64,
 }
 
 fn spinner(msg: &str) -> ProgressBar {

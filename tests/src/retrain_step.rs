@@ -11,7 +11,7 @@ use drover_controller::rollouts::RolloutService;
 use drover_controller::serve::RunningController;
 use drover_protocol::{ModelName, Version};
 
-use crate::demo::DemoSummary;
+use crate::summary::DemoSummary;
 use crate::fleet::Fleet;
 
 /// The retraining policy the demo runs with: fast evaluations over short

@@ -357,7 +357,7 @@ fn rate(part: u64, whole: u64) -> f64 {
 /// setting [`RolloutSpec::latency_floor_us`](super::RolloutSpec::latency_floor_us)
 /// (`latency_floor`): a fleet of faster models can lower it, a noisier
 /// one raise it.
-pub const LATENCY_RATIO_FLOOR_US: u64 = 1_000;
+pub const LATENCY_RATIO_FLOOR_US: u64 = super::spec::DEFAULT_LATENCY_FLOOR_US;
 
 fn latency_ratio(
     canary: &CohortMetrics,

@@ -398,8 +398,12 @@ pub struct RolloutSpec {
     pub initial: bool,
 }
 
+/// Default [`RolloutSpec::latency_floor_us`]: 1 ms (see
+/// [`LATENCY_RATIO_FLOOR_US`](super::gates::LATENCY_RATIO_FLOOR_US) for why).
+pub const DEFAULT_LATENCY_FLOOR_US: u64 = 1_000;
+
 fn default_latency_floor_us() -> u64 {
-    super::gates::LATENCY_RATIO_FLOOR_US
+    DEFAULT_LATENCY_FLOOR_US
 }
 
 impl RolloutSpec {
