@@ -34,6 +34,7 @@ pub mod cli;
 pub(crate) mod clock;
 pub mod controller;
 pub mod core;
+pub(crate) mod csv_table;
 pub(crate) mod db;
 pub mod fleet;
 pub mod http;

@@ -22,9 +22,9 @@ use drover_protocol::{ModelName, Version};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-pub use crate::summary::DemoSummary;
 use crate::data::{self, Drift};
 use crate::fleet::{Fleet, FleetConfig};
+pub use crate::summary::DemoSummary;
 
 /// Demo options.
 #[derive(Debug, Clone)]

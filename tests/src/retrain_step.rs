@@ -11,8 +11,8 @@ use drover_controller::rollouts::RolloutService;
 use drover_controller::serve::RunningController;
 use drover_protocol::{ModelName, Version};
 
-use crate::summary::DemoSummary;
 use crate::fleet::Fleet;
+use crate::summary::DemoSummary;
 
 /// The retraining policy the demo runs with: fast evaluations over short
 /// windows so the story fits in a few minutes, the builtin reference
