@@ -795,11 +795,15 @@ impl Controller {
         &self,
         filter: TelemetryFilter,
     ) -> Result<TelemetrySummary, ControllerError> {
-        Ok(self
+        let summary = self
             .inner
             .db
             .call(move |c| crate::telemetry::query::summarize(c, &filter))
-            .await?)
+            .await?;
+        for _ in 0..summary.merged.undecodable_windows {
+            self.inner.metrics.malformed("stored_window");
+        }
+        Ok(summary)
     }
 
     /// The Prometheus text for `/metrics`.

@@ -6,12 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use drover_protocol::codec;
 use drover_protocol::manifest::ModelManifest;
 use drover_protocol::messages::Action;
 use drover_protocol::telemetry::{ModelRole, TelemetryWindow};
 use drover_protocol::{DeviceId, ModelName, ModelRef, Version};
-use rusqlite::params;
 
 use crate::controller::{Controller, ControllerError};
 use crate::core::drift::{Histogram, ObservedWindow};
@@ -22,6 +20,7 @@ use crate::core::rollout::RolloutSpec;
 use crate::registry::PushRequest;
 use crate::retraining::{FleetOps, ModelSource, Ports, TelemetrySource};
 use crate::rollouts::RolloutService;
+use crate::telemetry::query::{self, WindowScan};
 use drover_protocol::labels::Selector;
 
 fn port_err(e: ControllerError) -> PortError {
@@ -89,39 +88,40 @@ fn add_counts(h: &mut Histogram, counts: &[u32]) {
     }
 }
 
-/// Streams the active windows of `q` (in its cohort) to `f`, one at a time.
+/// Streams the active windows of `q` (in its cohort) to `f`, one at a time,
+/// through the one telemetry reader; returns how many rows did not decode.
 fn for_each_window(
     conn: &rusqlite::Connection,
     q: &TelemetryQuery,
     labels: &BTreeMap<String, BTreeMap<String, String>>,
     mut f: impl FnMut(&str, &TelemetryWindow),
-) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT device, window FROM telemetry
-         WHERE model = ?1 AND version = ?2 AND role = 'active' AND end_ms >= ?3 AND end_ms < ?4",
-    )?;
-    let mut rows = stmt.query(params![
-        q.model.as_str(),
-        q.version.0 as i64,
-        q.from_ms as i64,
-        q.to_ms.min(i64::MAX as u64) as i64
-    ])?;
-    while let Some(row) = rows.next()? {
-        let device: String = row.get(0)?;
-        if let Some(c) = &q.cohort {
-            let ok = labels.get(&device).is_some_and(|l| c.matches(l));
-            if !ok {
-                continue;
-            }
+) -> rusqlite::Result<u64> {
+    let scan = WindowScan {
+        model: Some(q.model.as_str().to_owned()),
+        versions: Some(vec![q.version.0]),
+        role: Some("active".to_owned()),
+        from_ms: Some(q.from_ms),
+        to_ms: Some(q.to_ms),
+        devices: None,
+    };
+    let stats = query::for_each_window(conn, &scan, |device, w| {
+        let in_cohort = q
+            .cohort
+            .as_ref()
+            .is_none_or(|c| labels.get(device).is_some_and(|l| c.matches(l)));
+        if in_cohort && w.role == ModelRole::Active {
+            f(device, w);
         }
-        let blob: Vec<u8> = row.get(1)?;
-        if let Ok(w) = codec::decode::<TelemetryWindow>(&blob, codec::MAX_UP_PAYLOAD)
-            && w.role == ModelRole::Active
-        {
-            f(&device, &w);
+    })?;
+    Ok(stats.undecodable)
+}
+
+impl ControllerPorts {
+    fn count_undecodable(&self, n: u64) {
+        for _ in 0..n {
+            self.ctl.metrics().malformed("stored_window");
         }
     }
-    Ok(())
 }
 
 impl TelemetrySource for ControllerPorts {
@@ -132,16 +132,20 @@ impl TelemetrySource for ControllerPorts {
                 .db()
                 .call(move |c| {
                     let mut slice = TelemetrySlice::default();
-                    for_each_window(c, &query, &labels, |device, w| {
+                    let undecodable = for_each_window(c, &query, &labels, |device, w| {
                         slice.windows += 1;
                         add_window(&mut slice.merged, w);
                         if per_device {
                             add_window(slice.devices.entry(device.to_string()).or_default(), w);
                         }
                     })?;
-                    Ok(slice)
+                    Ok((slice, undecodable))
                 })
                 .await
+                .map(|(slice, undecodable)| {
+                    self.count_undecodable(undecodable);
+                    slice
+                })
                 .map_err(|e| PortError::Failed(e.to_string()))
         })
     }
@@ -169,16 +173,20 @@ impl TelemetrySource for ControllerPorts {
                         });
                         start = end;
                     }
-                    for_each_window(c, &query, &labels, |_, w| {
+                    let undecodable = for_each_window(c, &query, &labels, |_, w| {
                         let i = ((w.end.0.saturating_sub(query.from_ms)) / bucket_ms) as usize;
                         if let Some(b) = buckets.get_mut(i) {
                             b.labelled += w.labelled;
                             b.correct += w.correct;
                         }
                     })?;
-                    Ok(buckets)
+                    Ok((buckets, undecodable))
                 })
                 .await
+                .map(|(buckets, undecodable)| {
+                    self.count_undecodable(undecodable);
+                    buckets
+                })
                 .map_err(|e| PortError::Failed(e.to_string()))
         })
     }

@@ -11,7 +11,6 @@
 //! A `kill -9` between any two steps therefore loses nothing: the restarted
 //! controller loads the last persisted state and calls `handle_restart`.
 
-mod metrics;
 pub(crate) mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -530,10 +529,13 @@ impl RolloutService {
                         .inner
                         .ctl
                         .db()
-                        .call(move |c| Ok(metrics::answer(c, &req2)?))
+                        .call(move |c| Ok(crate::telemetry::query::rollout_metrics(c, &req2)?))
                         .await;
                     match answer {
-                        Ok((canary, control)) => {
+                        Ok((canary, control, stats)) => {
+                            for _ in 0..stats.undecodable {
+                                self.inner.ctl.metrics().malformed("stored_window");
+                            }
                             let mut st = self.inner.state.lock().await;
                             if let Some(r) = st.rollouts.get_mut(&id) {
                                 if let Err(e) =

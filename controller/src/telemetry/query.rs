@@ -1,13 +1,18 @@
-//! Telemetry queries for the API, the rollout engine and drift: windows of a
-//! set of devices / a model version over `[from, to)` merged into
-//! aggregates as they are read (one histogram per aggregate, never one per
-//! window).
+//! The one reader of the telemetry table, for the API, the rollout engine
+//! and drift/retraining: [`for_each_window`] streams the windows of a set of
+//! devices / model versions over `[from, to)` so callers merge them as they
+//! are read (one histogram per aggregate, never one per window). Undecodable
+//! rows are skipped and counted the same way for every caller, and device
+//! lists are bound in chunks under SQLite's bound-parameter limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_protocol::codec;
 use drover_protocol::telemetry::{LatencyHistogram, TelemetryWindow};
+use drover_protocol::{DeviceId, Version};
 use serde::{Deserialize, Serialize};
+
+use crate::core::rollout::{CohortMetrics, MetricsKind, MetricsRequest};
 
 use crate::db::DbError;
 
@@ -68,6 +73,8 @@ pub struct Aggregate {
     pub first_start: Option<u64>,
     /// Latest window end (ms).
     pub last_end: Option<u64>,
+    /// Stored windows in range that did not decode (skipped).
+    pub undecodable_windows: u64,
 }
 
 fn add_counts(into: &mut Vec<u64>, from: &[u32]) {
@@ -145,6 +152,7 @@ impl Aggregate {
             evicted_windows: self.evicted_windows,
             first_start: self.first_start,
             last_end: self.last_end,
+            undecodable_windows: self.undecodable_windows,
         }
     }
 }
@@ -196,6 +204,9 @@ pub struct AggregateView {
     pub first_start: Option<u64>,
     /// Latest window end.
     pub last_end: Option<u64>,
+    /// Stored windows in range that did not decode (skipped).
+    #[serde(default)]
+    pub undecodable_windows: u64,
 }
 
 /// Merged and (optionally) per-device statistics.
@@ -209,65 +220,195 @@ pub struct TelemetrySummary {
     pub devices: BTreeMap<String, AggregateView>,
 }
 
+/// Which stored windows to read: every field narrows, `None` means any.
+/// Windows are selected by their end time in `[from_ms, to_ms)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WindowScan {
+    /// Model name.
+    pub(crate) model: Option<String>,
+    /// Any of these versions.
+    pub(crate) versions: Option<Vec<u64>>,
+    /// `active` or `shadow`.
+    pub(crate) role: Option<String>,
+    /// Windows ending at or after this (ms).
+    pub(crate) from_ms: Option<u64>,
+    /// Windows ending before this (ms).
+    pub(crate) to_ms: Option<u64>,
+    /// Only these devices (a wave can hold thousands: they are bound
+    /// [`DEVICE_CHUNK`] at a time).
+    pub(crate) devices: Option<Vec<String>>,
+}
+
+/// Most device ids bound in one statement. SQLite builds before 3.32 allow
+/// 999 bound parameters per statement; this leaves room for the others.
+pub(crate) const DEVICE_CHUNK: usize = 500;
+
+/// What a scan read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ScanStats {
+    /// Windows decoded and handed to the callback.
+    pub(crate) windows: u64,
+    /// Stored rows that did not decode: skipped, and counted here (callers
+    /// add them to `drover_malformed_payloads_total{kind="stored_window"}`).
+    pub(crate) undecodable: u64,
+}
+
+/// Streams every stored window `scan` selects to `f` as `(device, window)`,
+/// one at a time, so callers merge as they read. The one reader of the
+/// telemetry table: the API, rollouts and retraining all go through it.
+pub(crate) fn for_each_window(
+    conn: &rusqlite::Connection,
+    scan: &WindowScan,
+    mut f: impl FnMut(&str, &TelemetryWindow),
+) -> rusqlite::Result<ScanStats> {
+    use rusqlite::types::Value;
+    let mut sql = String::from("SELECT device, window FROM telemetry WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(m) = &scan.model {
+        args.push(Value::Text(m.clone()));
+        sql.push_str(&format!(" AND model = ?{}", args.len()));
+    }
+    if let Some(versions) = &scan.versions {
+        if versions.is_empty() {
+            return Ok(ScanStats::default());
+        }
+        let mut marks = Vec::new();
+        for v in versions {
+            args.push(Value::Integer(i64::try_from(*v).unwrap_or(i64::MAX)));
+            marks.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND version IN ({})", marks.join(", ")));
+    }
+    if let Some(r) = &scan.role {
+        args.push(Value::Text(r.clone()));
+        sql.push_str(&format!(" AND role = ?{}", args.len()));
+    }
+    if let Some(t) = scan.from_ms {
+        args.push(Value::Integer(i64::try_from(t).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" AND end_ms >= ?{}", args.len()));
+    }
+    if let Some(t) = scan.to_ms {
+        args.push(Value::Integer(i64::try_from(t).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" AND end_ms < ?{}", args.len()));
+    }
+    let mut stats = ScanStats::default();
+    let mut run = |sql: &str, args: Vec<Value>| -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            let device: String = row.get(0)?;
+            let blob: Vec<u8> = row.get(1)?;
+            match codec::decode::<TelemetryWindow>(&blob, codec::MAX_UP_PAYLOAD) {
+                Ok(w) => {
+                    stats.windows += 1;
+                    f(&device, &w);
+                }
+                Err(e) => {
+                    stats.undecodable += 1;
+                    tracing::warn!(%device, error = %e, "stored telemetry window does not decode; skipped");
+                }
+            }
+        }
+        Ok(())
+    };
+    match &scan.devices {
+        None => run(&sql, args)?,
+        Some(devices) => {
+            // Deduplicated, so no window is read twice across chunks.
+            let devices: std::collections::BTreeSet<&String> = devices.iter().collect();
+            let devices: Vec<&String> = devices.into_iter().collect();
+            for chunk in devices.chunks(DEVICE_CHUNK) {
+                let mut chunk_args = args.clone();
+                let mut marks = Vec::with_capacity(chunk.len());
+                for d in chunk {
+                    chunk_args.push(Value::Text((*d).clone()));
+                    marks.push(format!("?{}", chunk_args.len()));
+                }
+                let chunk_sql = format!("{sql} AND device IN ({})", marks.join(", "));
+                run(&chunk_sql, chunk_args)?;
+            }
+        }
+    }
+    Ok(stats)
+}
+
 /// Reads matching windows and merges them: `(merged, per device)`.
 pub fn aggregate(
     conn: &rusqlite::Connection,
     f: &TelemetryFilter,
 ) -> Result<(Aggregate, BTreeMap<String, Aggregate>), DbError> {
-    let mut sql = String::from("SELECT device, window FROM telemetry WHERE 1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    use rusqlite::types::Value;
-    if let Some(m) = &f.model {
-        args.push(Value::Text(m.clone()));
-        sql.push_str(&format!(" AND model = ?{}", args.len()));
-    }
-    if let Some(v) = f.version {
-        args.push(Value::Integer(v as i64));
-        sql.push_str(&format!(" AND version = ?{}", args.len()));
-    }
-    if let Some(r) = &f.role {
-        args.push(Value::Text(r.clone()));
-        sql.push_str(&format!(" AND role = ?{}", args.len()));
-    }
-    if let Some(t) = f.from_ms {
-        args.push(Value::Integer(t as i64));
-        sql.push_str(&format!(" AND end_ms >= ?{}", args.len()));
-    }
-    if let Some(t) = f.to_ms {
-        args.push(Value::Integer(t.min(i64::MAX as u64) as i64));
-        sql.push_str(&format!(" AND end_ms < ?{}", args.len()));
-    }
-    if let Some(devs) = &f.devices {
-        if devs.is_empty() {
-            return Ok((Aggregate::default(), BTreeMap::new()));
-        }
-        let mut marks = Vec::new();
-        for d in devs {
-            args.push(Value::Text(d.clone()));
-            marks.push(format!("?{}", args.len()));
-        }
-        sql.push_str(&format!(" AND device IN ({})", marks.join(", ")));
-    }
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let scan = WindowScan {
+        model: f.model.clone(),
+        versions: f.version.map(|v| vec![v]),
+        role: f.role.clone(),
+        from_ms: f.from_ms,
+        to_ms: f.to_ms,
+        devices: f.devices.clone(),
+    };
     let mut merged = Aggregate::default();
-    let mut per = BTreeMap::new();
-    while let Some(row) = rows.next()? {
-        let device: String = row.get(0)?;
-        let blob: Vec<u8> = row.get(1)?;
-        let w: TelemetryWindow = match codec::decode(&blob, codec::MAX_UP_PAYLOAD) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(%device, error = %e, "stored telemetry window does not decode; skipped");
-                continue;
-            }
-        };
-        merged.add(&w);
+    let mut per: BTreeMap<String, Aggregate> = BTreeMap::new();
+    let stats = for_each_window(conn, &scan, |device, w| {
+        merged.add(w);
         if f.per_device {
-            per.entry(device).or_insert_with(Aggregate::default).add(&w);
+            per.entry(device.to_owned()).or_default().add(w);
         }
-    }
+    })?;
+    merged.undecodable_windows = stats.undecodable;
     Ok((merged, per))
+}
+
+/// Canary and control metrics for a rollout's metrics request: the
+/// canary's windows of the new version (shadow role for a shadow phase),
+/// the control's active windows of the old versions, both over
+/// `[since, until)`.
+pub(crate) fn rollout_metrics(
+    conn: &rusqlite::Connection,
+    req: &MetricsRequest,
+) -> rusqlite::Result<(CohortMetrics, CohortMetrics, ScanStats)> {
+    let canary_role = match req.kind {
+        MetricsKind::Shadow => "shadow",
+        MetricsKind::Wave => "active",
+    };
+    let (canary, a) = cohort(conn, req, &[req.new_version], canary_role, &req.canary)?;
+    let (control, b) = cohort(conn, req, &req.old_versions, "active", &req.control)?;
+    Ok((
+        canary,
+        control,
+        ScanStats {
+            windows: a.windows + b.windows,
+            undecodable: a.undecodable + b.undecodable,
+        },
+    ))
+}
+
+fn cohort(
+    conn: &rusqlite::Connection,
+    req: &MetricsRequest,
+    versions: &[Version],
+    role: &str,
+    devices: &[DeviceId],
+) -> rusqlite::Result<(CohortMetrics, ScanStats)> {
+    let mut m = CohortMetrics::default();
+    if devices.is_empty() {
+        return Ok((m, ScanStats::default()));
+    }
+    let scan = WindowScan {
+        model: Some(req.model.as_str().to_owned()),
+        versions: Some(versions.iter().map(|v| v.0).collect()),
+        role: Some(role.to_owned()),
+        from_ms: Some(req.since.0),
+        to_ms: Some(req.until.0),
+        devices: Some(devices.iter().map(|d| d.as_str().to_owned()).collect()),
+    };
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let stats = for_each_window(conn, &scan, |device, w| {
+        m.add_window(w);
+        if !seen.contains(device) {
+            seen.insert(device.to_owned());
+        }
+    })?;
+    m.devices = seen.len() as u64;
+    Ok((m, stats))
 }
 
 /// [`aggregate`] as API views.
@@ -281,4 +422,52 @@ pub fn summarize(
         merged: merged.view(),
         devices: per.into_iter().map(|(k, v)| (k, v.view())).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::testkit::realistic_window;
+    use drover_protocol::{DeviceId, Timestamp};
+
+    use super::*;
+
+    /// Far more device ids than SQLite binds in one statement, and one
+    /// stored row that no longer decodes: skipped and counted, once.
+    #[test]
+    fn long_device_lists_are_chunked_and_undecodable_rows_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("t.db")).unwrap();
+        let items: Vec<(DeviceId, TelemetryWindow)> = (0..40)
+            .map(|i| (DeviceId::new(format!("d{i}")).unwrap(), realistic_window(1)))
+            .collect();
+        crate::telemetry::ingest::store_batch(&mut db.lock(), &items, Timestamp(5)).unwrap();
+        db.lock()
+            .execute(
+                "UPDATE telemetry SET window = x'00ff' WHERE device = 'd7'",
+                [],
+            )
+            .unwrap();
+        // 40 real ids among 3,000, some twice.
+        let mut devices: Vec<String> = (0..3_000).map(|i| format!("d{i}")).collect();
+        devices.push("d1".into());
+        let f = TelemetryFilter {
+            model: Some("sensor".into()),
+            devices: Some(devices.clone()),
+            per_device: true,
+            ..Default::default()
+        };
+        let (merged, per) = aggregate(&db.lock(), &f).unwrap();
+        assert_eq!(merged.windows, 39);
+        assert_eq!(merged.undecodable_windows, 1);
+        assert_eq!(per.len(), 39);
+        assert!(!per.contains_key("d7"));
+        let scan = WindowScan {
+            devices: Some(devices),
+            ..Default::default()
+        };
+        let mut seen = 0;
+        let stats = for_each_window(&db.lock(), &scan, |_, _| seen += 1).unwrap();
+        assert_eq!((seen, stats.windows, stats.undecodable), (39, 39, 1));
+        const { assert!(3_000 / DEVICE_CHUNK > 1) };
+    }
 }
