@@ -355,6 +355,15 @@ impl Controller {
         self.inner.clock.now()
     }
 
+    /// Resolves once the injected clock may have reached `deadline` (see
+    /// [`crate::clock::Clock::sleep_until`]).
+    pub(crate) fn sleep_until(
+        &self,
+        deadline: Timestamp,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.inner.clock.sleep_until(deadline)
+    }
+
     /// The fleet served.
     pub fn fleet(&self) -> &FleetId {
         &self.inner.cfg.fleet

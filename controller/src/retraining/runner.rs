@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use drover_protocol::manifest::ModelManifest;
 use drover_protocol::{ModelName, Version};
@@ -60,9 +59,6 @@ use crate::core::drift::{DriftError, Evaluation};
 /// Most cohorts a drift report breaks down (the most populated ones), so a
 /// high-cardinality label cannot turn one request into thousands of queries.
 pub(crate) const MAX_COHORTS: usize = 50;
-/// Longest sleep of [`RetrainRunner::run`] between checks, so a wall clock
-/// that jumps is noticed.
-const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Alias given to retrained versions until a rollout promotes them.
 pub(crate) const CANDIDATE_ALIAS: &str = "candidate";
 
@@ -655,17 +651,23 @@ impl RetrainRunner {
                     }
                 });
             }
+            // Sleep until the scheduler's next deadline (at least 10 ms on,
+            // so a deadline the tick could not clear cannot spin) or an input.
             let now = self.now();
-            let sleep = self
+            let deadline = self
                 .core()
                 .poll_timeout()
-                .map_or(MAX_SLEEP, |(at, _)| {
-                    Duration::from_millis(at.saturating_sub(now)).min(MAX_SLEEP)
-                })
-                .max(Duration::from_millis(10));
+                .map(|(at, _)| at.max(now.saturating_add(10)));
+            let clock = self.inner.clock.clone();
+            let sleep = async move {
+                match deadline {
+                    Some(at) => clock.sleep_until(drover_protocol::Timestamp(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep(sleep) => {}
+                () = sleep => {}
                 () = self.inner.wake.notified() => {}
                 Some(_) = training.join_next(), if !training.is_empty() => {}
             }

@@ -15,7 +15,6 @@ pub(crate) mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use drover_protocol::messages::{Action, DeployPhase};
 use drover_protocol::{DeviceId, ModelName, ModelRef, Timestamp, Version};
@@ -47,10 +46,6 @@ const RETRYABLE_CODES: &[&str] = &[
     "disk_full",
     "busy",
 ];
-
-/// Longest the driver sleeps without a deadline, so clock-only transitions
-/// (device timeouts, bake ends) are never missed by much.
-const MAX_IDLE: Duration = Duration::from_millis(500);
 
 /// Why a rollout request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -389,11 +384,14 @@ impl RolloutService {
                     .filter_map(|r| r.poll_timeout().map(|(t, _)| t))
                     .min()
             };
-            let now = self.inner.ctl.now();
-            let sleep = deadline
-                .map(|t| Duration::from_millis(t.ms_since(now)))
-                .unwrap_or(MAX_IDLE)
-                .min(MAX_IDLE);
+            // Sleep until the earliest core deadline (device timeouts, bake
+            // ends, metrics requests) or an input; with no deadline only an
+            // input can change anything.
+            let sleep: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
+                match deadline {
+                    Some(t) => self.inner.ctl.sleep_until(t),
+                    None => Box::pin(std::future::pending()),
+                };
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(ev) => self.handle_event(ev).await,
@@ -404,7 +402,7 @@ impl RolloutService {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                _ = sleep => {}
             }
         }
     }
