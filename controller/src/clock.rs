@@ -85,6 +85,9 @@ impl Clock for FakeClock {
     }
 }
 
+/// The shared clock handle the controller holds.
+pub(crate) type SharedClock = Arc<dyn Clock>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +110,3 @@ mod tests {
         clock.sleep_until(Timestamp(0)).await;
     }
 }
-
-/// The shared clock handle the controller holds.
-pub(crate) type SharedClock = Arc<dyn Clock>;
