@@ -375,7 +375,7 @@ impl Controller {
     }
 
     /// The database, so other modules can run their own queries (their
-    /// tables come from [`crate::db::MIGRATIONS`]).
+    /// tables come from `crate::db::MIGRATIONS`).
     pub fn db(&self) -> &Db {
         &self.inner.db
     }

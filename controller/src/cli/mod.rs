@@ -5,7 +5,7 @@
 //! Put its clap `Args`/`Subcommand` type and an
 //! `async fn run(args, ctx: &Ctx) -> anyhow::Result<()>` in a new
 //! `cli/cmd_NAME.rs`, add a variant to [`Command`] and one arm to
-//! [`dispatch`]. Use [`Ctx::client`] for the API and [`output`] for
+//! [`dispatch`]. Use [`Ctx::client`] for the API and `output` for
 //! table/JSON printing (respect [`Ctx::output`]).
 #![allow(clippy::print_stdout)]
 

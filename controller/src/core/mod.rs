@@ -4,8 +4,8 @@
 //! folders ([`crate::rollouts`], [`crate::retraining`], ...) do the I/O.
 //!
 //! - [`rollout`]: the staged-rollout state machine.
-//! - [`drift`]: PSI / Jensen-Shannon, drift reports, the `DriftPolicy`.
-//! - [`retraining`]: the retraining scheduler, job, capture and dataset cores.
+//! - `drift`: PSI / Jensen-Shannon, drift reports, the `DriftPolicy`.
+//! - `retraining`: the retraining scheduler, job, capture and dataset cores.
 
 pub(crate) mod drift;
 pub(crate) mod retraining;

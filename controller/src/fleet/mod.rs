@@ -3,11 +3,11 @@
 //!
 //! - [`devices`]: inventory rows, credentials, agent bundles, Mosquitto
 //!   password/ACL files.
-//! - [`commands`]: signed commands with per-device sequences, deploys, and
+//! - `commands`: signed commands with per-device sequences, deploys, and
 //!   the handlers for Hello/status/Ack/DeployStatus.
-//! - [`link`]: the MQTT client (rumqttc) and the inbound dispatcher.
+//! - `link`: the MQTT client (rumqttc) and the inbound dispatcher.
 //! - [`broker`]: the embedded rumqttd broker and `--broker` parsing.
-//! - [`artifacts`]: the rate-capped, fair chunk server.
+//! - `artifacts`: the rate-capped, fair chunk server.
 
 pub(crate) mod artifacts;
 pub mod broker;

@@ -1,4 +1,4 @@
-//! Reference data: the reference CSV (read with [`crate::csv_table`], the
+//! Reference data: the reference CSV (read with `crate::csv_table`, the
 //! same grammar as training datasets), per-feature bins from reference quantiles
 //! with their frequencies, the reference output distribution, health-check
 //! samples and evaluation metrics.

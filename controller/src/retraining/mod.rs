@@ -4,7 +4,7 @@
 //! Every `interval` the scheduler measures each configured model's
 //! production version over the last `window` (per cohort when configured)
 //! against its manifest's reference profile and feeds the result to the
-//! model's [`DriftPolicy`](crate::core::drift::DriftPolicy). A trigger creates a
+//! model's `DriftPolicy`. A trigger creates a
 //! persisted [`RetrainJob`] with the drift report; the controller asks a
 //! sample of the drifting devices for captured inputs (+ labels) with the
 //! signed Capture command, stores what comes back as the job's dataset,
@@ -17,31 +17,21 @@
 //!
 //! # Layout
 //!
-//! - [`ports`]: the traits the rest of the controller implements
-//!   ([`TelemetrySource`], [`FleetOps`], [`ModelSource`]).
-//! - [`config`]: the `[retrain.<model>]` tables of `controller.toml`.
-//! - [`job`]: [`RetrainJob`], the persisted state machine.
-//! - [`store`]: SQLite tables for jobs and policy states.
-//! - [`report`]: the pure drift report behind `drover drift`.
-//! - [`capture`]: choosing devices and collecting their uploads.
-//! - [`dataset`]: the dataset CSV.
-//! - [`hook`]: builtin / exec / webhook runners, the job JSON, model
+//! The decisions are in `crate::core::retraining` (scheduler, job state
+//! machine, capture selection, dataset, drift report, config parsing, the
+//! port traits); this folder is the shell:
+//!
+//! - `runner`: [`RetrainRunner`], the async loop (with `runner/capture` and
+//!   `runner/train`); it sleeps until the scheduler's next deadline.
+//! - `hook`: builtin / exec / webhook runners, the job JSON, model
 //!   validation.
-//! - [`scheduler`]: the sans-IO core (schedule, policies, captures).
-//! - [`runner`]: the async shell ([`RetrainRunner`]).
-//! - [`http`]: `/v1/drift` and `/v1/retrain` routes.
-//! - [`cli`]: `drover drift`, `drover retrain`, `drover train`.
+//! - `store`: SQLite tables for jobs and policy states.
+//! - `ports`: the port traits implemented over the controller.
+//! - `config_file`: reading `controller.toml`.
 //!
-//! # Wiring (controller side)
-//!
-//! 1. Append [`store::MIGRATIONS`] to the controller's migration list.
-//! 2. Implement the three [`ports`] over the controller and build
-//!    [`RetrainRunner::open`] with its `Db`, data dir, clock and
-//!    [`RetrainConfig::load_default`].
-//! 3. Spawn [`RetrainRunner::run`] with the shutdown signal; call
-//!    [`RetrainRunner::handle_capture`] for every `Up::Capture`.
-//! 4. Merge [`http::routes`] into the API router and add the [`cli`]
-//!    commands to `drover`.
+//! Its routes are `crate::http::retrain` (`/v1/drift`, `/v1/retrain`) and
+//! its commands `drover drift`, `drover retrain`, `drover train` in
+//! `crate::cli`.
 
 pub(crate) mod config_file;
 pub(crate) mod hook;

@@ -1,6 +1,6 @@
 //! Telemetry: storing what agents send, and reading it back merged.
 //!
-//! - [`ingest`]: batched, deduplicated telemetry storage, acks, retention.
+//! - `ingest`: batched, deduplicated telemetry storage, acks, retention.
 //! - [`query`]: merged aggregates over stored windows.
 
 pub(crate) mod ingest;

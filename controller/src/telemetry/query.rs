@@ -1,5 +1,5 @@
 //! The one reader of the telemetry table, for the API, the rollout engine
-//! and drift/retraining: [`for_each_window`] streams the windows of a set of
+//! and drift/retraining: `for_each_window` streams the windows of a set of
 //! devices / model versions over `[from, to)` so callers merge them as they
 //! are read (one histogram per aggregate, never one per window). Undecodable
 //! rows are skipped and counted the same way for every caller, and device

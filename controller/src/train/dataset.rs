@@ -1,6 +1,6 @@
 //! Labelled tabular data read from CSV.
 //!
-//! The CSV grammar is [`crate::csv_table`]'s (the `csv` crate), shared with
+//! The CSV grammar is `crate::csv_table`'s (the `csv` crate), shared with
 //! the registry's reference data: one record per line, comma separated,
 //! fields trimmed, optional double quotes (`""` inside quotes is a literal
 //! quote). Quoted fields cannot span lines. Blank lines are skipped.

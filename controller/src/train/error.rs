@@ -76,7 +76,7 @@ pub enum TrainError {
         line: usize,
     },
     /// A column or class name contains a comma, which the comma-joined ONNX
-    /// metadata ([`META_CLASSES`], [`META_FEATURES`]) cannot represent.
+    /// metadata (`META_CLASSES`, `META_FEATURES`) cannot represent.
     #[error("line {line}: name `{name}` contains a comma")]
     CommaInName {
         /// 1-based line number in the file (1 for the header).
@@ -96,10 +96,10 @@ pub enum TrainError {
         /// 1-based line number in the file.
         line: usize,
     },
-    /// A hand-built [`Dataset`] breaks its documented invariants.
+    /// A hand-built `Dataset` breaks its documented invariants.
     #[error("invalid dataset: {0}")]
     InvalidDataset(String),
-    /// [`TrainOptions`] out of range.
+    /// `TrainOptions` out of range.
     #[error("invalid training options: {0}")]
     InvalidOptions(String),
     /// The warm-start model does not fit the data.
@@ -112,13 +112,13 @@ pub enum TrainError {
         /// The dataset's names.
         data: Vec<String>,
     },
-    /// A [`SoftmaxModel`] has inconsistent shapes or unusable numbers.
+    /// A `SoftmaxModel` has inconsistent shapes or unusable numbers.
     #[error("invalid model: {0}")]
     InvalidModel(String),
     /// The bytes are not a protobuf ModelProto.
     #[error("not an ONNX model: {0}")]
     OnnxDecode(#[from] prost::DecodeError),
-    /// Valid ONNX, but not a model written by [`to_onnx`].
+    /// Valid ONNX, but not a model written by `to_onnx`.
     #[error("ONNX model was not written by drover's trainer: {0}")]
     NotDroverModel(String),
     /// Model JSON could not be written or parsed.

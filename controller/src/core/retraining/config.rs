@@ -152,7 +152,7 @@ impl RetrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelRetrainConfig {
     /// When drift triggers (thresholds, consecutive windows, minimum
-    /// samples, cooldown, device share). Default [`DriftPolicyConfig::default`].
+    /// samples, cooldown, device share). Default `DriftPolicyConfig::default`.
     pub policy: DriftPolicyConfig,
     /// Time between evaluations. Default 10 min.
     #[serde(with = "drover_protocol::duration::serde_text")]
@@ -170,7 +170,7 @@ pub struct ModelRetrainConfig {
     pub capture: CaptureConfig,
     /// How the job's dataset is assembled.
     pub dataset: DatasetConfig,
-    /// What trains the new model. Default [`HookConfig::Builtin`].
+    /// What trains the new model. Default `HookConfig::Builtin`.
     pub hook: HookConfig,
     /// Whether a pushed version is rolled out at once. Default off.
     pub auto_rollout: AutoRolloutConfig,

@@ -363,7 +363,7 @@ pub struct DriftInput<'a> {
 ///
 /// # Errors
 ///
-/// The manifest has no usable reference profile (see [`reference_profile`]).
+/// The manifest has no usable reference profile (see `reference_profile`).
 pub fn drift_report(input: DriftInput<'_>) -> Result<DriftOverview, DriftError> {
     let profile = reference_profile(input.manifest)?;
     let mut cohorts: Vec<ScopeDrift> = input

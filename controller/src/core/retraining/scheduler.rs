@@ -166,7 +166,7 @@ impl Scheduler {
     }
 
     /// Feeds the judged scopes of `model@version` to its policy: the worst
-    /// scope counts ([`worst_scope`]). `None` when no scope has a report
+    /// scope counts (`worst_scope`). `None` when no scope has a report
     /// (or the model has no policy); the policy is then not told anything.
     pub fn handle_evaluation(
         &mut self,

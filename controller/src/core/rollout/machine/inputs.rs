@@ -313,7 +313,7 @@ impl Rollout {
         Ok(())
     }
 
-    /// Merged telemetry answering request `request` (see [`MetricsRequest`]).
+    /// Merged telemetry answering request `request` (see `MetricsRequest`).
     /// Gates are evaluated at once and the verdict is recorded and audited:
     /// Fail acts at once (even mid-bake), Pass advances only on data covering
     /// the whole bake, Inconclusive on data reaching the bake limit pauses.
