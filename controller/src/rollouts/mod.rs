@@ -662,3 +662,6 @@ fn summary_of(r: &Rollout) -> RolloutSummary {
         devices: status.devices,
     }
 }
+
+#[cfg(test)]
+mod tests;
