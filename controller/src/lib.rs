@@ -2,52 +2,49 @@
 //! CLI (`drover`).
 //!
 //! # Layout
+//!
+//! Pure decision code lives in [`core`] (no I/O, no clock reads; CI checks
+//! it with `scripts/check_layout.py`); every other folder is one
+//! capability's shell around it.
+//!
+//! - [`core`]: the rollout engine, drift detection and the retraining
+//!   scheduler/job/capture/dataset cores.
+//! - [`fleet`]: inventory, signed commands, the MQTT link and broker, the
+//!   artifact chunk server.
+//! - [`telemetry`]: ingest and the merged query.
+//! - [`registry`]: ONNX inspection (tract), reference profiles, signed
+//!   manifests, content-addressed artifacts.
+//! - [`rollouts`]: the rollout shell ([`rollouts::RolloutService`]).
+//! - [`retraining`]: the retraining shell ([`retraining::RetrainRunner`]).
+//! - [`train`]: the reference trainer.
+//! - [`http`]: every API route; [`cli`]: every `drover` subcommand
+//!   (`cli/cmd_NAME.rs`).
 //! - [`serve`]: [`serve::ServeConfig`] → [`serve::start`] → a running
 //!   controller (phased startup, graceful drain). `main` calls the same.
 //! - [`controller`]: the cheap-to-clone [`Controller`] handle every other
-//!   part (HTTP, MQTT link, rollouts, drift, simulator) goes through, and
-//!   [`DeviceEvent`]s.
-//! - [`clock`]: injectable wall-clock time.
-//! - [`db`]: SQLite (WAL) and the ordered [`db::MIGRATIONS`] list other
-//!   modules append to.
-//! - [`keys`]: root/models/commands key files, rotation, key lists.
-//! - [`registry`]: ONNX inspection (tract), reference profiles, signed
-//!   manifests, content-addressed artifacts.
-//! - [`devices`]: inventory rows, selectors, credentials, agent bundles,
-//!   Mosquitto password/ACL files.
-//! - [`commands`]: signed commands with per-device sequences, deploys, and
-//!   the handlers for Hello/status/Ack/DeployStatus.
-//! - [`link`]: the MQTT client (rumqttc) and the inbound dispatcher.
-//! - [`broker`]: the embedded rumqttd broker and `--broker` parsing.
-//! - [`ingest`]: batched, deduplicated telemetry storage, acks, retention.
-//! - [`telemetry_query`]: merged aggregates over stored windows.
-//! - [`artifacts`]: the rate-capped, fair chunk server.
-//! - [`metrics`]: counters behind `/metrics`.
-//! - [`http`]: the axum API ([`http::router`]).
-//! - [`cli`]: the `drover` command line (clap), a client of the HTTP API.
-//! - [`drift`], [`train`], [`rollout`]: owned by their modules.
+//!   part goes through, and [`DeviceEvent`]s.
+//! - `clock`, `db`, `keys`, `metrics`: injectable time, SQLite and its
+//!   migrations, key files, `/metrics` counters.
+//!
+//! Durations and label selectors are `drover_protocol::duration` and
+//! `drover_protocol::labels`. Modules are `pub(crate)` unless the binary,
+//! `drover-sim` or the integration tests need them.
 
-pub mod artifacts;
-pub mod broker;
 pub mod cli;
-pub mod clock;
-pub mod commands;
+pub(crate) mod clock;
 pub mod controller;
-pub mod db;
-pub mod devices;
-pub mod drift;
+pub mod core;
+pub(crate) mod csv_table;
+pub(crate) mod db;
+pub mod fleet;
 pub mod http;
-pub mod ingest;
-pub mod keys;
-pub mod link;
-pub mod metrics;
+pub(crate) mod keys;
+pub(crate) mod metrics;
 pub mod registry;
-pub mod retrain;
-pub mod retrain_ports;
-pub mod rollout;
-pub mod rollout_service;
+pub mod retraining;
+pub mod rollouts;
 pub mod serve;
-pub mod telemetry_query;
+pub mod telemetry;
 pub mod train;
 
 pub use controller::{Controller, ControllerError, DeviceEvent};

@@ -24,8 +24,10 @@
 //! agent and the controller (and fuzzers) use it as-is.
 
 pub mod codec;
+pub mod duration;
 pub mod ids;
 pub mod keys;
+pub mod labels;
 pub mod limits;
 pub mod manifest;
 pub mod messages;

@@ -15,3 +15,4 @@ pub mod fast;
 pub mod fleet;
 pub mod net;
 pub mod retrain_step;
+pub mod summary;

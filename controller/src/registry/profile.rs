@@ -1,4 +1,5 @@
-//! Reference data: the CSV reader, per-feature bins from reference quantiles
+//! Reference data: the reference CSV (read with `crate::csv_table`, the
+//! same grammar as training datasets), per-feature bins from reference quantiles
 //! with their frequencies, the reference output distribution, health-check
 //! samples and evaluation metrics.
 
@@ -56,6 +57,9 @@ pub enum CsvError {
         /// The text found.
         value: String,
     },
+    /// Malformed CSV (quoting); the message names the line.
+    #[error("reference CSV {0}")]
+    Syntax(String),
     /// No data rows.
     #[error("reference CSV has a header but no rows")]
     NoRows,
@@ -75,23 +79,14 @@ pub struct ReferenceData {
     pub labels: Option<Vec<String>>,
 }
 
-fn split_fields(line: &str) -> Vec<String> {
-    line.split(',')
-        .map(|f| f.trim().trim_matches('"').to_string())
-        .collect()
-}
-
 /// Parses a CSV whose header names the columns: `features` feature columns
 /// plus an optional label column (named `label`, or an extra last column).
 pub fn parse_csv(bytes: &[u8], features: usize) -> Result<ReferenceData, CsvError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| CsvError::NotUtf8)?;
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_start_matches('\u{feff}')))
-        .filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines.next().ok_or(CsvError::Empty)?;
-    let header = split_fields(header);
+    std::str::from_utf8(bytes).map_err(|_| CsvError::NotUtf8)?;
+    let mut lines = crate::csv_table::read_rows(bytes)
+        .map_err(|e| CsvError::Syntax(e.to_string()))?
+        .into_iter();
+    let header = lines.next().ok_or(CsvError::Empty)?.fields;
     let label_col = header
         .iter()
         .position(|h| h.eq_ignore_ascii_case("label"))
@@ -112,11 +107,10 @@ pub fn parse_csv(bytes: &[u8], features: usize) -> Result<ReferenceData, CsvErro
     }
     let mut rows = Vec::new();
     let mut labels = label_col.map(|_| Vec::new());
-    for (line, text) in lines {
+    for crate::csv_table::Row { line, fields } in lines {
         if rows.len() >= MAX_ROWS {
             return Err(CsvError::TooManyRows);
         }
-        let fields = split_fields(text);
         if fields.len() != header.len() {
             return Err(CsvError::RowLength {
                 line,
@@ -162,7 +156,7 @@ pub fn quantile_bins(values: &[f32]) -> BinnedProfile {
     let bins = FEATURE_BINS.min(values.len());
     let samples: Vec<f64> = values.iter().map(|v| f64::from(*v)).collect();
     let edges64 = if bins >= 2 {
-        crate::drift::edges_from_quantiles(&samples, bins).unwrap_or_default()
+        crate::core::drift::edges_from_quantiles(&samples, bins).unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -296,6 +290,25 @@ mod tests {
         assert_eq!(d.labels.unwrap(), ["x", "y"]);
         let d = parse_csv(b"a,b\n1,2\n", 2).unwrap();
         assert!(d.labels.is_none());
+    }
+
+    #[test]
+    fn quoted_fields_work_as_in_datasets() {
+        let d = parse_csv(
+            b"\"a\", b ,label\n\"1\",2,\"fault, severe\"\n3, \"4.5\" ,\"say \"\"hi\"\"\"\n",
+            2,
+        )
+        .unwrap();
+        assert_eq!(d.feature_names, ["a", "b"]);
+        assert_eq!(d.rows, vec![vec![1.0, 2.0], vec![3.0, 4.5]]);
+        assert_eq!(
+            d.labels,
+            Some(vec!["fault, severe".to_string(), "say \"hi\"".to_string()])
+        );
+        assert!(matches!(
+            parse_csv(b"a,b\n1,\"2\n", 2),
+            Err(CsvError::Syntax(m)) if m.contains("line 2")
+        ));
     }
 
     #[test]

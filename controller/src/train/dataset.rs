@@ -1,16 +1,17 @@
 //! Labelled tabular data read from CSV.
 //!
-//! The parser is deliberately small: one record per line, comma separated,
+//! The CSV grammar is `crate::csv_table`'s (the `csv` crate), shared with
+//! the registry's reference data: one record per line, comma separated,
 //! fields trimmed, optional double quotes (`""` inside quotes is a literal
 //! quote). Quoted fields cannot span lines. Blank lines are skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::TrainError;
+use super::error::TrainError;
 
 /// A labelled dataset: numeric features plus one class label per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,22 +40,15 @@ impl Dataset {
 
     /// Reads CSV from any reader; see [`Dataset::from_csv_path`].
     pub fn from_csv_reader(reader: impl Read, label_column: &str) -> Result<Dataset, TrainError> {
-        let mut lines = BufReader::new(reader)
-            .lines()
-            .enumerate()
-            .map(|(i, line)| (i + 1, line));
-
-        let (header_line, header) = loop {
-            match lines.next() {
-                None => return Err(TrainError::Empty),
-                Some((n, line)) => {
-                    let line = line?;
-                    let line = line.strip_prefix('\u{feff}').unwrap_or(&line);
-                    if !line.trim().is_empty() {
-                        break (n, split_fields(line, n)?);
-                    }
-                }
-            }
+        let mut bytes = Vec::new();
+        let mut reader = reader;
+        reader.read_to_end(&mut bytes)?;
+        let mut rows_in = crate::csv_table::read_rows(&bytes)
+            .map_err(csv_error)?
+            .into_iter();
+        let (header_line, header) = match rows_in.next() {
+            None => return Err(TrainError::Empty),
+            Some(row) => (row.line, row.fields),
         };
 
         let mut seen = BTreeSet::new();
@@ -85,12 +79,7 @@ impl Dataset {
 
         let mut rows = Vec::new();
         let mut raw_labels = Vec::new();
-        for (n, line) in lines {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let fields = split_fields(&line, n)?;
+        for crate::csv_table::Row { line: n, fields } in rows_in {
             if fields.len() != header.len() {
                 return Err(TrainError::RaggedRow {
                     line: n,
@@ -221,43 +210,16 @@ fn check_name(name: &str, line: usize) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn split_fields(line: &str, line_no: usize) -> Result<Vec<String>, TrainError> {
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut field = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            loop {
-                match chars.next() {
-                    None => return Err(TrainError::UnterminatedQuote { line: line_no }),
-                    Some('"') if chars.next_if_eq(&'"').is_some() => field.push('"'),
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            while chars.next_if(|c| c.is_whitespace()).is_some() {}
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(',') => fields.push(field),
-                Some(_) => return Err(TrainError::TextAfterQuote { line: line_no }),
-            }
-        } else {
-            loop {
-                match chars.next() {
-                    None => {
-                        fields.push(field.trim_end().to_owned());
-                        return Ok(fields);
-                    }
-                    Some(',') => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            fields.push(field.trim_end().to_owned());
-        }
+fn csv_error(e: crate::csv_table::CsvSyntaxError) -> TrainError {
+    use crate::csv_table::CsvSyntaxError as E;
+    match e {
+        E::UnterminatedQuote { line } => TrainError::UnterminatedQuote { line },
+        E::TextAfterQuote { line } => TrainError::TextAfterQuote { line },
+        E::NotUtf8 { line } => TrainError::Read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("line {line}: not UTF-8 text"),
+        )),
+        E::Read(msg) => TrainError::Read(std::io::Error::other(msg)),
     }
 }
 
