@@ -28,7 +28,6 @@ use crate::core::rollout::{
 };
 use crate::fleet::devices::DeviceInfo;
 
-
 /// Why a rollout request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutServiceError {
