@@ -560,11 +560,8 @@ impl AgentConfig {
                 ),
             ));
         }
-        for (k, v) in &self.labels {
-            if k.is_empty() || k.contains(['=', ',']) || v.contains(',') {
-                return Err(invalid("labels", format!("bad label {k:?}={v:?}")));
-            }
-        }
+        drover_protocol::labels::check_labels(&self.labels)
+            .map_err(|e| invalid("labels", e.to_string()))?;
         let positive: [(&'static str, u64); 12] = [
             ("max_body_bytes", self.max_body_bytes as u64),
             ("outbox_capacity", self.outbox_capacity as u64),
@@ -699,20 +696,11 @@ fn toml_key(k: &str) -> String {
     }
 }
 
-/// Parses `k=v,k2=v2`.
+/// Parses `k=v,k2=v2` with the fleet-wide label rules
+/// ([`drover_protocol::labels`]), so the controller can select what the
+/// agent reports.
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| invalid("labels", format!("{part:?} is not key=value")))?;
-        let k = k.trim();
-        if k.is_empty() {
-            return Err(invalid("labels", format!("{part:?} has an empty key")));
-        }
-        out.insert(k.to_string(), v.trim().to_string());
-    }
-    Ok(out)
+    drover_protocol::labels::parse_labels(s).map_err(|e| invalid("labels", e.to_string()))
 }
 
 #[cfg(test)]
@@ -734,7 +722,7 @@ mod tests {
     #[test]
     fn commented_toml_round_trips() {
         let mut c = config();
-        c.labels = parse_labels("region=eu, site=a b").unwrap();
+        c.labels = parse_labels("region=eu, site=a-b.c/1").unwrap();
         c.api = Some("127.0.0.1:7070".parse().unwrap());
         c.password = Some("s3cret".into());
         let text = c.to_commented_toml().unwrap();
@@ -814,5 +802,7 @@ mod tests {
                 .is_err()
         );
         assert!(parse_labels("novalue").is_err());
+        // The controller could never select these (fleet-wide label rules).
+        assert!(parse_labels("site=a b").is_err());
     }
 }

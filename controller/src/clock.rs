@@ -1,6 +1,7 @@
 //! The controller's time source, injectable so tests can fake wall-clock time.
 
 use std::sync::Arc;
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use drover_protocol::Timestamp;
@@ -13,7 +14,7 @@ pub trait Clock: Send + Sync + 'static {
 
 /// The operating system's clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
@@ -22,24 +23,23 @@ impl Clock for SystemClock {
 }
 
 /// A clock that only moves when told to (tests, simulations).
+#[cfg(test)]
 #[derive(Debug, Default)]
-pub struct FakeClock(AtomicU64);
+pub(crate) struct FakeClock(AtomicU64);
 
+#[cfg(test)]
 impl FakeClock {
     /// A fake clock at `start`.
-    pub fn new(start: Timestamp) -> Arc<FakeClock> {
+    pub(crate) fn new(start: Timestamp) -> Arc<FakeClock> {
         Arc::new(FakeClock(AtomicU64::new(start.0)))
     }
     /// Moves the clock forward by `ms`.
-    pub fn advance(&self, ms: u64) {
+    pub(crate) fn advance(&self, ms: u64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-    /// Sets the clock.
-    pub fn set(&self, t: Timestamp) {
-        self.0.store(t.0, Ordering::SeqCst);
     }
 }
 
+#[cfg(test)]
 impl Clock for FakeClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.0.load(Ordering::SeqCst))
@@ -47,4 +47,4 @@ impl Clock for FakeClock {
 }
 
 /// The shared clock handle the controller holds.
-pub type SharedClock = Arc<dyn Clock>;
+pub(crate) type SharedClock = Arc<dyn Clock>;

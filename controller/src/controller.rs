@@ -15,16 +15,18 @@ use drover_protocol::{
 };
 use rusqlite::{OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError};
-use crate::devices::{self, BrokerAcl, DeviceBundle, DeviceInfo, Selector, SelectorError};
+use drover_protocol::labels::{LabelError, Selector};
+
+use crate::fleet::devices::{self, BrokerAcl, DeviceBundle, DeviceInfo};
 use crate::keys::{self, KeyError, KeyInit, KeyStore, Keys};
 use crate::metrics::Metrics;
 use crate::registry::store::{ModelStore, StoredModel};
 use crate::registry::{self, ManifestView, ModelSummary, PushRequest, RegistryError};
-use crate::telemetry_query::{TelemetryFilter, TelemetrySummary};
+use crate::telemetry::query::{TelemetryFilter, TelemetrySummary};
 
 /// Errors of controller operations (mapped to HTTP statuses in `http`).
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +42,7 @@ pub enum ControllerError {
     Keys(#[from] KeyError),
     /// A selector did not parse.
     #[error(transparent)]
-    BadSelector(#[from] SelectorError),
+    BadSelector(#[from] LabelError),
     /// The device is not in the inventory.
     #[error("unknown device {0:?}: add it with `drover device add` (or wait until it connects)")]
     UnknownDevice(String),
@@ -169,7 +171,9 @@ pub(crate) struct KeyState {
 pub(crate) enum Outbound {
     None,
     Mqtt(rumqttc::AsyncClient),
-    Capture(mpsc::UnboundedSender<(String, Vec<u8>)>),
+    /// Unit tests only: publishes go to a channel instead of a broker.
+    #[cfg(test)]
+    Capture(tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>),
 }
 
 pub(crate) struct Inner {
@@ -408,10 +412,14 @@ impl Controller {
         *lock_write(&self.inner.outbound) = Outbound::Mqtt(client);
     }
 
-    /// Routes every outgoing publish into `tx` as (topic, payload) instead of
-    /// MQTT: for tests and simulations without a broker.
-    pub fn capture_outbound(&self) -> mpsc::UnboundedReceiver<(String, Vec<u8>)> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Routes every outgoing publish into the returned channel as (topic,
+    /// payload) instead of MQTT. A test seam, compiled only into unit tests:
+    /// integration tests and the simulator use a real broker.
+    #[cfg(test)]
+    pub(crate) fn capture_outbound(
+        &self,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *lock_write(&self.inner.outbound) = Outbound::Capture(tx);
         rx
     }
@@ -422,6 +430,7 @@ impl Controller {
         let topic = Topic::new(self.fleet(), device, codec::down_channel(msg)).to_string();
         let client = match &*lock_read(&self.inner.outbound) {
             Outbound::None => return Err(ControllerError::NotConnected),
+            #[cfg(test)]
             Outbound::Capture(tx) => {
                 return tx
                     .send((topic, payload))
@@ -781,7 +790,7 @@ impl Controller {
 
     // ---- telemetry ----
 
-    /// Merged telemetry for a filter (see [`crate::telemetry_query`]).
+    /// Merged telemetry for a filter (see [`crate::telemetry::query`]).
     pub async fn telemetry_summary(
         &self,
         filter: TelemetryFilter,
@@ -789,7 +798,7 @@ impl Controller {
         Ok(self
             .inner
             .db
-            .call(move |c| crate::telemetry_query::summarize(c, &filter))
+            .call(move |c| crate::telemetry::query::summarize(c, &filter))
             .await?)
     }
 

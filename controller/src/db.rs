@@ -27,14 +27,14 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only (see the module docs).
-pub const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "core: keys, models, aliases, devices, commands, deployments, telemetry",
         sql: CORE_V1,
     },
     Migration {
         name: "rollout_service: rollouts and their audit trail",
-        sql: crate::rollout_service::store::MIGRATION,
+        sql: crate::rollouts::store::MIGRATION,
     },
 ];
 

@@ -10,9 +10,9 @@ use drover_protocol::trust::{KeyEntry, KeyList, Role};
 use drover_protocol::{Ed25519Signer, PublicKey, Sign, Signed, Timestamp};
 
 /// How long a key list stays valid; the controller re-issues one well before.
-pub const KEY_LIST_VALIDITY_MS: u64 = 365 * 24 * 3600 * 1000;
+pub(crate) const KEY_LIST_VALIDITY_MS: u64 = 365 * 24 * 3600 * 1000;
 /// A key list expiring within this is re-issued at startup.
-pub const KEY_LIST_RENEW_BEFORE_MS: u64 = 30 * 24 * 3600 * 1000;
+pub(crate) const KEY_LIST_RENEW_BEFORE_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum KeyError {
 
 /// The controller's three signing keys.
 #[derive(Clone)]
-pub struct Keys {
+pub(crate) struct Keys {
     /// Signs key lists only.
     pub root: Arc<Ed25519Signer>,
     /// Signs model manifests.
@@ -78,7 +78,7 @@ pub struct KeyInit {
 
 /// The key directory.
 #[derive(Debug, Clone)]
-pub struct KeyStore {
+pub(crate) struct KeyStore {
     dir: PathBuf,
 }
 
@@ -88,15 +88,10 @@ fn role_file(role: &str) -> String {
 
 impl KeyStore {
     /// The key store of a data dir (`DATA_DIR/keys`).
-    pub fn new(data_dir: &Path) -> KeyStore {
+    pub(crate) fn new(data_dir: &Path) -> KeyStore {
         KeyStore {
             dir: data_dir.join("keys"),
         }
-    }
-
-    /// The key directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn path(&self, role: &str) -> PathBuf {
@@ -104,14 +99,14 @@ impl KeyStore {
     }
 
     /// True if all three keys exist.
-    pub fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         ["root", "models", "commands"]
             .iter()
             .all(|r| self.path(r).exists())
     }
 
     /// Creates whichever keys are missing; idempotent.
-    pub fn init(&self) -> Result<KeyInit, KeyError> {
+    pub(crate) fn init(&self) -> Result<KeyInit, KeyError> {
         create_private_dir(&self.dir)?;
         let mut created = false;
         for role in ["root", "models", "commands"] {
@@ -132,7 +127,7 @@ impl KeyStore {
     }
 
     /// Loads all three keys.
-    pub fn load(&self) -> Result<Keys, KeyError> {
+    pub(crate) fn load(&self) -> Result<Keys, KeyError> {
         let load = |role: &str| -> Result<Arc<Ed25519Signer>, KeyError> {
             let path = self.path(role);
             if !path.exists() {
@@ -149,7 +144,7 @@ impl KeyStore {
 
     /// Replaces the key of `role` with a fresh one; the old file moves to
     /// `keys/retired/` (kept for audit, never used again). Returns the new key.
-    pub fn rotate(&self, role: Role) -> Result<Arc<Ed25519Signer>, KeyError> {
+    pub(crate) fn rotate(&self, role: Role) -> Result<Arc<Ed25519Signer>, KeyError> {
         let name = role.to_string();
         let current = self.path(&name);
         let old = Ed25519Signer::load(&current)?;
@@ -202,7 +197,7 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
 }
 
 /// The key list naming `keys`' models and commands keys, signed by root.
-pub fn sign_key_list(
+pub(crate) fn sign_key_list(
     keys: &Keys,
     version: u64,
     now: Timestamp,
@@ -225,7 +220,7 @@ pub fn sign_key_list(
 }
 
 /// True if `list` names exactly `keys`' models and commands keys.
-pub fn key_list_matches(list: &KeyList, keys: &Keys) -> bool {
+pub(crate) fn key_list_matches(list: &KeyList, keys: &Keys) -> bool {
     let has = |pk: PublicKey, role: Role| {
         list.keys
             .iter()

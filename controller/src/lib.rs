@@ -27,27 +27,20 @@
 //! - [`cli`]: the `drover` command line (clap), a client of the HTTP API.
 //! - [`drift`], [`train`], [`rollout`]: owned by their modules.
 
-pub mod artifacts;
-pub mod broker;
 pub mod cli;
-pub mod clock;
-pub mod commands;
+pub(crate) mod clock;
 pub mod controller;
-pub mod db;
-pub mod devices;
-pub mod drift;
+pub mod core;
+pub(crate) mod db;
+pub mod fleet;
 pub mod http;
-pub mod ingest;
-pub mod keys;
-pub mod link;
-pub mod metrics;
+pub(crate) mod keys;
+pub(crate) mod metrics;
 pub mod registry;
-pub mod retrain;
-pub mod retrain_ports;
-pub mod rollout;
-pub mod rollout_service;
+pub mod retraining;
+pub mod rollouts;
 pub mod serve;
-pub mod telemetry_query;
+pub mod telemetry;
 pub mod train;
 
 pub use controller::{Controller, ControllerError, DeviceEvent};

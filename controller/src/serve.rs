@@ -12,12 +12,12 @@ use drover_protocol::FleetId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::artifacts::{self, ChunkConfig};
-use crate::broker::{self, BrokerChoice, BrokerError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::controller::{Controller, ControllerConfig, ControllerError};
-use crate::link::{self, LinkSettings};
-use crate::rollout_service::RolloutService;
+use crate::fleet::artifacts::{self, ChunkConfig};
+use crate::fleet::broker::{self, BrokerChoice, BrokerError};
+use crate::fleet::link::{self, LinkSettings};
+use crate::rollouts::RolloutService;
 
 /// Everything `drover serve` takes.
 #[derive(Clone)]
@@ -157,7 +157,7 @@ pub struct RunningController {
     fleet: FleetId,
     controller: Controller,
     rollouts: RolloutService,
-    retrain: crate::retrain::RetrainRunner,
+    retrain: crate::retraining::RetrainRunner,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
@@ -195,7 +195,7 @@ impl RunningController {
         self.controller.clone()
     }
     /// The retraining runner (drift policies, jobs).
-    pub fn retrain(&self) -> crate::retrain::RetrainRunner {
+    pub fn retrain(&self) -> crate::retraining::RetrainRunner {
         self.retrain.clone()
     }
     /// The rollout service (staged rollouts over this controller).
@@ -317,7 +317,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
             chunk_tx,
             shutdown_rx.clone(),
         )),
-        tokio::spawn(crate::ingest::run(
+        tokio::spawn(crate::telemetry::ingest::run(
             controller.clone(),
             ingest_rx,
             shutdown_rx.clone(),
@@ -329,7 +329,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
             cfg.artifact_cache_bytes,
             shutdown_rx.clone(),
         )),
-        tokio::spawn(crate::ingest::retention(
+        tokio::spawn(crate::telemetry::ingest::retention(
             controller.clone(),
             cfg.telemetry_retention_days,
             shutdown_rx.clone(),
@@ -347,7 +347,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         }
     };
     // Retraining: policies resume from their persisted state.
-    let retrain_config = match crate::retrain::RetrainConfig::load_default(
+    let retrain_config = match crate::retraining::RetrainConfig::load_default(
         cfg.retrain_config.as_deref(),
         &cfg.data_dir,
     ) {
@@ -357,8 +357,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
             return Err(ServeError::Config(e.to_string()));
         }
     };
-    let retrain = match crate::retrain::RetrainRunner::open(
-        crate::retrain_ports::ControllerPorts::new(controller.clone(), rollouts.clone()).ports(),
+    let retrain = match crate::retraining::RetrainRunner::open(
+        crate::retraining::ports::ControllerPorts::new(controller.clone(), rollouts.clone())
+            .ports(),
         controller.db().clone(),
         cfg.data_dir.clone(),
         retrain_config,
@@ -386,8 +387,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         let _ = retrain_shutdown.changed().await;
     })));
     let router = crate::http::router(controller.clone())
-        .merge(crate::rollout_service::http::routes(rollouts.clone()))
-        .merge(crate::retrain::http::routes(retrain.clone()));
+        .merge(crate::http::rollouts::routes(rollouts.clone()))
+        .merge(crate::http::retrain::routes(retrain.clone()));
     let mut http_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(http, router).with_graceful_shutdown(async move {

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use drover_controller::DeviceEvent;
-use drover_controller::devices::Selector;
 use drover_controller::registry::PushRequest;
-use drover_controller::telemetry_query::TelemetryFilter;
+use drover_controller::telemetry::query::TelemetryFilter;
 use drover_protocol::codec;
+use drover_protocol::labels::Selector;
 use drover_protocol::messages::{ChunkRequest, Down, Hello, Up};
 use drover_protocol::testkit::{labels, realistic_window};
 use drover_protocol::topic::Channel;

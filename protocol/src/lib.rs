@@ -15,7 +15,9 @@
 //! agent and the controller (and fuzzers) use it as-is.
 
 pub mod codec;
+pub mod duration;
 pub mod ids;
+pub mod labels;
 pub mod manifest;
 pub mod messages;
 pub mod signing;

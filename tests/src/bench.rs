@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use drover_controller::rollout_service::http::StartBody;
+use drover_controller::http::rollouts::StartBody;
 use drover_controller::serve::{self, ServeConfig};
-use drover_controller::telemetry_query::TelemetryFilter;
+use drover_controller::telemetry::query::TelemetryFilter;
 
 use crate::demo::{push, rollout_and_wait, train_model};
 use crate::fleet::{Fleet, FleetConfig};
@@ -83,9 +83,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         StartBody {
             model: format!("sensor@{v1}"),
             waves: Some("50,100".into()),
-            bake: Some("1s".into()),
-            device_timeout: Some("120s".into()),
-            metrics_interval: Some("1s".into()),
+            bake: Some(Duration::from_secs(1)),
+            device_timeout: Some(Duration::from_secs(120)),
+            metrics_interval: Some(Duration::from_secs(1)),
             ..StartBody::default()
         },
         Duration::from_secs(600),

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use drover_controller::controller::Controller;
+use drover_controller::core::rollout::RolloutSpec;
+use drover_controller::http::rollouts::StartBody;
 use drover_controller::registry::PushRequest;
-use drover_controller::rollout::RolloutSpec;
-use drover_controller::rollout_service::RolloutService;
-use drover_controller::rollout_service::http::StartBody;
+use drover_controller::rollouts::RolloutService;
 use drover_controller::serve::{self, ServeConfig};
 use drover_controller::train::{self, Dataset, TrainOptions};
 use drover_protocol::{ModelName, Version};
@@ -264,9 +264,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         StartBody {
             model: format!("sensor@{v1}"),
             waves: Some("10,50,100".into()),
-            bake: Some(bake.clone()),
-            device_timeout: Some("30s".into()),
-            metrics_interval: Some("1s".into()),
+            bake: Some(opts.bake),
+            device_timeout: Some(Duration::from_secs(30)),
+            metrics_interval: Some(Duration::from_secs(1)),
             ..StartBody::default()
         },
         Duration::from_secs(90),
@@ -285,7 +285,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     tokio::time::sleep(Duration::from_millis(opts.window_ms * 2)).await;
     let after = fleet.totals();
     let summary_json = ctl
-        .telemetry_summary(drover_controller::telemetry_query::TelemetryFilter {
+        .telemetry_summary(drover_controller::telemetry::query::TelemetryFilter {
             model: Some("sensor".into()),
             ..Default::default()
         })
@@ -328,12 +328,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         StartBody {
             model: format!("sensor@{v3}"),
             waves: Some("10,50,100".into()),
-            bake: Some(bake.clone()),
+            bake: Some(opts.bake),
             gates: gates_for_candidates(),
             min_samples: Some(100),
-            device_timeout: Some("30s".into()),
+            device_timeout: Some(Duration::from_secs(30)),
             on_fail: Some("rollback".into()),
-            metrics_interval: Some("1s".into()),
+            metrics_interval: Some(Duration::from_secs(1)),
             rollback_rate_per_min: Some(600),
             ..StartBody::default()
         },
@@ -362,7 +362,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     summary.totals = fleet.totals();
     summary.windows = ctl
-        .telemetry_summary(drover_controller::telemetry_query::TelemetryFilter::default())
+        .telemetry_summary(drover_controller::telemetry::query::TelemetryFilter::default())
         .await?
         .merged
         .windows;

@@ -4,7 +4,7 @@
 //!
 //! Each device runs `drover_agent::core::deploy::DeployJob` for every command
 //! (chunk requests under its window, chunk intake, digest check, activation
-//! reports); the controller side runs `drover_controller::rollout::Rollout`
+//! reports); the controller side runs `drover_controller::core::rollout::Rollout`
 //! and a chunk server. Messages travel through a time-ordered queue with a
 //! fixed one-way latency. Telemetry is synthesised per device from the
 //! version it serves, so gates see a good or a regressed candidate.
@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use drover_agent::core::deploy::{DeployAction, DeployConfig, DeployJob, JobKind, RangeSet};
-use drover_controller::rollout::{
+use drover_controller::core::rollout::{
     CohortMetrics, DeployOutcome, DeviceView, MetricsRequest, Rollout, RolloutAction, RolloutSpec,
 };
 use drover_protocol::messages::{Chunk, ChunkRequest, DeployPhase, DeployStatus};

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use drover_controller::retrain::JobState;
-use drover_controller::rollout_service::RolloutService;
+use drover_controller::retraining::JobState;
+use drover_controller::rollouts::RolloutService;
 use drover_controller::serve::RunningController;
 use drover_protocol::{ModelName, Version};
 
@@ -83,7 +83,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let overview = retrain
-        .drift(drover_controller::retrain::DriftRequest {
+        .drift(drover_controller::retraining::DriftRequest {
             model: Some(model.clone()),
             version: Some(v1),
             cohort_key: Some("region".into()),
@@ -100,7 +100,7 @@ pub async fn run(
                 .iter()
                 .filter_map(|c| {
                     Some((
-                        c.cohort.as_ref()?.value.clone(),
+                        c.cohort.as_ref()?.value().to_owned(),
                         c.report.as_ref()?.fleet_score,
                     ))
                 })
@@ -160,7 +160,9 @@ pub async fn run(
             // Why it stopped, in the gates' own words, for a failure message
             // that can be acted on without the audit log.
             let mut why = match &d.status.phase {
-                drover_controller::rollout::Phase::RolledBack { reason, .. } => reason.clone(),
+                drover_controller::core::rollout::Phase::RolledBack { reason, .. } => {
+                    reason.clone()
+                }
                 _ => String::new(),
             };
             for g in &d.status.last_gates {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use drover_agent::{Agent, AgentConfig};
 use drover_controller::DeviceEvent;
-use drover_controller::broker::BrokerChoice;
+use drover_controller::fleet::broker::BrokerChoice;
 use drover_controller::registry::PushRequest;
 use drover_controller::serve::{ServeConfig, start};
 use drover_protocol::messages::DeployPhase;

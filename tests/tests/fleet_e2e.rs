@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use drover_controller::rollout_service::http::StartBody;
+use drover_controller::http::rollouts::StartBody;
 use drover_controller::serve::{self, RunningController, ServeConfig};
-use drover_controller::telemetry_query::TelemetryFilter;
+use drover_controller::telemetry::query::TelemetryFilter;
 use drover_sim::demo::{push, rollout_and_wait, train_model};
 use drover_sim::fleet::{Fleet, FleetConfig};
 use drover_sim::net::SpawnedMosquitto;
@@ -75,9 +75,9 @@ fn quick(model: String) -> StartBody {
     StartBody {
         model,
         waves: Some("25,100".into()),
-        bake: Some("3s".into()),
-        device_timeout: Some("20s".into()),
-        metrics_interval: Some("1s".into()),
+        bake: Some(Duration::from_secs(3)),
+        device_timeout: Some(Duration::from_secs(20)),
+        metrics_interval: Some(Duration::from_secs(1)),
         ..StartBody::default()
     }
 }
@@ -330,7 +330,7 @@ async fn broker_restart_loses_no_telemetry_window_and_counts_none_twice() {
     let w = world(
         4,
         |c| {
-            c.broker = drover_controller::broker::BrokerChoice::External {
+            c.broker = drover_controller::fleet::broker::BrokerChoice::External {
                 host: "127.0.0.1".into(),
                 port: broker.addr().port(),
             }

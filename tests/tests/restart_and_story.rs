@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use drover_controller::broker::BrokerChoice;
-use drover_controller::rollout_service::http::StartBody;
+use drover_controller::fleet::broker::BrokerChoice;
+use drover_controller::http::rollouts::StartBody;
 use drover_controller::serve::{self, ServeConfig};
 use drover_sim::demo::{push, train_model};
 use drover_sim::fleet::{Fleet, FleetConfig};
@@ -87,11 +87,11 @@ async fn controller_killed_mid_rollout_resumes_without_resending_or_skipping_gat
         model: format!("sensor@{v2}"),
         id: Some("resume-me".into()),
         waves: Some("25,100".into()),
-        bake: Some("4s".into()),
+        bake: Some(Duration::from_secs(4)),
         gates: vec!["error_rate_delta<=0.05".into()],
         min_samples: Some(50),
-        device_timeout: Some("30s".into()),
-        metrics_interval: Some("1s".into()),
+        device_timeout: Some(Duration::from_secs(30)),
+        metrics_interval: Some(Duration::from_secs(1)),
         ..StartBody::default()
     };
     let rollouts = running.rollouts();
@@ -276,14 +276,14 @@ bake = "2s"
         let jobs = retrain.jobs(Some(model.clone()), 5).await.unwrap();
         if let Some(j) = jobs.first() {
             let job = retrain.job(j.id).await.unwrap().unwrap();
-            if job.state == drover_controller::retrain::JobState::Failed {
+            if job.state == drover_controller::retraining::JobState::Failed {
                 break job;
             }
             assert!(
                 !matches!(
                     job.state,
-                    drover_controller::retrain::JobState::Pushed
-                        | drover_controller::retrain::JobState::RolledOut
+                    drover_controller::retraining::JobState::Pushed
+                        | drover_controller::retraining::JobState::RolledOut
                 ),
                 "a failing hook must not push: {job:?}"
             );

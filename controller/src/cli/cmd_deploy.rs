@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::{Ctx, Output, output};
-use crate::commands::Deployment;
+use crate::fleet::commands::Deployment;
 
 /// `drover deploy` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,7 +29,7 @@ pub struct DeployArgs {
 }
 
 /// Runs `drover deploy`.
-pub async fn run(args: DeployArgs, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DeployArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let d: Deployment = ctx
         .client
         .post(

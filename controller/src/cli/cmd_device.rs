@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::{Ctx, Output, output};
-use crate::devices::{DeviceBundle, DeviceInfo};
+use crate::fleet::devices::{DeviceBundle, DeviceInfo};
 
 /// `drover device` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -32,7 +32,7 @@ pub struct DevicesArgs {
 }
 
 /// Runs a device subcommand.
-pub async fn run(cmd: DeviceCmd, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: DeviceCmd, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         DeviceCmd::Add { id, labels, out } => {
             let bundle: DeviceBundle = ctx
@@ -91,7 +91,7 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// `drover devices`.
-pub async fn list(args: DevicesArgs, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn list(args: DevicesArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let query = args
         .selector
         .map(|s| vec![("selector", s)])

@@ -29,7 +29,7 @@ pub enum KeysCmd {
 }
 
 /// Runs a keys subcommand.
-pub async fn run(cmd: KeysCmd, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: KeysCmd, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         KeysCmd::Init { data_dir } => {
             let init: KeyInit = match data_dir {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::{Ctx, Output, output};
-use crate::devices::BrokerAcl;
-use crate::telemetry_query::TelemetrySummary;
+use crate::fleet::devices::BrokerAcl;
+use crate::telemetry::query::TelemetrySummary;
 
 /// `drover broker` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -20,7 +20,7 @@ pub enum BrokerCmd {
 }
 
 /// `drover broker ...`.
-pub async fn broker(cmd: BrokerCmd, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn broker(cmd: BrokerCmd, ctx: &Ctx) -> anyhow::Result<()> {
     let BrokerCmd::Acl { out } = cmd;
     let acl: BrokerAcl = ctx.client.get("broker acl", "/v1/broker/acl", &[]).await?;
     if let Some(dir) = out {
@@ -54,7 +54,7 @@ pub struct TelemetryArgs {
 }
 
 /// `drover telemetry`.
-pub async fn telemetry(args: TelemetryArgs, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn telemetry(args: TelemetryArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut q = Vec::new();
     if let Some(m) = args.model {
         q.push(("model", m));
@@ -69,7 +69,7 @@ pub async fn telemetry(args: TelemetryArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.output == Output::Json {
         return output::json(&s);
     }
-    let row = |who: &str, a: &crate::telemetry_query::AggregateView| {
+    let row = |who: &str, a: &crate::telemetry::query::AggregateView| {
         vec![
             who.to_string(),
             a.windows.to_string(),

@@ -65,7 +65,7 @@ fn spinner(msg: &str) -> indicatif::ProgressBar {
 }
 
 /// Runs a model subcommand.
-pub async fn run(cmd: ModelCmd, ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: ModelCmd, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         ModelCmd::Push {
             file,

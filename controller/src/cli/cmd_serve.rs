@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use drover_protocol::FleetId;
 
-use crate::broker::BrokerChoice;
-use crate::serve::{ServeConfig, ServeError};
+use crate::fleet::broker::BrokerChoice;
+use crate::serve::ServeConfig;
 
 /// `drover serve` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,7 +35,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DROVER_MQTT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Global cap on artifact chunk traffic, bytes per second.
-    #[arg(long, default_value_t = crate::artifacts::DEFAULT_RATE_BYTES_PER_SEC)]
+    #[arg(long, default_value_t = crate::fleet::artifacts::DEFAULT_RATE_BYTES_PER_SEC)]
     pub chunk_rate: u64,
     /// Days of telemetry to keep.
     #[arg(long, default_value_t = 7)]
@@ -94,7 +94,7 @@ async fn wait_for_signal() {
 }
 
 /// Runs `drover serve`; returns the process exit code.
-pub fn main(args: ServeArgs) -> ExitCode {
+pub(crate) fn main(args: ServeArgs) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -129,9 +129,4 @@ pub fn main(args: ServeArgs) -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
-}
-
-/// Exit code of a startup error (for callers embedding `serve`).
-pub fn exit_code(e: &ServeError) -> u8 {
-    e.exit_code()
 }

@@ -9,14 +9,18 @@
 //! table/JSON printing (respect [`Ctx::output`]).
 #![allow(clippy::print_stdout)]
 
-pub mod client;
-pub mod cmd_deploy;
-pub mod cmd_device;
-pub mod cmd_keys;
-pub mod cmd_misc;
-pub mod cmd_model;
-pub mod cmd_serve;
-pub mod output;
+pub(crate) mod client;
+pub(crate) mod cmd_deploy;
+pub(crate) mod cmd_device;
+pub(crate) mod cmd_drift;
+pub(crate) mod cmd_keys;
+pub(crate) mod cmd_misc;
+pub(crate) mod cmd_model;
+pub(crate) mod cmd_retrain;
+pub(crate) mod cmd_rollout;
+pub(crate) mod cmd_serve;
+pub(crate) mod cmd_train;
+pub(crate) mod output;
 
 use std::process::ExitCode;
 
@@ -68,14 +72,14 @@ pub enum Command {
     Deploy(cmd_deploy::DeployArgs),
     /// Staged rollouts over a label selector.
     #[command(subcommand)]
-    Rollout(crate::rollout_service::cli::RolloutCmd),
+    Rollout(crate::cli::cmd_rollout::RolloutCmd),
     /// Drift of the fleet's inputs and outputs against the reference profile.
-    Drift(crate::retrain::cli::DriftArgs),
+    Drift(crate::cli::cmd_drift::DriftArgs),
     /// Retraining jobs.
     #[command(subcommand)]
-    Retrain(crate::retrain::cli::RetrainCmd),
+    Retrain(crate::cli::cmd_retrain::RetrainCmd),
     /// Train a model with the reference trainer (runs locally, no Python).
-    Train(crate::retrain::cli::TrainArgs),
+    Train(crate::cli::cmd_train::TrainArgs),
     /// Merged telemetry.
     Telemetry(cmd_misc::TelemetryArgs),
     /// Print shell completions.
@@ -103,10 +107,14 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Devices(a) => cmd_device::list(a, ctx).await,
         Command::Broker(c) => cmd_misc::broker(c, ctx).await,
         Command::Deploy(a) => cmd_deploy::run(a, ctx).await,
-        Command::Rollout(c) => crate::rollout_service::cli::run(c, ctx).await,
-        Command::Drift(a) => crate::retrain::cli::run_drift(a, &ctx.client, ctx.output).await,
-        Command::Retrain(c) => crate::retrain::cli::run_retrain(c, &ctx.client, ctx.output).await,
-        Command::Train(a) => crate::retrain::cli::run_train(a, ctx.client.base(), ctx.output).await,
+        Command::Rollout(c) => crate::cli::cmd_rollout::run(c, ctx).await,
+        Command::Drift(a) => crate::cli::cmd_drift::run_drift(a, &ctx.client, ctx.output).await,
+        Command::Retrain(c) => {
+            crate::cli::cmd_retrain::run_retrain(c, &ctx.client, ctx.output).await
+        }
+        Command::Train(a) => {
+            crate::cli::cmd_train::run_train(a, ctx.client.base(), ctx.output).await
+        }
         Command::Telemetry(a) => cmd_misc::telemetry(a, ctx).await,
         Command::Serve(_) | Command::Completions { .. } => Ok(()),
     }

@@ -13,13 +13,13 @@ pub enum Output {
 }
 
 /// Prints `value` as JSON.
-pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Prints rows under headers, columns padded to their widest cell.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -41,7 +41,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 /// Prints `key: value` lines.
-pub fn pairs(items: &[(&str, String)]) {
+pub(crate) fn pairs(items: &[(&str, String)]) {
     let w = items.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in items {
         println!("{k:<w$}  {v}");
@@ -49,18 +49,18 @@ pub fn pairs(items: &[(&str, String)]) {
 }
 
 /// Prints a line.
-pub fn line(s: &str) {
+pub(crate) fn line(s: &str) {
     println!("{s}");
 }
 
 /// `-` for missing values.
-pub fn opt<T: ToString>(v: &Option<T>) -> String {
+pub(crate) fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref()
         .map_or_else(|| "-".to_string(), ToString::to_string)
 }
 
 /// Milliseconds since the epoch as a relative age (`12s ago`).
-pub fn age(ms: Option<u64>, now_ms: u64) -> String {
+pub(crate) fn age(ms: Option<u64>, now_ms: u64) -> String {
     match ms {
         None => "never".into(),
         Some(t) => {
@@ -76,4 +76,17 @@ pub fn age(ms: Option<u64>, now_ms: u64) -> String {
             }
         }
     }
+}
+
+/// Now as Unix milliseconds, for relative times in printed reports (the CLI
+/// is an edge: it reads the wall clock directly).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A ratio or score with four decimals.
+pub(crate) fn f4(v: f64) -> String {
+    format!("{v:.4}")
 }

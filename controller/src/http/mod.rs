@@ -3,7 +3,9 @@
 //! drift, retraining) can `.merge()` their own routes. Routes are listed in
 //! `controller/API.md`.
 
-pub mod errors;
+pub(crate) mod errors;
+pub(crate) mod retrain;
+pub mod rollouts;
 mod routes;
 
 use axum::Router;

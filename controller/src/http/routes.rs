@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
 use crate::controller::Controller;
-use crate::devices::{Selector, parse_labels};
 use crate::registry::PushRequest;
-use crate::telemetry_query::TelemetryFilter;
+use crate::telemetry::query::TelemetryFilter;
+use drover_protocol::labels::{Selector, parse_labels};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -218,7 +218,7 @@ pub(crate) async fn add_device(State(c): State<Controller>, body: Bytes) -> ApiR
 pub(crate) async fn list_devices(
     State(c): State<Controller>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Vec<crate::devices::DeviceInfo>>> {
+) -> ApiResult<Json<Vec<crate::fleet::devices::DeviceInfo>>> {
     let selector = Selector::parse(q.get("selector").map(String::as_str).unwrap_or(""))
         .map_err(crate::controller::ControllerError::from)?;
     Ok(Json(c.devices(&selector).await?))
@@ -227,7 +227,7 @@ pub(crate) async fn list_devices(
 pub(crate) async fn show_device(
     State(c): State<Controller>,
     Path(id): Path<String>,
-) -> ApiResult<Json<crate::devices::DeviceInfo>> {
+) -> ApiResult<Json<crate::fleet::devices::DeviceInfo>> {
     let id = device_id(&id)?;
     c.device(&id).await?.map(Json).ok_or_else(|| {
         ApiError::new(
@@ -240,7 +240,7 @@ pub(crate) async fn show_device(
 
 pub(crate) async fn broker_acl(
     State(c): State<Controller>,
-) -> ApiResult<Json<crate::devices::BrokerAcl>> {
+) -> ApiResult<Json<crate::fleet::devices::BrokerAcl>> {
     Ok(Json(c.broker_acl().await?))
 }
 
@@ -278,7 +278,7 @@ pub(crate) async fn deploy(State(c): State<Controller>, body: Bytes) -> ApiResul
 pub(crate) async fn deployment(
     State(c): State<Controller>,
     Path(id): Path<u64>,
-) -> ApiResult<Json<crate::commands::Deployment>> {
+) -> ApiResult<Json<crate::fleet::commands::Deployment>> {
     c.deployment(id)
         .await?
         .map(Json)
@@ -301,7 +301,7 @@ fn num(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<u64>> {
 pub(crate) async fn telemetry(
     State(c): State<Controller>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<crate::telemetry_query::TelemetrySummary>> {
+) -> ApiResult<Json<crate::telemetry::query::TelemetrySummary>> {
     let mut f = TelemetryFilter {
         // Per-device breakdowns cost one histogram per device: only when
         // asked for, or when the query names devices.

@@ -162,7 +162,7 @@ pub fn quantile_bins(values: &[f32]) -> BinnedProfile {
     let bins = FEATURE_BINS.min(values.len());
     let samples: Vec<f64> = values.iter().map(|v| f64::from(*v)).collect();
     let edges64 = if bins >= 2 {
-        crate::drift::edges_from_quantiles(&samples, bins).unwrap_or_default()
+        crate::core::drift::edges_from_quantiles(&samples, bins).unwrap_or_default()
     } else {
         Vec::new()
     };

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::TrainError;
+use super::error::TrainError;
 
 /// A labelled dataset: numeric features plus one class label per row.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::TrainError;
+use super::error::TrainError;
 
 /// Multinomial logistic regression over standardised features:
 /// `softmax(W · ((x - mean) / std) + bias)`.

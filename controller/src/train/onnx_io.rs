@@ -8,7 +8,8 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
 
-use super::{SoftmaxModel, TrainError};
+use super::error::TrainError;
+use super::model::SoftmaxModel;
 
 /// Metadata key holding the comma-joined class names, in output-index order.
 /// sklearn fixtures carry it too, so the agent can name labels either way.

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drover_controller::broker::BrokerChoice;
+use drover_controller::fleet::broker::BrokerChoice;
 use drover_controller::serve::{RunningController, ServeConfig, start};
 use drover_protocol::codec;
 use drover_protocol::messages::{Down, Up};

@@ -1,0 +1,327 @@
+//! The retraining pipeline's ports ([`crate::core::retraining::ports`]) implemented
+//! over the running controller: telemetry from SQLite, devices and commands
+//! from the inventory, registry reads and writes, rollouts from the rollout
+//! service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use drover_protocol::codec;
+use drover_protocol::manifest::ModelManifest;
+use drover_protocol::messages::Action;
+use drover_protocol::telemetry::{ModelRole, TelemetryWindow};
+use drover_protocol::{DeviceId, ModelName, ModelRef, Version};
+use rusqlite::params;
+
+use crate::controller::{Controller, ControllerError};
+use crate::core::drift::{Histogram, ObservedWindow};
+use crate::core::retraining::ports::{
+    AccuracyBucket, FleetDevice, PortError, PortFuture, PushModel, TelemetryQuery, TelemetrySlice,
+};
+use crate::core::rollout::RolloutSpec;
+use crate::registry::PushRequest;
+use crate::retraining::{FleetOps, ModelSource, Ports, TelemetrySource};
+use crate::rollouts::RolloutService;
+use drover_protocol::labels::Selector;
+
+fn port_err(e: ControllerError) -> PortError {
+    match e {
+        ControllerError::NotFound(s) | ControllerError::UnknownDevice(s) => PortError::NotFound(s),
+        ControllerError::Registry(r) => PortError::Invalid(r.to_string()),
+        other => PortError::Failed(other.to_string()),
+    }
+}
+
+/// The three ports over one controller.
+#[derive(Clone)]
+pub(crate) struct ControllerPorts {
+    ctl: Controller,
+    rollouts: RolloutService,
+}
+
+impl ControllerPorts {
+    /// Builds the ports.
+    pub(crate) fn new(ctl: Controller, rollouts: RolloutService) -> ControllerPorts {
+        ControllerPorts { ctl, rollouts }
+    }
+
+    /// As the runner's [`Ports`].
+    pub(crate) fn ports(self) -> Ports {
+        let me = Arc::new(self);
+        Ports {
+            telemetry: me.clone(),
+            fleet: me.clone(),
+            models: me,
+        }
+    }
+
+    /// Device id → labels, for cohort filters.
+    async fn labels(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, PortError> {
+        let devices = self
+            .ctl
+            .devices(&Selector::default())
+            .await
+            .map_err(port_err)?;
+        Ok(devices.into_iter().map(|d| (d.id, d.labels)).collect())
+    }
+}
+
+fn add_window(into: &mut ObservedWindow, w: &TelemetryWindow) {
+    if into.features.len() < w.features.len() {
+        into.features
+            .resize_with(w.features.len(), || Histogram::new(0));
+    }
+    for (h, counts) in into.features.iter_mut().zip(&w.features) {
+        add_counts(h, counts);
+    }
+    if !w.outputs.is_empty() {
+        let h = into.output.get_or_insert_with(|| Histogram::new(0));
+        add_counts(h, &w.outputs);
+    }
+}
+
+fn add_counts(h: &mut Histogram, counts: &[u32]) {
+    if h.counts.len() < counts.len() {
+        h.counts.resize(counts.len(), 0);
+    }
+    for (a, b) in h.counts.iter_mut().zip(counts) {
+        *a = a.saturating_add(u64::from(*b));
+    }
+}
+
+/// Streams the active windows of `q` (in its cohort) to `f`, one at a time.
+fn for_each_window(
+    conn: &rusqlite::Connection,
+    q: &TelemetryQuery,
+    labels: &BTreeMap<String, BTreeMap<String, String>>,
+    mut f: impl FnMut(&str, &TelemetryWindow),
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT device, window FROM telemetry
+         WHERE model = ?1 AND version = ?2 AND role = 'active' AND end_ms >= ?3 AND end_ms < ?4",
+    )?;
+    let mut rows = stmt.query(params![
+        q.model.as_str(),
+        q.version.0 as i64,
+        q.from_ms as i64,
+        q.to_ms.min(i64::MAX as u64) as i64
+    ])?;
+    while let Some(row) = rows.next()? {
+        let device: String = row.get(0)?;
+        if let Some(c) = &q.cohort {
+            let ok = labels.get(&device).is_some_and(|l| c.matches(l));
+            if !ok {
+                continue;
+            }
+        }
+        let blob: Vec<u8> = row.get(1)?;
+        if let Ok(w) = codec::decode::<TelemetryWindow>(&blob, codec::MAX_UP_PAYLOAD)
+            && w.role == ModelRole::Active
+        {
+            f(&device, &w);
+        }
+    }
+    Ok(())
+}
+
+impl TelemetrySource for ControllerPorts {
+    fn observed(&self, query: TelemetryQuery, per_device: bool) -> PortFuture<'_, TelemetrySlice> {
+        Box::pin(async move {
+            let labels = self.labels().await?;
+            self.ctl
+                .db()
+                .call(move |c| {
+                    let mut slice = TelemetrySlice::default();
+                    for_each_window(c, &query, &labels, |device, w| {
+                        slice.windows += 1;
+                        add_window(&mut slice.merged, w);
+                        if per_device {
+                            add_window(slice.devices.entry(device.to_string()).or_default(), w);
+                        }
+                    })?;
+                    Ok(slice)
+                })
+                .await
+                .map_err(|e| PortError::Failed(e.to_string()))
+        })
+    }
+
+    fn accuracy(
+        &self,
+        query: TelemetryQuery,
+        bucket_ms: u64,
+    ) -> PortFuture<'_, Vec<AccuracyBucket>> {
+        Box::pin(async move {
+            let labels = self.labels().await?;
+            let bucket_ms = bucket_ms.max(1);
+            self.ctl
+                .db()
+                .call(move |c| {
+                    let mut buckets = Vec::new();
+                    let mut start = query.from_ms;
+                    while start < query.to_ms && buckets.len() < 10_000 {
+                        let end = start.saturating_add(bucket_ms).min(query.to_ms);
+                        buckets.push(AccuracyBucket {
+                            start_ms: start,
+                            end_ms: end,
+                            labelled: 0,
+                            correct: 0,
+                        });
+                        start = end;
+                    }
+                    for_each_window(c, &query, &labels, |_, w| {
+                        let i = ((w.end.0.saturating_sub(query.from_ms)) / bucket_ms) as usize;
+                        if let Some(b) = buckets.get_mut(i) {
+                            b.labelled += w.labelled;
+                            b.correct += w.correct;
+                        }
+                    })?;
+                    Ok(buckets)
+                })
+                .await
+                .map_err(|e| PortError::Failed(e.to_string()))
+        })
+    }
+}
+
+impl FleetOps for ControllerPorts {
+    fn devices(&self) -> PortFuture<'_, Vec<FleetDevice>> {
+        Box::pin(async move {
+            let devices = self
+                .ctl
+                .devices(&Selector::default())
+                .await
+                .map_err(port_err)?;
+            Ok(devices
+                .into_iter()
+                .filter_map(|d| {
+                    Some(FleetDevice {
+                        id: DeviceId::new(d.id).ok()?,
+                        labels: d.labels,
+                        online: d.online,
+                        active: d.active.as_deref().and_then(|a| a.parse::<ModelRef>().ok()),
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn request_capture(
+        &self,
+        device: DeviceId,
+        max_samples: u32,
+        max_bytes: u32,
+    ) -> PortFuture<'_, u64> {
+        Box::pin(async move {
+            self.ctl
+                .send_command(
+                    &device,
+                    Action::Capture {
+                        max_samples,
+                        max_bytes,
+                    },
+                )
+                .await
+                .map_err(port_err)
+        })
+    }
+
+    fn push_model(&self, model: PushModel) -> PortFuture<'_, Version> {
+        Box::pin(async move {
+            let dataset = drover_protocol::Sha256::from_hex(&model.dataset_sha256).ok();
+            let req = PushRequest {
+                name: Some(model.name),
+                onnx: model.onnx,
+                reference_csv: Some(model.reference_csv),
+                dataset_sha256: dataset,
+                labels: model.labels,
+                parent: Some(model.parent),
+                alias: model.alias,
+                training_run: Some(model.training_run),
+                retrain_job: Some(model.retrain_job),
+                eval_metrics: model.eval_metrics,
+                ..PushRequest::default()
+            };
+            let stored = self.ctl.push_model(req).await.map_err(port_err)?;
+            Ok(stored.manifest.version)
+        })
+    }
+
+    fn start_rollout(&self, spec: RolloutSpec) -> PortFuture<'_, String> {
+        Box::pin(async move {
+            self.rollouts
+                .create(spec)
+                .await
+                .map(|s| s.id)
+                .map_err(|e| PortError::Invalid(e.to_string()))
+        })
+    }
+}
+
+impl ModelSource for ControllerPorts {
+    fn production_version(&self, model: ModelName) -> PortFuture<'_, Option<Version>> {
+        Box::pin(async move {
+            match self.ctl.resolve_model(&model, "production").await {
+                Ok(m) => Ok(Some(m.manifest.version)),
+                Err(_) => {
+                    // No alias yet: the version most devices serve.
+                    let devices = self
+                        .ctl
+                        .devices(&Selector::default())
+                        .await
+                        .map_err(port_err)?;
+                    let mut count: BTreeMap<Version, usize> = BTreeMap::new();
+                    for d in devices {
+                        if let Some(r) =
+                            d.active.as_deref().and_then(|a| a.parse::<ModelRef>().ok())
+                            && r.name == model
+                        {
+                            *count.entry(r.version).or_default() += 1;
+                        }
+                    }
+                    Ok(count
+                        .into_iter()
+                        .max_by_key(|(v, n)| (*n, *v))
+                        .map(|(v, _)| v))
+                }
+            }
+        })
+    }
+
+    fn manifest(&self, model: ModelName, version: Version) -> PortFuture<'_, ModelManifest> {
+        Box::pin(async move {
+            self.ctl
+                .model(&model, version)
+                .await
+                .map_err(port_err)?
+                .map(|m| m.manifest)
+                .ok_or_else(|| PortError::NotFound(format!("{model}@{version}")))
+        })
+    }
+
+    fn artifact(&self, model: ModelName, version: Version) -> PortFuture<'_, Vec<u8>> {
+        Box::pin(async move {
+            let m = self
+                .ctl
+                .model(&model, version)
+                .await
+                .map_err(port_err)?
+                .ok_or_else(|| PortError::NotFound(format!("{model}@{version}")))?;
+            self.ctl
+                .artifact(m.manifest.artifact.sha256)
+                .await
+                .map_err(port_err)
+        })
+    }
+
+    fn reference_csv(&self, model: ModelName, version: Version) -> PortFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let path = self.ctl.reference_csv_path(&model, version);
+            match tokio::fs::read(&path).await {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(PortError::Failed(format!("{}: {e}", path.display()))),
+            }
+        })
+    }
+}

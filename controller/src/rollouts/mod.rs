@@ -1,0 +1,664 @@
+//! The async shell around the rollout engine ([`crate::core::rollout`]): keeps
+//! every rollout's state machine, feeds it device events and telemetry, signs
+//! and sends the commands it asks for, and persists each step before acting.
+//!
+//! # Driving loop
+//! One task owns every [`Rollout`]. It wakes on a device event, an operator
+//! command, or the earliest `poll_timeout`, then for each active rollout:
+//! `handle_*` → drain `poll_action`, `poll_metrics_request`, `poll_audit` →
+//! persist state + audit in one SQLite transaction → send the commands →
+//! answer metrics requests from stored telemetry (which feeds the next step).
+//! A `kill -9` between any two steps therefore loses nothing: the restarted
+//! controller loads the last persisted state and calls `handle_restart`.
+
+mod metrics;
+pub(crate) mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_protocol::messages::{Action, DeployPhase};
+use drover_protocol::{DeviceId, ModelName, ModelRef, Timestamp, Version};
+use serde::Serialize;
+use tokio::sync::{Mutex, Notify, broadcast};
+
+use crate::controller::{Controller, DeviceEvent};
+use crate::core::rollout::{
+    DeployOutcome, DeviceView, Rollout, RolloutAction, RolloutCommand, RolloutError, RolloutSpec,
+    RolloutStatus,
+};
+use crate::fleet::devices::DeviceInfo;
+
+/// Agent reason codes worth retrying: transient download and I/O trouble.
+/// Everything else (bad signature, hash mismatch, failed health check) would
+/// fail the same way again.
+const RETRYABLE_CODES: &[&str] = &[
+    // The agent's own codes for transient trouble.
+    "download_stalled",
+    "write_failed",
+    "store_failed",
+    "superseded",
+    "internal",
+    // Other agents may report these.
+    "download_timeout",
+    "download_failed",
+    "link_lost",
+    "io_error",
+    "disk_full",
+    "busy",
+];
+
+/// Longest the driver sleeps without a deadline, so clock-only transitions
+/// (device timeouts, bake ends) are never missed by much.
+const MAX_IDLE: Duration = Duration::from_millis(500);
+
+/// Why a rollout request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutServiceError {
+    /// The engine refused the spec or the command.
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    /// Another active rollout covers the same model and devices.
+    #[error("conflicts with active rollout {id}: {reason}")]
+    Conflict {
+        /// The active rollout.
+        id: String,
+        /// Why they overlap.
+        reason: String,
+    },
+    /// No such rollout.
+    #[error("no rollout {0}")]
+    NotFound(String),
+    /// A rollout with this id exists already.
+    #[error("rollout id {0} is taken")]
+    Exists(String),
+    /// The model version is not in the registry.
+    #[error("no model {0}")]
+    UnknownModel(String),
+    /// A state read or write failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<rusqlite::Error> for RolloutServiceError {
+    fn from(e: rusqlite::Error) -> Self {
+        RolloutServiceError::Storage(e.to_string())
+    }
+}
+
+impl From<crate::db::DbError> for RolloutServiceError {
+    fn from(e: crate::db::DbError) -> Self {
+        RolloutServiceError::Storage(e.to_string())
+    }
+}
+
+impl From<crate::controller::ControllerError> for RolloutServiceError {
+    fn from(e: crate::controller::ControllerError) -> Self {
+        RolloutServiceError::Storage(e.to_string())
+    }
+}
+
+/// One line of `drover rollout list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutSummary {
+    /// Rollout id.
+    pub id: String,
+    /// `name@version`.
+    pub model: String,
+    /// Phase name.
+    pub phase: String,
+    /// Still running (not completed, rolled back or aborted).
+    pub active: bool,
+    /// Devices in the rollout.
+    pub devices: u64,
+}
+
+/// Full status plus the recent audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutDetail {
+    /// Engine status (phase, waves, gates).
+    pub status: RolloutStatus,
+    /// Latest audit events, oldest first.
+    pub audit: Vec<serde_json::Value>,
+}
+
+struct State {
+    rollouts: BTreeMap<String, Rollout>,
+    /// Command sequence → (rollout, device, version) to map rejections back.
+    sent: BTreeMap<(String, u64), (String, Version)>,
+}
+
+struct Inner {
+    ctl: Controller,
+    state: Mutex<State>,
+    wake: Notify,
+    driver: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// Handle to the rollout service (cheap to clone).
+#[derive(Clone)]
+pub struct RolloutService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RolloutService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolloutService").finish_non_exhaustive()
+    }
+}
+
+fn parse_ref(s: &Option<String>) -> Option<ModelRef> {
+    s.as_deref().and_then(|s| s.parse().ok())
+}
+
+/// The inventory entry as the engine sees it, for one model.
+pub(crate) fn view_of(d: &DeviceInfo, model: &ModelName) -> Option<DeviceView> {
+    let id = DeviceId::new(d.id.clone()).ok()?;
+    let mut labels = d.labels.clone();
+    if let Some(h) = &d.hardware {
+        labels.entry("hardware".into()).or_insert_with(|| h.clone());
+    }
+    let version = parse_ref(&d.active)
+        .filter(|r| &r.name == model)
+        .map(|r| r.version);
+    Some(DeviceView {
+        id,
+        labels,
+        online: d.online,
+        version,
+        last_seen: Timestamp(d.last_seen.unwrap_or(0)),
+    })
+}
+
+fn outcome_of(phase: &DeployPhase, model: &ModelRef) -> Option<DeployOutcome> {
+    Some(match phase {
+        DeployPhase::Active => DeployOutcome::Active {
+            version: model.version,
+        },
+        DeployPhase::Shadowing => DeployOutcome::Shadowing {
+            version: model.version,
+        },
+        DeployPhase::Failed(reason) => DeployOutcome::Failed {
+            version: model.version,
+            reason: reason.to_string(),
+            retryable: RETRYABLE_CODES.contains(&reason.code.as_str()),
+        },
+        DeployPhase::RolledBack { to, reason } => DeployOutcome::RolledBack {
+            to: to
+                .as_ref()
+                .filter(|r| r.name == model.name)
+                .map(|r| r.version),
+            reason: reason.to_string(),
+        },
+        _ => return None,
+    })
+}
+
+impl RolloutService {
+    /// Loads stored rollouts (resuming active ones after a restart) and
+    /// starts the driving task.
+    pub async fn start(ctl: Controller) -> Result<RolloutService, RolloutServiceError> {
+        let now = ctl.now();
+        let mut loaded = ctl.db().call(|c| Ok(store::load_all(c)?)).await?;
+        let mut rollouts = BTreeMap::new();
+        for r in loaded.iter_mut() {
+            if r.is_active() {
+                r.handle_restart(now);
+                tracing::info!(rollout = %r.id(), phase = r.phase().name(), "resuming rollout");
+            }
+        }
+        for r in loaded {
+            rollouts.insert(r.id().to_string(), r);
+        }
+        let svc = RolloutService {
+            inner: Arc::new(Inner {
+                ctl: ctl.clone(),
+                state: Mutex::new(State {
+                    rollouts,
+                    sent: BTreeMap::new(),
+                }),
+                wake: Notify::new(),
+                driver: std::sync::Mutex::new(None),
+            }),
+        };
+        // Membership may have changed while the controller was down.
+        svc.resync().await;
+        let events = ctl.subscribe();
+        let driver = svc.clone();
+        let handle = tokio::spawn(async move { driver.run(events).await });
+        if let Ok(mut d) = svc.inner.driver.lock() {
+            *d = Some(handle.abort_handle());
+        }
+        Ok(svc)
+    }
+
+    /// Stops the driving task (controller shutdown). Persisted state is
+    /// what a restarted controller resumes from.
+    pub fn stop(&self) {
+        if let Ok(mut d) = self.inner.driver.lock()
+            && let Some(h) = d.take()
+        {
+            h.abort();
+        }
+    }
+
+    /// Plans and starts a rollout.
+    pub async fn create(
+        &self,
+        mut spec: RolloutSpec,
+    ) -> Result<RolloutSummary, RolloutServiceError> {
+        let ctl = &self.inner.ctl;
+        if ctl.model(&spec.model, spec.target).await?.is_none() {
+            return Err(RolloutServiceError::UnknownModel(format!(
+                "{}@{}",
+                spec.model, spec.target
+            )));
+        }
+        let now = ctl.now();
+        if spec.id.is_empty() {
+            spec.id = format!("{}-v{}-{}", spec.model, spec.target, now.0 % 1_000_000_000);
+        }
+        let model = spec.model.to_string();
+        let failed: BTreeSet<Version> = ctl
+            .db()
+            .call(move |c| Ok(store::failed_versions(c, &model)?))
+            .await?
+            .into_iter()
+            .map(Version)
+            .collect();
+        let devices = ctl
+            .devices(&drover_protocol::labels::Selector::default())
+            .await?;
+        let views: Vec<DeviceView> = devices
+            .iter()
+            .filter_map(|d| view_of(d, &spec.model))
+            .collect();
+        // Nothing to compare against when no matching device runs any
+        // version of the model yet: a first install (see RolloutSpec::initial).
+        spec.initial = views
+            .iter()
+            .filter(|v| spec.selector.matches(&v.labels))
+            .all(|v| v.version.is_none());
+        let mut st = self.inner.state.lock().await;
+        if st.rollouts.contains_key(&spec.id) {
+            return Err(RolloutServiceError::Exists(spec.id));
+        }
+        for other in st.rollouts.values().filter(|r| r.is_active()) {
+            if let Some(c) = other.overlaps(&spec, &views) {
+                return Err(RolloutServiceError::Conflict {
+                    id: other.id().to_string(),
+                    reason: c.to_string(),
+                });
+            }
+        }
+        let mut rollout = Rollout::new(spec, views, failed, now)?;
+        let audit: Vec<_> = std::iter::from_fn(|| rollout.poll_audit()).collect();
+        let json_state = rollout.clone();
+        ctl.db()
+            .call(move |c| Ok(store::save(c, &json_state, &audit, now.0)?))
+            .await?;
+        let summary = summary_of(&rollout);
+        st.rollouts.insert(rollout.id().to_string(), rollout);
+        drop(st);
+        self.inner.wake.notify_one();
+        Ok(summary)
+    }
+
+    /// Every rollout, oldest first.
+    pub async fn list(&self) -> Vec<RolloutSummary> {
+        let st = self.inner.state.lock().await;
+        st.rollouts.values().map(summary_of).collect()
+    }
+
+    /// One rollout's status and its latest audit events.
+    pub async fn detail(
+        &self,
+        id: &str,
+        audit_limit: u32,
+    ) -> Result<RolloutDetail, RolloutServiceError> {
+        let status = {
+            let st = self.inner.state.lock().await;
+            st.rollouts
+                .get(id)
+                .map(Rollout::status)
+                .ok_or_else(|| RolloutServiceError::NotFound(id.to_string()))?
+        };
+        let id = id.to_string();
+        let audit = self
+            .inner
+            .ctl
+            .db()
+            .call(move |c| Ok(store::audit(c, &id, audit_limit)?))
+            .await?;
+        Ok(RolloutDetail { status, audit })
+    }
+
+    /// Pause, resume, abort or roll back.
+    pub async fn command(
+        &self,
+        id: &str,
+        cmd: RolloutCommand,
+    ) -> Result<RolloutStatus, RolloutServiceError> {
+        let now = self.inner.ctl.now();
+        let status = {
+            let mut st = self.inner.state.lock().await;
+            let r = st
+                .rollouts
+                .get_mut(id)
+                .ok_or_else(|| RolloutServiceError::NotFound(id.to_string()))?;
+            r.handle_command(now, cmd)?;
+            r.status()
+        };
+        self.step().await;
+        Ok(status)
+    }
+
+    /// Feeds the whole inventory to every active rollout (after a restart or
+    /// when events were missed).
+    async fn resync(&self) {
+        let Ok(devices) = self
+            .inner
+            .ctl
+            .devices(&drover_protocol::labels::Selector::default())
+            .await
+        else {
+            return;
+        };
+        let now = self.inner.ctl.now();
+        let mut st = self.inner.state.lock().await;
+        let live = live_ids(&st);
+        for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
+            let model = r.spec().model.clone();
+            for d in &devices {
+                if let Some(v) = view_of(d, &model) {
+                    let _ = r.handle_device(now, v);
+                }
+            }
+        }
+    }
+
+    async fn run(self, mut events: broadcast::Receiver<DeviceEvent>) {
+        loop {
+            self.step().await;
+            let deadline = {
+                let st = self.inner.state.lock().await;
+                let live = live_ids(&st);
+                st.rollouts
+                    .values()
+                    .filter(|r| live.contains(r.id()))
+                    .filter_map(|r| r.poll_timeout().map(|(t, _)| t))
+                    .min()
+            };
+            let now = self.inner.ctl.now();
+            let sleep = deadline
+                .map(|t| Duration::from_millis(t.ms_since(now)))
+                .unwrap_or(MAX_IDLE)
+                .min(MAX_IDLE);
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.handle_event(ev).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "rollout service lagged behind device events; resyncing");
+                        self.resync().await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    async fn handle_event(&self, ev: DeviceEvent) {
+        let now = self.inner.ctl.now();
+        let device = match &ev {
+            DeviceEvent::Hello { device, .. }
+            | DeviceEvent::Online { device }
+            | DeviceEvent::Offline { device } => Some(device.clone()),
+            _ => None,
+        };
+        if let Some(device) = device {
+            let Ok(Some(info)) = self.inner.ctl.device(&device).await else {
+                return;
+            };
+            let mut st = self.inner.state.lock().await;
+            let live = live_ids(&st);
+            for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
+                if let Some(v) = view_of(&info, &r.spec().model.clone()) {
+                    // An error here is a device the engine does not know; it
+                    // only matters for joiners, which handle_device admits.
+                    let _ = r.handle_device(now, v);
+                }
+            }
+            return;
+        }
+        let mut st = self.inner.state.lock().await;
+        match ev {
+            DeviceEvent::DeployStatus { device, status } => {
+                let Some(outcome) = outcome_of(&status.phase, &status.model) else {
+                    return;
+                };
+                let live = live_ids(&st);
+                for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
+                    if r.spec().model == status.model.name {
+                        let _ = r.handle_deploy_report(now, &device, outcome.clone());
+                    }
+                }
+            }
+            DeviceEvent::Ack { device, ack } => {
+                let Err(reason) = &ack.result else { return };
+                let Some((rollout, version)) = st.sent.remove(&(device.to_string(), ack.seq))
+                else {
+                    return;
+                };
+                if let Some(r) = st.rollouts.get_mut(&rollout) {
+                    let outcome = DeployOutcome::Failed {
+                        version,
+                        reason: reason.to_string(),
+                        retryable: RETRYABLE_CODES.contains(&reason.code.as_str()),
+                    };
+                    let _ = r.handle_deploy_report(now, &device, outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One pass over every active rollout: timeouts, outputs, persistence,
+    /// then commands and metrics. Repeats while metrics answers produce more
+    /// work, bounded so one rollout cannot starve the event loop.
+    async fn step(&self) {
+        for _ in 0..8 {
+            let now = self.inner.ctl.now();
+            let mut work = Vec::new();
+            {
+                let mut st = self.inner.state.lock().await;
+                for r in st
+                    .rollouts
+                    .values_mut()
+                    .filter(|r| r.is_active() || r.poll_timeout().is_some())
+                {
+                    r.handle_timeout(now);
+                    let actions: Vec<_> = std::iter::from_fn(|| r.poll_action(now)).collect();
+                    let requests: Vec<_> =
+                        std::iter::from_fn(|| r.poll_metrics_request(now)).collect();
+                    let audit: Vec<_> = std::iter::from_fn(|| r.poll_audit()).collect();
+                    if actions.is_empty() && requests.is_empty() && audit.is_empty() {
+                        continue;
+                    }
+                    work.push((r.clone(), actions, requests, audit));
+                }
+            }
+            if work.is_empty() {
+                return;
+            }
+            let mut answered = false;
+            for (snapshot, actions, requests, audit) in work {
+                for ev in &audit {
+                    tracing::info!(rollout = %snapshot.id(), "{}", ev.message);
+                }
+                let completed = audit.iter().any(|ev| {
+                    matches!(ev.event, crate::core::rollout::AuditKind::Completed { .. })
+                });
+                let (model, target) = (snapshot.spec().model.clone(), snapshot.spec().target);
+                let id = snapshot.id().to_string();
+                // Persist before acting (the engine's persistence contract).
+                let saved = self
+                    .inner
+                    .ctl
+                    .db()
+                    .call(move |c| Ok(store::save(c, &snapshot, &audit, now.0)?))
+                    .await;
+                if let Err(e) = saved {
+                    tracing::error!(rollout = %id, error = %e, "cannot persist rollout; not acting on it");
+                    continue;
+                }
+                if completed {
+                    // A version that reached every device is what drift is
+                    // measured against from now on.
+                    if let Err(e) = self.inner.ctl.set_alias(&model, "production", target).await {
+                        tracing::warn!(rollout = %id, error = %e, "cannot move the production alias");
+                    }
+                }
+                for a in actions {
+                    self.execute(&id, a).await;
+                }
+                for req in requests {
+                    let req2 = req.clone();
+                    let answer = self
+                        .inner
+                        .ctl
+                        .db()
+                        .call(move |c| Ok(metrics::answer(c, &req2)?))
+                        .await;
+                    match answer {
+                        Ok((canary, control)) => {
+                            let mut st = self.inner.state.lock().await;
+                            if let Some(r) = st.rollouts.get_mut(&id) {
+                                if let Err(e) =
+                                    r.handle_metrics(self.inner.ctl.now(), req.id, canary, control)
+                                {
+                                    tracing::debug!(rollout = %id, error = %e, "metrics answer not used");
+                                }
+                                answered = true;
+                            }
+                        }
+                        Err(e) => tracing::warn!(rollout = %id, error = %e, "metrics query failed"),
+                    }
+                }
+            }
+            if !answered {
+                // Actions went out; the next inputs are device reports.
+                let mut more = false;
+                let st = self.inner.state.lock().await;
+                let live = live_ids(&st);
+                for r in st.rollouts.values().filter(|r| live.contains(r.id())) {
+                    if let Some((t, _)) = r.poll_timeout()
+                        && t <= self.inner.ctl.now()
+                    {
+                        more = true;
+                    }
+                }
+                if !more {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, rollout: &str, action: RolloutAction) {
+        let ctl = &self.inner.ctl;
+        let device = action.device().clone();
+        let (model, version) = {
+            let st = self.inner.state.lock().await;
+            let Some(r) = st.rollouts.get(rollout) else {
+                return;
+            };
+            (r.spec().model.clone(), r.spec().target)
+        };
+        let (cmd, about) = match action {
+            RolloutAction::Deploy { version, .. } => match ctl.manifest(&model, version).await {
+                Ok(manifest) => (Action::Deploy { manifest }, version),
+                Err(e) => {
+                    tracing::error!(%device, error = %e, "no manifest to deploy");
+                    return;
+                }
+            },
+            RolloutAction::Shadow { version, .. } => match ctl.manifest(&model, version).await {
+                Ok(manifest) => (
+                    Action::Shadow {
+                        manifest,
+                        sample_per_mille: 1000,
+                    },
+                    version,
+                ),
+                Err(e) => {
+                    tracing::error!(%device, error = %e, "no manifest to shadow");
+                    return;
+                }
+            },
+            RolloutAction::StopShadow { .. } => (Action::StopShadow, version),
+            RolloutAction::Rollback { to, .. } => (
+                Action::Rollback {
+                    model: model.clone(),
+                    to: Some(to),
+                    reason: format!("rollout {rollout}"),
+                },
+                to,
+            ),
+        };
+        match ctl.send_command(&device, cmd).await {
+            Ok(seq) => {
+                let mut st = self.inner.state.lock().await;
+                st.sent
+                    .insert((device.to_string(), seq), (rollout.to_string(), about));
+                // Bound the map: old rejections no longer matter once
+                // the engine has timed the device out.
+                while st.sent.len() > 100_000 {
+                    st.sent.pop_first();
+                }
+            }
+            Err(e) => tracing::warn!(%device, error = %e, "rollout command not sent"),
+        }
+    }
+}
+
+/// Rollouts that take device events: every active one, plus the newest
+/// rollout of each model even when it has ended (completed or rolled back),
+/// so a device that comes back or joins later still gets the version of its
+/// wave. Older ended rollouts are history: feeding them too would send a
+/// returning device conflicting versions.
+fn live_ids(st: &State) -> BTreeSet<String> {
+    let mut newest: BTreeMap<String, (Timestamp, String)> = BTreeMap::new();
+    let mut live = BTreeSet::new();
+    for r in st.rollouts.values() {
+        if r.is_active() {
+            live.insert(r.id().to_string());
+        }
+        if matches!(r.phase(), crate::core::rollout::Phase::Aborted { .. }) {
+            continue;
+        }
+        let key = r.spec().model.to_string();
+        let created = r.created_at();
+        let replace = newest
+            .get(&key)
+            .is_none_or(|(t, id)| (created, r.id()) > (*t, id.as_str()));
+        if replace {
+            newest.insert(key, (created, r.id().to_string()));
+        }
+    }
+    live.extend(newest.into_values().map(|(_, id)| id));
+    live
+}
+
+fn summary_of(r: &Rollout) -> RolloutSummary {
+    let status = r.status();
+    RolloutSummary {
+        id: r.id().to_string(),
+        model: format!("{}@{}", r.spec().model, r.spec().target),
+        phase: r.phase().name().to_string(),
+        active: r.is_active(),
+        devices: status.devices,
+    }
+}
