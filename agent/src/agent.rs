@@ -3,28 +3,30 @@
 //! (the fleet simulator does).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use drover_protocol::messages::{Hello, Label};
+use drover_protocol::messages::Hello;
 use drover_protocol::{ModelRef, PublicKey, TrustState};
 
 use crate::api;
 use crate::clock::Clock;
 use crate::config::{AgentConfig, ConfigError};
-use crate::core::window::FeedbackOutcome;
-use crate::driver::{Control, Driver, Restored, load_installed};
+use crate::driver::files::load_installed;
+use crate::driver::{Control, Driver, Restored};
+pub use crate::infer::{FeedbackError, FeedbackLabel};
 use crate::infer::{InferError, InferRequest, InferResponse};
 use crate::link::{self, LinkConfig};
-use crate::metrics::{self, Metrics, Scrape};
+use crate::metrics::Metrics;
 use crate::runtime::{LoadedModel, Runtime};
 use crate::shadow::Shadow;
-use crate::status::{AgentStatus, LinkState};
+use crate::shared::Shared;
+use crate::status::AgentStatus;
 use crate::store::{Pointers, Store, StoreError, StoreHandle};
+use crate::version::AGENT_VERSION;
 
 /// Why the agent could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -67,159 +69,6 @@ pub enum AgentError {
     Task(String),
 }
 
-/// Ground truth for a request, as a caller gives it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FeedbackLabel {
-    /// Class index (manifest label order).
-    Class(u32),
-    /// Class name, as in the manifest's labels.
-    ClassName(String),
-    /// Regression target.
-    Value(f32),
-}
-
-/// Why feedback was not counted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FeedbackError {
-    /// The request id is unknown (never seen, or pushed out of the bounded memory).
-    #[error("unknown request id")]
-    Unknown,
-    /// The request is older than the feedback ttl.
-    #[error("request too old for feedback")]
-    Expired,
-    /// The label does not fit the model (class name not found, value for a
-    /// classifier, class for a regressor).
-    #[error("{0}")]
-    Mismatch(String),
-}
-
-/// What every shell shares: config, serving slots, counters, status.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: AgentConfig,
-    pub(crate) runtime: Arc<Runtime>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) status: RwLock<AgentStatus>,
-}
-
-impl Shared {
-    pub(crate) fn status(&self) -> AgentStatus {
-        let mut s = self
-            .status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let m = &self.metrics;
-        s.link = LinkState {
-            connected: m.link_connected.load(Ordering::Relaxed),
-            reconnects: m.link_reconnects.load(Ordering::Relaxed),
-        };
-        for (prefix, map) in [
-            ("rejected_commands", m.rejected_commands()),
-            ("malformed", m.malformed_payloads()),
-            ("http_errors", m.http_errors()),
-            ("feedback", m.feedback_outcomes()),
-            ("deploy_failures", m.deploy_failures()),
-        ] {
-            for (k, v) in map {
-                s.counters.insert(format!("{prefix}.{k}"), v);
-            }
-        }
-        let sc = self.scrape();
-        s.counters.insert("inferences".into(), sc.inferences);
-        s.counters.insert("inference_errors".into(), sc.errors);
-        s.counters.insert("no_model".into(), sc.no_model);
-        s.counters.insert("bad_input".into(), sc.bad_input);
-        s.counters
-            .insert("shadow_dropped".into(), sc.shadow_dropped);
-        s.counters.insert(
-            "windows_published".into(),
-            m.windows_published.load(Ordering::Relaxed),
-        );
-        s
-    }
-
-    pub(crate) fn scrape(&self) -> Scrape {
-        let rt = &self.runtime;
-        let closed = self
-            .metrics
-            .closed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut s = Scrape {
-            inferences: closed.inferences,
-            errors: closed.errors,
-            latency: closed.latency,
-            no_model: rt.no_model_count(),
-            bad_input: rt.bad_input_count(),
-            shadow_dropped: rt.shadow().map_or(0, |s| s.dropped_total()),
-            active: rt.active().map(|a| a.model_ref().to_string()),
-        };
-        for m in [rt.active(), rt.previous()].into_iter().flatten() {
-            let live = m.recorder().peek();
-            s.inferences += live.count();
-            s.errors += live.errors();
-            s.latency.merge(live.latency());
-        }
-        s
-    }
-
-    pub(crate) fn metrics_text(&self) -> String {
-        metrics::render(&self.metrics, &self.scrape())
-    }
-
-    pub(crate) fn feedback(
-        &self,
-        request_id: u64,
-        label: &FeedbackLabel,
-    ) -> Result<bool, FeedbackError> {
-        let rt = &self.runtime;
-        let now_ms = rt.clock().now().0;
-        let mut bad_name = None;
-        let mut result = Err(FeedbackError::Unknown);
-        for m in [rt.active(), rt.previous()].into_iter().flatten() {
-            let truth = match label {
-                FeedbackLabel::Class(i) => Label::Class(*i),
-                FeedbackLabel::Value(v) => Label::Value(*v),
-                FeedbackLabel::ClassName(n) => match m.labels().iter().position(|l| **l == **n) {
-                    Some(i) => Label::Class(u32::try_from(i).unwrap_or(u32::MAX)),
-                    None => {
-                        bad_name = Some(format!(
-                            "{n:?} is not a class of {} ({})",
-                            m.model_ref(),
-                            m.labels().join(", ")
-                        ));
-                        continue;
-                    }
-                },
-            };
-            result = match m.recorder().feedback(request_id, truth, now_ms) {
-                FeedbackOutcome::Unknown => continue,
-                FeedbackOutcome::Recorded { correct } => Ok(correct.unwrap_or(true)),
-                FeedbackOutcome::Duplicate => Ok(true),
-                FeedbackOutcome::Expired => Err(FeedbackError::Expired),
-                FeedbackOutcome::Mismatch => Err(FeedbackError::Mismatch(format!(
-                    "the label does not fit {} (class index out of range, or value vs class)",
-                    m.model_ref()
-                ))),
-            };
-            break;
-        }
-        if let (Err(FeedbackError::Unknown), Some(detail)) = (&result, bad_name) {
-            result = Err(FeedbackError::Mismatch(detail));
-        }
-        let outcome = match &result {
-            Ok(_) => "recorded",
-            Err(FeedbackError::Unknown) => "unknown",
-            Err(FeedbackError::Expired) => "expired",
-            Err(FeedbackError::Mismatch(_)) => "mismatch",
-        };
-        self.metrics.feedback(outcome);
-        result
-    }
-}
-
 /// A running agent.
 ///
 /// Dropping it without [`shutdown`](Agent::shutdown) stops its tasks
@@ -235,7 +84,7 @@ pub struct Agent {
 
 fn initial_hello(cfg: &AgentConfig, p: &Pointers, trust: &TrustState, depth: usize) -> Hello {
     Hello {
-        agent_version: crate::AGENT_VERSION.to_string(),
+        agent_version: AGENT_VERSION.to_string(),
         arch: std::env::consts::ARCH.to_string(),
         hardware: cfg.hardware.clone(),
         labels: cfg.labels.clone(),
@@ -343,7 +192,7 @@ impl Agent {
         let status = AgentStatus {
             device: config.device_id.to_string(),
             fleet: config.fleet.to_string(),
-            agent_version: crate::AGENT_VERSION.to_string(),
+            agent_version: AGENT_VERSION.to_string(),
             ..AgentStatus::default()
         };
         let shared = Arc::new(Shared {
@@ -413,6 +262,15 @@ impl Agent {
         self.shared.feedback(request_id, &label)
     }
 
+    /// Resolves at the next change the agent publishes: the driver's state
+    /// after any event or timer (pointers, downloads, outbox, windows), or
+    /// the link going up or down. Inference counters alone do not wake it.
+    /// To wait for a condition without a race, `enable()` the returned future
+    /// (pinned) before checking the condition, then await it.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.metrics.changed.notified()
+    }
+
     /// A snapshot of the agent's state and counters.
     pub fn status(&self) -> AgentStatus {
         self.shared.status()
@@ -436,9 +294,10 @@ impl Agent {
         self.api.as_ref().map(api::Server::addr)
     }
 
-    /// Simulation hook: adds `extra` to every measured inference latency
-    /// (telemetry and `latency_us`) without sleeping, so a simulated slow
-    /// device costs no wall time. Zero turns it off.
+    /// Simulation hook (cargo feature `sim`): adds `extra` to every measured
+    /// inference latency (telemetry and `latency_us`) without sleeping, so a
+    /// simulated slow device costs no wall time. Zero turns it off.
+    #[cfg(feature = "sim")]
     pub fn set_simulated_extra_latency(&self, extra: Duration) {
         self.shared
             .runtime

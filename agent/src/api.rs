@@ -25,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::agent::{FeedbackError, FeedbackLabel, Shared};
-use crate::infer::{InferError, InferRequest, InferResponse, OutputTensor};
+use crate::infer::{
+    FeedbackError, FeedbackLabel, InferError, InferRequest, InferResponse, OutputTensor,
+};
+use crate::shared::Shared;
 
 /// A running API server.
 #[derive(Debug)]

@@ -1,6 +1,13 @@
 //! The agent's clock: wall-clock milliseconds derived from a monotonic
-//! `Instant`, so the hot path pays one `Instant::now()` and times never go
-//! backwards when the system clock is adjusted.
+//! instant, so times never go backwards when the system clock is adjusted.
+//!
+//! The shell's "now" (window boundaries, deadlines, command expiry) comes
+//! from tokio's clock, which is the system's monotonic clock unless a test
+//! pauses it (`tokio::time::pause`, `#[tokio::test(start_paused = true)]`).
+//! A paused-time test therefore drives the driver's timers and the
+//! timestamps it compares them with together: `tokio::time::sleep(window)`
+//! closes a telemetry window without waiting for one. The inference hot path
+//! stamps requests with [`Clock::at`] on the instant it already measured.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,18 +20,29 @@ pub struct Clock {
     base_wall: Timestamp,
 }
 
+/// Tokio's idea of now (the system clock unless a test paused it); outside a
+/// runtime it is the system clock.
+fn instant_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 impl Clock {
     /// Anchors the clock at the current system time.
     pub fn new() -> Clock {
+        Clock::anchored(Timestamp::from_system(SystemTime::now()))
+    }
+
+    /// Anchors the clock so that now reads `wall` (tests pick the start).
+    pub fn anchored(wall: Timestamp) -> Clock {
         Clock {
-            base: Instant::now(),
-            base_wall: Timestamp::from_system(SystemTime::now()),
+            base: instant_now(),
+            base_wall: wall,
         }
     }
 
     /// Now.
     pub fn now(&self) -> Timestamp {
-        self.at(Instant::now())
+        self.at(instant_now())
     }
 
     /// The timestamp of `instant`.
@@ -46,6 +64,11 @@ impl Clock {
             .checked_add(Duration::from_millis(ms))
             .unwrap_or_else(|| self.base + Duration::from_secs(86_400 * 365))
     }
+
+    /// A tokio deadline at timestamp `t`.
+    pub fn deadline_of(&self, t: Timestamp) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.instant_of(t))
+    }
 }
 
 impl Default for Clock {
@@ -66,5 +89,17 @@ mod tests {
         let i = c.instant_of(t);
         assert_eq!(c.at(i), t);
         assert!(c.now() >= a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_tokio_paused_time() {
+        let c = Clock::anchored(Timestamp(1_000_000));
+        assert_eq!(c.now(), Timestamp(1_000_000));
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(c.now(), Timestamp(1_090_000));
+        // A deadline computed from a timestamp fires at that timestamp.
+        let deadline = c.deadline_of(Timestamp(1_100_000));
+        tokio::time::sleep_until(deadline).await;
+        assert_eq!(c.now(), Timestamp(1_100_000));
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use drover_protocol::codec::MAX_CHUNK_DATA;
 use drover_protocol::{DeviceId, FleetId, PublicKey};
@@ -49,7 +49,8 @@ fn invalid(key: &'static str, detail: impl Into<String>) -> ConfigError {
 }
 
 mod hex_key {
-    use super::*;
+    use drover_protocol::PublicKey;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(k: &PublicKey, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&k.to_hex())

@@ -7,7 +7,7 @@ use drover_protocol::manifest::DType;
 use serde::Serialize;
 use tract_onnx::prelude::{Datum, DatumType, Tensor};
 
-use crate::runtime::RuntimeError;
+use drover_protocol::messages::{Reason, ReasonCode};
 
 /// One inference request for a one-input model, batch 1.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -173,4 +173,61 @@ pub enum InferError {
     /// The model failed on this input.
     #[error("inference failed: {0}")]
     Model(#[from] RuntimeError),
+}
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The bytes are not an ONNX model tract can parse.
+    #[error("not an ONNX model: {0}")]
+    NotOnnx(String),
+    /// The graph uses an operator tract does not implement.
+    #[error("unsupported ONNX operator {0}")]
+    UnsupportedOperator(String),
+    /// The model and its manifest disagree, or the model has a shape or
+    /// element type Drover does not serve.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// tract failed while optimising or running.
+    #[error("tract: {0}")]
+    Tract(String),
+}
+
+impl RuntimeError {
+    /// As a DeployStatus reason.
+    pub fn reason(&self) -> Reason {
+        let code = match self {
+            RuntimeError::NotOnnx(_) => ReasonCode::NotOnnx,
+            RuntimeError::UnsupportedOperator(_) => ReasonCode::UnsupportedOperator,
+            RuntimeError::Unsupported(_) => ReasonCode::UnsupportedModel,
+            RuntimeError::Tract(_) => ReasonCode::LoadFailed,
+        };
+        Reason::new(code, self.to_string())
+    }
+}
+
+/// Ground truth for a request, as a caller gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedbackLabel {
+    /// Class index (manifest label order).
+    Class(u32),
+    /// Class name, as in the manifest's labels.
+    ClassName(String),
+    /// Regression target.
+    Value(f32),
+}
+
+/// Why feedback was not counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedbackError {
+    /// The request id is unknown (never seen, or pushed out of the bounded memory).
+    #[error("unknown request id")]
+    Unknown,
+    /// The request is older than the feedback ttl.
+    #[error("request too old for feedback")]
+    Expired,
+    /// The label does not fit the model (class name not found, value for a
+    /// classifier, class for a regressor).
+    #[error("{0}")]
+    Mismatch(String),
 }

@@ -4,19 +4,40 @@
 //! streams telemetry back through a SQLite outbox.
 //!
 //! # Layout
-//! - [`core`]: sans-IO state machines: [`core::deploy`] (one deploy/shadow
-//!   job), [`core::guard`] (local rollback), [`core::window`] (telemetry
-//!   recording and windowing), [`core::outbox`] (store-and-forward).
-//! - [`agent`]: the [`Agent`] handle (start, infer, feedback, status, shutdown).
-//! - `driver`: the task that owns the cores and carries out their actions.
+//! - [`core`]: sans-IO state machines, each taking `now`: [`core::deploy`]
+//!   (one deploy/shadow job), [`core::slots`] (which job a command starts:
+//!   already active, shadow of active, promotion, supersede, disk budget),
+//!   [`core::guard`] (local rollback), [`core::window`] (telemetry recording
+//!   and windowing), [`core::outbox`] (store-and-forward).
+//! - [`agent`]: the [`Agent`] handle (start, infer, feedback, status,
+//!   `changed`, shutdown).
+//! - `shared`: what the handle, the driver and the HTTP API share (config,
+//!   serving slots, counters, status).
+//! - `driver`: the task that owns the cores and carries out their actions,
+//!   split by concern: `mod.rs` (state, loop, timers, Hello/status),
+//!   `commands` (payloads and signed commands), `jobs` (deploy and shadow
+//!   jobs, activation, rollback, disk hygiene), `telemetry` (windows, guard,
+//!   outbox), `files` (blocking file helpers).
 //! - `link`: the MQTT connection (rumqttc).
 //! - [`store`]: SQLite and the data directory layout.
-//! - [`runtime`]: tract models and the atomically swapped serving slots.
+//! - [`model`]: a model loaded by tract (plan, health checks, predictions).
+//! - [`runtime`]: the atomically swapped serving slots and the inference hot
+//!   path.
 //! - `shadow`: the shadow candidate's queue and worker.
 //! - `api`: the loopback HTTP API (axum).
 //! - [`config`]: the TOML config and its env overrides.
 //! - [`cli`], [`install`]: the `drover-agent` command line and systemd install.
-//! - [`infer`], [`status`], [`clock`]: request/response, status and time types.
+//! - [`infer`]: requests, responses, feedback labels and their errors.
+//! - [`status`], [`clock`], [`version`]: status snapshot, time (tokio's clock,
+//!   so paused-time tests drive the timers), the agent's version.
+//!
+//! Imports point one way (`a` ← `b`: `b` imports `a`; no file imports one
+//! that imports it back, `scripts/check_layout.py` checks): `core` imports
+//! nothing of the shell; `infer` ← `model` ← `shadow` ← `runtime`;
+//! `shared` ← `api`, `driver` ← `agent`.
+//!
+//! Cargo feature `sim`: `Agent::set_simulated_extra_latency` for the fleet
+//! simulator's "slow device" fault; device builds leave it off.
 
 pub mod agent;
 pub(crate) mod api;
@@ -29,16 +50,18 @@ pub mod infer;
 pub mod install;
 pub(crate) mod link;
 pub(crate) mod metrics;
+pub mod model;
 pub mod runtime;
 pub(crate) mod shadow;
+pub(crate) mod shared;
 pub mod status;
 pub mod store;
+pub mod version;
 
-pub use agent::{Agent, AgentError, FeedbackError, FeedbackLabel};
+pub use agent::{Agent, AgentError};
 pub use config::AgentConfig;
-pub use infer::{InferError, InferRequest, InferResponse, OutputTensor};
+pub use infer::{
+    FeedbackError, FeedbackLabel, InferError, InferRequest, InferResponse, OutputTensor,
+};
 pub use status::AgentStatus;
-
-/// This agent's version (`major.minor.patch`), checked against manifests'
-/// `min_agent_version` and reported in Hello.
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use version::AGENT_VERSION;

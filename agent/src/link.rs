@@ -289,7 +289,7 @@ impl Manager {
         let active = self.hello.borrow().active.clone();
         self.announced = Some(active.clone());
         codec::encode_status(&Status::Online {
-            agent_version: crate::AGENT_VERSION.to_string(),
+            agent_version: crate::version::AGENT_VERSION.to_string(),
             active,
         })
         .ok()
@@ -371,6 +371,7 @@ impl Manager {
                 self.connected = true;
                 self.need_subscribe = true;
                 self.metrics.link_connected.store(true, Ordering::Relaxed);
+                self.metrics.touch();
                 let hello = self.hello.borrow().clone();
                 if let Ok(h) = codec::encode_up(&Up::Hello(hello)) {
                     let o = self.out(h, Delivery::BestEffort, false);
@@ -387,6 +388,7 @@ impl Manager {
                     tracing::warn!(error = %e, "mqtt connection lost");
                     self.metrics.link_reconnects.fetch_add(1, Ordering::Relaxed);
                     self.metrics.link_connected.store(false, Ordering::Relaxed);
+                    self.metrics.touch();
                     self.connected = false;
                     self.requeue_unacked();
                     let _ = self.events.send(LinkEvent::Disconnected).await;
@@ -517,6 +519,7 @@ impl Manager {
         }
         self.connected = false;
         self.metrics.link_connected.store(false, Ordering::Relaxed);
+        self.metrics.touch();
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     http_errors: Mutex<BTreeMap<String, u64>>,
     deploy_failures: Mutex<BTreeMap<String, u64>>,
     feedback: Mutex<BTreeMap<String, u64>>,
+    store_failures: Mutex<BTreeMap<String, u64>>,
     pub(crate) closed: Mutex<Closed>,
     pub(crate) link_connected: AtomicBool,
     pub(crate) link_reconnects: AtomicU64,
@@ -36,6 +37,9 @@ pub(crate) struct Metrics {
     pub(crate) chunks_received: AtomicU64,
     pub(crate) chunks_ignored: AtomicU64,
     pub(crate) shadow_dropped_closed: AtomicU64,
+    /// Woken whenever the driver publishes state or the link goes up or
+    /// down, so callers can await a change instead of polling.
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 fn bump(m: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -48,6 +52,11 @@ fn snapshot(m: &Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
 }
 
 impl Metrics {
+    /// Wakes everyone awaiting a change.
+    pub(crate) fn touch(&self) {
+        self.changed.notify_waiters();
+    }
+
     /// A command refused by the trust rules, by reason code.
     pub(crate) fn rejected_command(&self, code: &str) {
         bump(&self.rejected_commands, code);
@@ -66,6 +75,16 @@ impl Metrics {
     /// A deploy that failed, by reason code.
     pub(crate) fn deploy_failed(&self, code: &str) {
         bump(&self.deploy_failures, code);
+    }
+
+    /// A store write that failed where the driver carries on anyway (the
+    /// failure is logged and counted, never dropped), by operation.
+    pub(crate) fn store_failed(&self, op: &str) {
+        bump(&self.store_failures, op);
+    }
+
+    pub(crate) fn store_failures(&self) -> BTreeMap<String, u64> {
+        snapshot(&self.store_failures)
     }
 
     /// Feedback by outcome (`recorded`, `unknown`, `expired`, ...).
@@ -264,6 +283,13 @@ pub(crate) fn render(m: &Metrics, s: &Scrape) -> String {
         "Deploys that failed, by reason.",
         "reason",
         m.deploy_failures(),
+    );
+    labelled(
+        &mut o,
+        "drover_agent_store_failures_total",
+        "Store writes that failed and were carried on past, by operation.",
+        "op",
+        m.store_failures(),
     );
     if let Some(a) = &s.active {
         let _ = writeln!(

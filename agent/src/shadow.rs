@@ -13,7 +13,7 @@ use drover_protocol::telemetry::ShadowStats;
 
 use crate::clock::Clock;
 use crate::core::window::{Prediction, Record};
-use crate::runtime::LoadedModel;
+use crate::model::{LoadedModel, micros};
 
 struct Job {
     row: Vec<f32>,
@@ -115,7 +115,7 @@ fn work(mut rx: mpsc::Receiver<Job>, model: &LoadedModel, stats: &Stats, clock: 
         let t0 = Instant::now();
         let result = model.run(&job.row);
         let t1 = Instant::now();
-        let latency_us = crate::runtime::micros(t1.duration_since(t0));
+        let latency_us = micros(t1.duration_since(t0));
         let prediction = result.ok().and_then(|o| model.predict(&o));
         model.recorder().record(&Record {
             request_id: 0,
@@ -143,7 +143,7 @@ fn work(mut rx: mpsc::Receiver<Job>, model: &LoadedModel, stats: &Stats, clock: 
 mod tests {
     use super::*;
     use crate::core::window::RecorderConfig;
-    use crate::runtime::tests::{classifier_manifest, fixture};
+    use crate::model::tests::{classifier_manifest, fixture};
 
     fn model(file: &str, v: u64) -> Arc<LoadedModel> {
         Arc::new(

@@ -24,6 +24,7 @@ use drover_protocol::telemetry::TelemetryWindow;
 use drover_protocol::{ModelRef, Sha256, Signed, TrustState};
 
 use crate::core::deploy::PendingDownload;
+pub use crate::core::slots::Slot;
 
 /// Schema version this build writes.
 const SCHEMA_VERSION: i32 = 1;
@@ -100,24 +101,6 @@ impl Pointers {
         [&self.active, &self.previous, &self.shadow]
             .into_iter()
             .any(|p| p.as_ref() == Some(m))
-    }
-}
-
-/// Download slots: one deploy and one shadow download at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Slot {
-    /// A Deploy command's download.
-    Deploy,
-    /// A Shadow command's download.
-    Shadow,
-}
-
-impl Slot {
-    fn as_str(self) -> &'static str {
-        match self {
-            Slot::Deploy => "deploy",
-            Slot::Shadow => "shadow",
-        }
     }
 }
 

@@ -11,7 +11,7 @@ use drover_protocol::messages::{
     ChunkRequest, CommandAck, DeployPhase, DeployStatus, Down, Hello, Reason, Up,
 };
 use drover_protocol::testkit::realistic_window;
-use drover_protocol::{Action, Sha256};
+use drover_protocol::{Action, ReasonCode, Sha256};
 use support::{Peer, TestController, drover, external_broker, fixtures, stderr, stdout};
 
 fn path(rel: &str) -> String {
@@ -456,7 +456,7 @@ async fn scripted_agent(mut peer: Peer, fail: bool) {
         assert_eq!(Sha256::of(&got), m.artifact.sha256);
         let phase = if fail {
             DeployPhase::Failed(Reason::new(
-                "health_check_failed",
+                ReasonCode::HealthCheckFailed,
                 "sample 3 differs by 0.5",
             ))
         } else {

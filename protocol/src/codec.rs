@@ -12,19 +12,10 @@ use crate::topic::Channel;
 /// Version byte leading every payload.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Largest `up` payload: capture uploads are split to stay under this.
-pub const MAX_UP_PAYLOAD: usize = 256 * 1024;
-/// Largest `status` payload.
-pub const MAX_STATUS_PAYLOAD: usize = 4 * 1024;
-/// Largest `down` payload: commands carry a signed manifest with its reference
-/// profile and health-check samples.
-pub const MAX_DOWN_PAYLOAD: usize = 256 * 1024;
-/// Largest artifact bytes in one chunk.
-pub const MAX_CHUNK_DATA: usize = 256 * 1024;
-/// Largest `chunk` payload: [`MAX_CHUNK_DATA`] plus envelope.
-pub const MAX_CHUNK_PAYLOAD: usize = MAX_CHUNK_DATA + 1024;
-/// The largest payload on any channel; MQTT clients size `max_packet_size` from it.
-pub const MAX_PAYLOAD: usize = MAX_CHUNK_PAYLOAD;
+pub use crate::limits::{
+    MAX_CHUNK_DATA, MAX_CHUNK_PAYLOAD, MAX_DOWN_PAYLOAD, MAX_PAYLOAD, MAX_STATUS_PAYLOAD,
+    MAX_UP_PAYLOAD,
+};
 
 /// Why bytes could not be decoded (or a value encoded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

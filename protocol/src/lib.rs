@@ -3,13 +3,22 @@
 //! # Layout
 //! - [`ids`]: validated device/fleet/model ids, versions, digests, timestamps.
 //! - [`topic`]: the four MQTT topics per device, built and parsed.
-//! - [`codec`]: version byte + postcard, size limits per channel.
+//! - [`limits`]: payload size limits per channel.
+//! - [`codec`]: version byte + postcard, enforcing those limits.
 //! - [`messages`]: `Up`, `Down`, `Status`, and the signed `Command`.
+//! - [`reasons`]: `Reason` and the `ReasonCode` enum (string on the wire,
+//!   `retryable()`, unknown codes from newer peers kept as `Unknown`).
 //! - [`manifest`]: the signed `ModelManifest`.
 //! - [`telemetry`]: `TelemetryWindow` and its compact `LatencyHistogram`.
 //! - [`signing`]: `Signed<T>`, the `Sign` trait, the ed25519 key-file signer.
-//! - [`trust`]: key lists and the pure `TrustState` that accepts or refuses.
-//! - [`testkit`]: deterministic keys, manifests, commands and windows for tests.
+//! - [`keys`]: the root-signed `KeyList` of delegated keys and their roles.
+//! - [`trust`]: the pure `TrustState` that accepts or refuses what is signed.
+//! - `testkit` (cargo feature `testkit`, for tests only): deterministic keys,
+//!   manifests, commands and windows.
+//!
+//! Imports point one way (`a` ← `b`: `b` imports `a`): `limits` ← `topic` ←
+//! `codec`; `reasons`, `keys` ← `messages` ← `trust`. No file imports one
+//! that imports it back (`scripts/check_layout.py` checks this).
 //!
 //! This crate does no network I/O and depends on no async runtime: both the
 //! agent and the controller (and fuzzers) use it as-is.
@@ -17,11 +26,15 @@
 pub mod codec;
 pub mod duration;
 pub mod ids;
+pub mod keys;
 pub mod labels;
+pub mod limits;
 pub mod manifest;
 pub mod messages;
+pub mod reasons;
 pub mod signing;
 pub mod telemetry;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod topic;
 pub mod trust;
@@ -30,6 +43,7 @@ pub use codec::CodecError;
 pub use ids::{DeviceId, FleetId, ModelName, ModelRef, Sha256, Timestamp, Version};
 pub use manifest::ModelManifest;
 pub use messages::{Action, Command, Down, Status, Up};
+pub use reasons::{Reason, ReasonCode};
 pub use signing::{Ed25519Signer, PublicKey, Sign, Signed};
 pub use telemetry::{LatencyHistogram, TelemetryWindow};
 pub use trust::{KeyList, Role, TrustError, TrustState};

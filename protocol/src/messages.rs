@@ -7,10 +7,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, FleetId, ModelName, ModelRef, Sha256, Timestamp, Version};
+use crate::keys::KeyList;
 use crate::manifest::ModelManifest;
 use crate::signing::{Signed, SignedPayload};
 use crate::telemetry::TelemetryWindow;
-use crate::trust::KeyList;
+
+// Reasons have their own module (trust errors build them too); re-exported
+// here because every message that fails carries one.
+pub use crate::reasons::{Reason, ReasonCode};
 
 /// Agent → controller on `drover/{fleet}/d/{device}/up`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,31 +83,6 @@ pub struct Hello {
     pub key_list_version: u64,
     /// Telemetry windows waiting for acknowledgement.
     pub outbox_depth: u64,
-}
-
-/// A stable machine-readable code plus a human explanation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reason {
-    /// Stable code, e.g. `replayed_command`, `sha256_mismatch`.
-    pub code: String,
-    /// What happened, for operators.
-    pub detail: String,
-}
-
-impl Reason {
-    /// Builds a reason.
-    pub fn new(code: impl Into<String>, detail: impl Into<String>) -> Reason {
-        Reason {
-            code: code.into(),
-            detail: detail.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.detail)
-    }
 }
 
 /// Answer to a command, by sequence number.

@@ -50,10 +50,10 @@ impl Channel {
     /// anything bigger before looking inside.
     pub fn max_payload(self) -> usize {
         match self {
-            Channel::Up => crate::codec::MAX_UP_PAYLOAD,
-            Channel::Status => crate::codec::MAX_STATUS_PAYLOAD,
-            Channel::Down => crate::codec::MAX_DOWN_PAYLOAD,
-            Channel::Chunk => crate::codec::MAX_CHUNK_PAYLOAD,
+            Channel::Up => crate::limits::MAX_UP_PAYLOAD,
+            Channel::Status => crate::limits::MAX_STATUS_PAYLOAD,
+            Channel::Down => crate::limits::MAX_DOWN_PAYLOAD,
+            Channel::Chunk => crate::limits::MAX_CHUNK_PAYLOAD,
         }
     }
 }

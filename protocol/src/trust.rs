@@ -20,51 +20,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, ModelName, Sha256, Timestamp, Version};
+pub use crate::keys::{KeyEntry, KeyList, Role};
 use crate::manifest::ModelManifest;
-use crate::messages::{Action, Command, Reason};
+use crate::messages::{Action, Command};
+use crate::reasons::{Reason, ReasonCode};
 use crate::signing::{PublicKey, SignatureError, Signed, SignedPayload};
-
-/// What a key may sign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Role {
-    /// Model manifests.
-    Models,
-    /// Device commands.
-    Commands,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Models => "models",
-            Role::Commands => "commands",
-        })
-    }
-}
-
-/// A key and the roles it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyEntry {
-    /// The key.
-    pub public_key: PublicKey,
-    /// Its roles.
-    pub roles: Vec<Role>,
-}
-
-/// The root-signed list of delegated keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyList {
-    /// Increases with every rotation.
-    pub version: u64,
-    /// Refused after this.
-    pub expires_at: Timestamp,
-    /// Delegated keys.
-    pub keys: Vec<KeyEntry>,
-}
-
-impl SignedPayload for KeyList {
-    const DOMAIN: &'static str = "keylist";
-}
 
 /// Why something signed was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -170,22 +130,22 @@ pub enum TrustError {
 
 impl TrustError {
     /// Stable code for reports and metrics.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ReasonCode {
         match self {
-            TrustError::KeyListNotRootSigned(_) => "key_list_not_root_signed",
-            TrustError::KeyListRollback { .. } => "key_list_rollback",
-            TrustError::KeyListConflict(_) => "key_list_conflict",
-            TrustError::KeyListExpired { .. } => "key_list_expired",
-            TrustError::NoKeyList => "no_key_list",
-            TrustError::UnknownKey(_) => "unknown_key",
-            TrustError::MissingRole { .. } => "missing_role",
-            TrustError::Signature(_) => "bad_signature",
-            TrustError::ManifestExpired { .. } => "manifest_expired",
-            TrustError::CommandExpired { .. } => "command_expired",
-            TrustError::Replay { .. } => "replayed_command",
-            TrustError::WrongTarget { .. } => "wrong_target",
-            TrustError::Downgrade { .. } => "downgrade",
-            TrustError::ArtifactMismatch { .. } => "artifact_mismatch",
+            TrustError::KeyListNotRootSigned(_) => ReasonCode::KeyListNotRootSigned,
+            TrustError::KeyListRollback { .. } => ReasonCode::KeyListRollback,
+            TrustError::KeyListConflict(_) => ReasonCode::KeyListConflict,
+            TrustError::KeyListExpired { .. } => ReasonCode::KeyListExpired,
+            TrustError::NoKeyList => ReasonCode::NoKeyList,
+            TrustError::UnknownKey(_) => ReasonCode::UnknownKey,
+            TrustError::MissingRole { .. } => ReasonCode::MissingRole,
+            TrustError::Signature(_) => ReasonCode::BadSignature,
+            TrustError::ManifestExpired { .. } => ReasonCode::ManifestExpired,
+            TrustError::CommandExpired { .. } => ReasonCode::CommandExpired,
+            TrustError::Replay { .. } => ReasonCode::ReplayedCommand,
+            TrustError::WrongTarget { .. } => ReasonCode::WrongTarget,
+            TrustError::Downgrade { .. } => ReasonCode::Downgrade,
+            TrustError::ArtifactMismatch { .. } => ReasonCode::ArtifactMismatch,
         }
     }
 

@@ -36,7 +36,7 @@ fn all_up() -> Vec<Up> {
         }),
         Up::Ack(CommandAck {
             seq: 9,
-            result: Err(Reason::new("replayed_command", "seq 9 <= 10")),
+            result: Err(Reason::new(ReasonCode::ReplayedCommand, "seq 9 <= 10")),
         }),
         Up::Ack(CommandAck {
             seq: 10,
@@ -55,7 +55,11 @@ fn all_up() -> Vec<Up> {
             model: model_ref(),
             phase: DeployPhase::RolledBack {
                 to: None,
-                reason: Reason::new("latency_budget", "p95 80ms > 50ms"),
+                // A code this build does not know still round-trips.
+                reason: Reason::new(
+                    ReasonCode::Unknown("latency_budget".into()),
+                    "p95 80ms > 50ms",
+                ),
             },
         }),
         Up::Telemetry(testkit::realistic_window(1)),

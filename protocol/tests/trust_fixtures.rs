@@ -9,8 +9,8 @@ use drover_protocol::signing::{Ed25519Signer, Sign, SignatureError};
 use drover_protocol::testkit::{self, TestKeys};
 use drover_protocol::trust::{KeyEntry, KeyList, Role, check_artifact};
 use drover_protocol::{
-    Action, Command, DeviceId, ModelName, Sha256, Signed, Timestamp, TrustError, TrustState,
-    Version,
+    Action, Command, DeviceId, ModelName, ReasonCode, Sha256, Signed, Timestamp, TrustError,
+    TrustState, Version,
 };
 
 const NOW: Timestamp = Timestamp(1_750_000_000_000);
@@ -73,7 +73,7 @@ fn tampered_manifest_body() {
     m.body[last] ^= 0x01;
     let err = refuse(&mut t, &deploy(&keys, 6, m));
     assert_eq!(err, TrustError::Signature(SignatureError::BadSignature));
-    assert_eq!(err.code(), "bad_signature");
+    assert_eq!(err.code(), ReasonCode::BadSignature);
 }
 
 #[test]
@@ -291,7 +291,7 @@ fn key_list_not_signed_by_root() {
         err,
         TrustError::KeyListNotRootSigned(SignatureError::WrongKey { .. })
     ));
-    assert_eq!(err.code(), "key_list_not_root_signed");
+    assert_eq!(err.code(), ReasonCode::KeyListNotRootSigned);
     assert_eq!(t, before);
 }
 
@@ -320,7 +320,7 @@ fn mismatched_artifact_hash_and_size() {
     assert!(check_artifact(&m, Sha256::of(b"model-bytes"), 11).is_ok());
     let err = check_artifact(&m, Sha256::of(b"model-bytez"), 11).unwrap_err();
     assert!(matches!(err, TrustError::ArtifactMismatch { .. }));
-    assert_eq!(err.code(), "artifact_mismatch");
+    assert_eq!(err.code(), ReasonCode::ArtifactMismatch);
     assert!(check_artifact(&m, Sha256::of(b"model-bytes"), 12).is_err());
 }
 

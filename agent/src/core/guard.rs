@@ -5,7 +5,7 @@
 //! report. Sans-IO.
 
 use drover_protocol::ModelRef;
-use drover_protocol::messages::Reason;
+use drover_protocol::messages::{Reason, ReasonCode};
 use drover_protocol::telemetry::{ModelRole, TelemetryWindow};
 
 /// Guard thresholds.
@@ -101,7 +101,7 @@ impl Guard {
         self.watch = None;
         Some(GuardDecision::RollBack {
             from,
-            reason: Reason::new("guard_health_check", detail),
+            reason: Reason::new(ReasonCode::GuardHealthCheck, detail),
         })
     }
 
@@ -128,7 +128,7 @@ impl Guard {
             return Some(GuardDecision::RollBack {
                 from: model,
                 reason: Reason::new(
-                    "guard_error_rate",
+                    ReasonCode::GuardErrorRate,
                     format!(
                         "{} of {} inferences failed ({:.1}%, limit {:.1}%) in the first window",
                         w.errors,
@@ -145,7 +145,7 @@ impl Guard {
             return Some(GuardDecision::RollBack {
                 from: model,
                 reason: Reason::new(
-                    "guard_latency_budget",
+                    ReasonCode::GuardLatencyBudget,
                     format!(
                         "p95 latency {p95} µs exceeds the manifest budget of {budget} µs over {} inferences",
                         w.count
@@ -199,7 +199,7 @@ mod tests {
         match d {
             GuardDecision::RollBack { from, reason } => {
                 assert_eq!(from, model(2));
-                assert_eq!(reason.code, "guard_latency_budget");
+                assert_eq!(reason.code, ReasonCode::GuardLatencyBudget);
             }
             other => panic!("{other:?}"),
         }
@@ -212,7 +212,7 @@ mod tests {
         g.arm(model(2), None);
         let d = g.handle_window(&window(2, 20, 5, 10)).unwrap();
         assert!(
-            matches!(d, GuardDecision::RollBack { ref reason, .. } if reason.code == "guard_error_rate")
+            matches!(d, GuardDecision::RollBack { ref reason, .. } if reason.code == ReasonCode::GuardErrorRate)
         );
     }
 
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(g.handle_health_failure(&model(3), "x"), None);
         let d = g.handle_health_failure(&model(2), "sample 0 off").unwrap();
         assert!(
-            matches!(d, GuardDecision::RollBack { ref reason, .. } if reason.code == "guard_health_check")
+            matches!(d, GuardDecision::RollBack { ref reason, .. } if reason.code == ReasonCode::GuardHealthCheck)
         );
         g.arm(model(3), None);
         g.disarm();

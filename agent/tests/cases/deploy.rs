@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use drover_agent::{FeedbackError, FeedbackLabel, InferError, InferRequest};
-use drover_protocol::messages::{DeployPhase, Label, Status, Up};
+use drover_protocol::messages::{DeployPhase, Label, ReasonCode, Status, Up};
 use drover_protocol::telemetry::ModelRole;
 use drover_protocol::{Action, ModelName, Version};
 
-use crate::support::{ROWS, Setup, classifier_manifest, eventually};
+use crate::support::{ROWS, Setup, classifier_manifest, until};
 
 fn le_bytes(row: &[f32]) -> Vec<u8> {
     row.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -232,10 +232,11 @@ async fn deploy_infer_feedback_telemetry_ack() {
     let seen: Vec<u64> = s.peer.state().windows().iter().map(|w| w.seq).collect();
     s.peer.set_auto_ack(true);
     s.peer.ack(seen).await;
-    eventually(
+    until(
+        agent,
         "outbox empty after acks",
         Duration::from_secs(20),
-        || async { (agent.status().outbox_depth == 0).then_some(()) },
+        || (agent.status().outbox_depth == 0).then_some(()),
     )
     .await;
     assert!(agent.status().last_ack_ms.is_some());
@@ -361,7 +362,7 @@ async fn rollback_idempotence_downgrade_and_disk_hygiene() {
     match s.peer.outcome(seq).await {
         DeployPhase::RolledBack { to, reason } => {
             assert_eq!(to, Some(v1.clone()));
-            assert_eq!(reason.code, "commanded");
+            assert_eq!(reason.code, ReasonCode::Commanded);
         }
         other => panic!("{other:?}"),
     }
@@ -378,7 +379,7 @@ async fn rollback_idempotence_downgrade_and_disk_hygiene() {
         })
         .await;
     match s.peer.outcome(seq).await {
-        DeployPhase::Failed(r) => assert_eq!(r.code, "not_installed"),
+        DeployPhase::Failed(r) => assert_eq!(r.code, ReasonCode::NotInstalled),
         other => panic!("{other:?}"),
     }
     assert_eq!(agent.active_model(), Some(v1.clone()));
@@ -401,7 +402,7 @@ async fn rollback_idempotence_downgrade_and_disk_hygiene() {
     let (m1, _) = classifier_manifest("sensor_clf_v1.onnx", 1);
     let seq = s.peer.deploy(&m1).await;
     let ack = s.peer.ack_of(seq).await;
-    assert_eq!(ack.result.unwrap_err().code, "downgrade");
+    assert_eq!(ack.result.unwrap_err().code, ReasonCode::Downgrade);
     assert_eq!(agent.active_model(), Some(v2.clone()));
 
     // v3: only active and previous stay on disk.

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use drover_agent::InferRequest;
-use drover_protocol::messages::DeployPhase;
+use drover_protocol::messages::{DeployPhase, ReasonCode};
 
 use crate::support::{
-    LinkProxy, ROWS, Setup, TestBroker, classifier_manifest, eventually, under_qemu,
+    LinkProxy, ROWS, Setup, TestBroker, classifier_manifest, eventually, under_qemu, until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +44,7 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
     assert_eq!(agent.active_model(), Some(slow.model_ref()));
 
     link.cut();
-    eventually("link down", Duration::from_secs(20), || async {
+    until(agent, "link down", Duration::from_secs(20), || {
         (!agent.status().link.connected).then_some(())
     })
     .await;
@@ -61,10 +61,11 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
     let r = agent.infer(InferRequest::new(ROWS[0].to_vec())).unwrap();
     assert_eq!(*r.model, v1, "serving v1 again while still offline");
     assert!(!agent.status().link.connected);
-    eventually(
+    until(
+        agent,
         "the bad model is not kept as previous",
         Duration::from_secs(10),
-        || async { agent.status().previous.is_none().then_some(()) },
+        || agent.status().previous.is_none().then_some(()),
     )
     .await;
 
@@ -82,5 +83,10 @@ async fn slow_model_is_rolled_back_offline_and_the_reason_reported() {
         .await;
     assert_eq!(model, slow.model_ref());
     assert_eq!(to, Some(v1));
-    assert_eq!(reason.code, "guard_latency_budget", "{}", reason.detail);
+    assert_eq!(
+        reason.code,
+        ReasonCode::GuardLatencyBudget,
+        "{}",
+        reason.detail
+    );
 }

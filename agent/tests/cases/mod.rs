@@ -9,3 +9,4 @@ mod outage;
 mod refusals;
 mod resume;
 mod shadow;
+mod timers;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use drover_agent::InferRequest;
 use drover_protocol::telemetry::{ModelRole, TelemetryWindow};
 
-use crate::support::{LinkProxy, Mosquitto, ROWS, Setup, TestBroker, eventually};
+use crate::support::{LinkProxy, Mosquitto, ROWS, Setup, TestBroker, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_survive_a_broker_outage() {
@@ -31,7 +31,7 @@ async fn windows_survive_a_broker_outage() {
         .await;
 
     mq.stop();
-    eventually("link down", Duration::from_secs(20), || async {
+    until(agent, "link down", Duration::from_secs(20), || {
         (!agent.status().link.connected).then_some(())
     })
     .await;
@@ -41,10 +41,11 @@ async fn windows_survive_a_broker_outage() {
         agent.infer(InferRequest::new(r.to_vec())).unwrap();
         n += 1;
     }
-    eventually(
+    until(
+        agent,
         "windows buffered in the outbox",
         Duration::from_secs(20),
-        || async { (agent.status().outbox_depth >= depth_at_stop + 4).then_some(()) },
+        || (agent.status().outbox_depth >= depth_at_stop + 4).then_some(()),
     )
     .await;
     assert_eq!(
@@ -54,7 +55,7 @@ async fn windows_survive_a_broker_outage() {
     );
 
     mq.restart().await;
-    eventually("link back", Duration::from_secs(20), || async {
+    until(agent, "link back", Duration::from_secs(20), || {
         agent.status().link.connected.then_some(())
     })
     .await;
@@ -102,7 +103,7 @@ async fn windows_survive_a_broker_outage() {
         assert_eq!(seen, w, "window {} differs between deliveries", w.seq);
     }
     assert!(by_seq.values().all(|w| w.evicted_windows == 0));
-    eventually("outbox drained", Duration::from_secs(20), || async {
+    until(agent, "outbox drained", Duration::from_secs(20), || {
         (agent.status().outbox_depth == 0).then_some(())
     })
     .await;
@@ -122,7 +123,7 @@ async fn a_full_outbox_evicts_the_oldest_and_reports_it() {
     s.deploy_classifier("sensor_clf_v1.onnx", 1).await;
     let agent = s.agent();
     link.cut();
-    eventually("evictions", Duration::from_secs(20), || async {
+    until(agent, "evictions", Duration::from_secs(20), || {
         (agent.status().outbox_evicted >= 3).then_some(())
     })
     .await;

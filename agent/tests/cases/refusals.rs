@@ -4,7 +4,7 @@
 //! unsupported operators.
 
 use drover_agent::InferRequest;
-use drover_protocol::messages::DeployPhase;
+use drover_protocol::messages::{DeployPhase, ReasonCode};
 use drover_protocol::testkit::{self, TestKeys};
 use drover_protocol::{Action, DeviceId, Sha256, Signed};
 
@@ -12,7 +12,7 @@ use crate::support::{ROWS, Setup, classifier_manifest, fixture, now};
 
 fn failed_code(p: DeployPhase) -> String {
     match p {
-        DeployPhase::Failed(r) => r.code,
+        DeployPhase::Failed(r) => r.code.as_str().to_string(),
         other => panic!("expected Failed, got {other:?}"),
     }
 }
@@ -123,7 +123,7 @@ async fn refusals_leave_the_old_model_serving() {
                 |st| st.acks(seq).iter().find_map(|a| a.result.clone().err()),
             )
             .await;
-        assert_eq!(reason.code, code, "{}", reason.detail);
+        assert_eq!(reason.code.as_str(), code, "{}", reason.detail);
         if code != "replayed_command" {
             assert!(
                 s.peer.state().statuses_for(seq).is_empty(),
@@ -163,7 +163,7 @@ async fn refusals_leave_the_old_model_serving() {
     let seq = s.peer.deploy(&m).await;
     match s.peer.outcome(seq).await {
         DeployPhase::Failed(r) => {
-            assert_eq!(r.code, "unsupported_operator");
+            assert_eq!(r.code, ReasonCode::UnsupportedOperator);
             assert!(r.detail.contains("Scaler"), "{}", r.detail);
         }
         other => panic!("{other:?}"),

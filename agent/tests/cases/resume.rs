@@ -7,7 +7,7 @@ use std::time::Duration;
 use drover_agent::{Agent, InferRequest};
 use drover_protocol::messages::DeployPhase;
 
-use crate::support::{ROWS, Setup, classifier_manifest, eventually};
+use crate::support::{ROWS, Setup, classifier_manifest, until};
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.0 + b.1 && b.0 < a.0 + a.1
@@ -36,10 +36,11 @@ async fn restart_mid_download_resumes_without_refetching() {
         .await;
     let held_before: u64 = s.peer.state().served.iter().map(|x| x.2).sum();
     let agent = s.agent();
-    eventually(
+    until(
+        agent,
         "the agent holds every served byte",
         Duration::from_secs(20),
-        || async {
+        || {
             let st = agent.status();
             (st.downloads.first().map(|d| d.received) == Some(held_before)).then_some(())
         },

@@ -105,7 +105,7 @@ async fn shadow_stats_reach_telemetry_and_promotion_needs_no_download() {
     assert_eq!(agent.status().shadow_per_mille, 100);
     let seq = s.peer.command(Action::StopShadow).await;
     assert_eq!(s.peer.ack_of(seq).await.result, Ok(()));
-    crate::support::eventually("shadow stopped", Duration::from_secs(10), || async {
+    crate::support::until(agent, "shadow stopped", Duration::from_secs(10), || {
         agent.status().shadow.is_none().then_some(())
     })
     .await;

@@ -18,7 +18,7 @@ use drover_protocol::testkit::{self, TestKeys};
 use drover_protocol::{DeviceId, FleetId, ModelManifest, Sign as _, Timestamp};
 
 pub use broker::{Mosquitto, TestBroker};
-pub use peer::{Peer, eventually};
+pub use peer::{Peer, eventually, until};
 pub use proxy::LinkProxy;
 
 /// Wall-clock now.

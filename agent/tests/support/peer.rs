@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use drover_agent::Agent;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::Notify;
 
@@ -155,6 +156,7 @@ impl Peer {
                         ];
                         let _ = cl.try_subscribe_many(subs);
                         st.lock().unwrap().connects += 1;
+                        nt.notify_waiters();
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         st.lock().unwrap().subscribed = true;
@@ -191,8 +193,8 @@ impl Peer {
         self.state.lock().unwrap()
     }
 
-    /// Waits until `f` returns `Some`, re-checking on every received message
-    /// and at least every 50 ms (for conditions on other state).
+    /// Waits until `f` returns `Some`, re-checking whenever the peer's state
+    /// changes (every received message, subscription and connect): no polling.
     pub async fn wait<T>(
         &self,
         what: &str,
@@ -207,10 +209,11 @@ impl Peer {
             if let Some(t) = f(&self.state()) {
                 return t;
             }
-            let now = tokio::time::Instant::now();
-            assert!(now < deadline, "timed out waiting for {what}");
-            let tick = (now + Duration::from_millis(50)).min(deadline);
-            let _ = tokio::time::timeout_at(tick, notified).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
 
@@ -412,8 +415,33 @@ fn handle(
     }
 }
 
-/// Polls `f` every 20 ms until it returns `Some` (for agent-side state that
-/// has no event to wait on).
+/// Waits until `f` returns `Some`, re-checking whenever the agent publishes
+/// a change ([`Agent::changed`]): no polling, no sleeps.
+pub async fn until<T>(
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let changed = agent.changed();
+        tokio::pin!(changed);
+        // Registered before the check, so a change in between still wakes us.
+        changed.as_mut().enable();
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        let _ = tokio::time::timeout_at(deadline, changed).await;
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for conditions nothing
+/// announces: another process's answer, or a loop that also generates load.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,

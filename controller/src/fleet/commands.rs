@@ -439,7 +439,7 @@ mod tests {
     use std::sync::Arc;
 
     use drover_protocol::codec;
-    use drover_protocol::messages::Reason;
+    use drover_protocol::messages::{Reason, ReasonCode};
     use drover_protocol::topic::{Channel, Topic};
     use drover_protocol::{FleetId, Sign, Timestamp, TrustState};
 
@@ -586,7 +586,7 @@ mod tests {
             dev.clone(),
             CommandAck {
                 seq: d2.seq,
-                result: Err(Reason::new("downgrade", "below the floor")),
+                result: Err(Reason::new(ReasonCode::Downgrade, "below the floor")),
             },
         )
         .await

@@ -30,25 +30,6 @@ use crate::core::rollout::{
 };
 use crate::fleet::devices::DeviceInfo;
 
-/// Agent reason codes worth retrying: transient download and I/O trouble.
-/// Everything else (bad signature, hash mismatch, failed health check) would
-/// fail the same way again.
-const RETRYABLE_CODES: &[&str] = &[
-    // The agent's own codes for transient trouble.
-    "download_stalled",
-    "write_failed",
-    "store_failed",
-    "superseded",
-    "internal",
-    // Other agents may report these.
-    "download_timeout",
-    "download_failed",
-    "link_lost",
-    "io_error",
-    "disk_full",
-    "busy",
-];
-
 /// Longest the driver sleeps without a deadline, so clock-only transitions
 /// (device timeouts, bake ends) are never missed by much.
 const MAX_IDLE: Duration = Duration::from_millis(500);
@@ -182,7 +163,7 @@ fn outcome_of(phase: &DeployPhase, model: &ModelRef) -> Option<DeployOutcome> {
         DeployPhase::Failed(reason) => DeployOutcome::Failed {
             version: model.version,
             reason: reason.to_string(),
-            retryable: RETRYABLE_CODES.contains(&reason.code.as_str()),
+            retryable: reason.retryable(),
         },
         DeployPhase::RolledBack { to, reason } => DeployOutcome::RolledBack {
             to: to
@@ -456,7 +437,7 @@ impl RolloutService {
                     let outcome = DeployOutcome::Failed {
                         version,
                         reason: reason.to_string(),
-                        retryable: RETRYABLE_CODES.contains(&reason.code.as_str()),
+                        retryable: reason.retryable(),
                     };
                     let _ = r.handle_deploy_report(now, &device, outcome);
                 }

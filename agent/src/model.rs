@@ -1,0 +1,607 @@
+//! A model loaded by tract: parsed once into an optimized plan shaped by the
+//! manifest (batch 1, f32 input), run with pooled execution states, health
+//! checks, and the predictions the telemetry recorder needs.
+
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::*;
+
+use drover_protocol::manifest::{DType, ModelManifest, Task};
+use drover_protocol::messages::{Reason, ReasonCode};
+use drover_protocol::{ModelRef, Sha256};
+
+use crate::core::window::{Prediction, Recorder, RecorderConfig, WindowSpec};
+use crate::infer::{OutputTensor, RuntimeError};
+
+/// µs of `d` without a u128 division (this is on the hot path).
+#[inline]
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()))
+}
+
+/// Finds `Unimplemented(Op)` in tract's error chain.
+fn unimplemented_op(chain: &str) -> Option<String> {
+    let start = chain.find("Unimplemented(")? + "Unimplemented(".len();
+    let rest = chain.get(start..)?;
+    let end = rest.find(')')?;
+    let op = rest.get(..end)?.trim().trim_matches('"');
+    (!op.is_empty()).then(|| op.to_string())
+}
+
+fn classify(e: &TractError) -> RuntimeError {
+    let chain = format!("{e:?}");
+    match unimplemented_op(&chain) {
+        Some(op) => RuntimeError::UnsupportedOperator(op),
+        None => RuntimeError::Tract(format!("{e:#}")),
+    }
+}
+
+/// Execution states kept per model: one per concurrently running thread.
+const MAX_POOLED_STATES: usize = 16;
+
+#[derive(Debug)]
+struct OutputSlot {
+    name: Arc<str>,
+}
+
+/// A model loaded by tract with everything the hot path needs precomputed.
+pub struct LoadedModel {
+    model: Arc<ModelRef>,
+    manifest: Arc<ModelManifest>,
+    sha256: Sha256,
+    plan: Arc<TypedRunnableModel>,
+    /// Execution states ready for reuse: spawning one per run costs more
+    /// than a small model's whole inference (allocations per node).
+    states: Mutex<Vec<TypedSimpleState>>,
+    input_name: String,
+    input_shape: Vec<usize>,
+    input_len: usize,
+    outputs: Vec<OutputSlot>,
+    primary: usize,
+    label_output: Option<usize>,
+    labels: Vec<Arc<str>>,
+    classifier: bool,
+    tolerance: f32,
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("model", &self.model)
+            .field("input_shape", &self.input_shape)
+            .finish()
+    }
+}
+
+fn dims(spec_shape: &[Option<u64>]) -> Vec<usize> {
+    // Symbolic dimensions (the batch) are fixed to 1: the plan is optimised
+    // for exactly the shape the device serves.
+    spec_shape
+        .iter()
+        .map(|d| d.map_or(1, |v| usize::try_from(v).unwrap_or(usize::MAX)))
+        .collect()
+}
+
+impl LoadedModel {
+    /// Parses, types and optimises `bytes` for the manifest's input (batch 1).
+    pub fn load(
+        bytes: &[u8],
+        manifest: ModelManifest,
+        recorder: RecorderConfig,
+    ) -> Result<LoadedModel, RuntimeError> {
+        let [input] = manifest.inputs.as_slice() else {
+            return Err(RuntimeError::Unsupported(format!(
+                "{} inputs; Drover serves one-input models",
+                manifest.inputs.len()
+            )));
+        };
+        if input.dtype != DType::F32 {
+            return Err(RuntimeError::Unsupported(format!(
+                "input {:?} is {:?}; Drover feeds f32",
+                input.name, input.dtype
+            )));
+        }
+        let input_shape = dims(&input.shape);
+        let input_len: usize = input_shape.iter().product();
+        if input_shape.is_empty() || input_len == 0 {
+            return Err(RuntimeError::Unsupported(format!(
+                "input shape {:?} has no elements",
+                input.shape
+            )));
+        }
+        let model =
+            tract_onnx::onnx()
+                .model_for_read(&mut &bytes[..])
+                .map_err(|e| match classify(&e) {
+                    RuntimeError::Tract(s) => RuntimeError::NotOnnx(s),
+                    other => other,
+                })?;
+        let plan = model
+            .with_input_fact(0, f32::fact(&input_shape).into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| classify(&e))?;
+        let n_out = plan.model().outputs.len();
+        if n_out != manifest.outputs.len() {
+            return Err(RuntimeError::Unsupported(format!(
+                "the graph has {n_out} outputs, the manifest lists {}",
+                manifest.outputs.len()
+            )));
+        }
+        for (i, o) in plan.model().outputs.iter().enumerate() {
+            let dt = plan
+                .model()
+                .outlet_fact(*o)
+                .map_err(|e| classify(&e))?
+                .datum_type;
+            if !matches!(
+                dt,
+                DatumType::F32 | DatumType::F64 | DatumType::I32 | DatumType::I64
+            ) {
+                return Err(RuntimeError::Unsupported(format!(
+                    "output {i} has element type {dt:?}"
+                )));
+            }
+        }
+        let position = |name: &str| manifest.outputs.iter().position(|o| o.name == name);
+        let primary_name = manifest.task.primary_output();
+        let primary = position(primary_name).ok_or_else(|| {
+            RuntimeError::Unsupported(format!("primary output {primary_name:?} is not an output"))
+        })?;
+        let (classifier, labels, label_output) = match &manifest.task {
+            Task::Classification { labels, label, .. } => (
+                true,
+                labels.iter().map(|l| Arc::from(l.as_str())).collect(),
+                label.as_deref().and_then(position),
+            ),
+            Task::Regression { .. } => (false, Vec::new(), None),
+        };
+        let spec = WindowSpec::from_manifest(&manifest);
+        Ok(LoadedModel {
+            model: Arc::new(manifest.model_ref()),
+            sha256: manifest.artifact.sha256,
+            plan,
+            states: Mutex::new(Vec::new()),
+            input_name: input.name.clone(),
+            input_shape,
+            input_len,
+            outputs: manifest
+                .outputs
+                .iter()
+                .map(|o| OutputSlot {
+                    name: Arc::from(o.name.as_str()),
+                })
+                .collect(),
+            primary,
+            label_output,
+            labels,
+            classifier,
+            tolerance: manifest.health_checks.tolerance,
+            recorder: Recorder::new(spec, recorder),
+            manifest: Arc::new(manifest),
+        })
+    }
+
+    /// `name@version`.
+    pub fn model_ref(&self) -> &ModelRef {
+        &self.model
+    }
+
+    /// Values in one input row.
+    pub(crate) fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    /// The model's reference, shared with every response.
+    pub(crate) fn shared_ref(&self) -> Arc<ModelRef> {
+        self.model.clone()
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+
+    /// Artifact digest.
+    pub fn sha256(&self) -> Sha256 {
+        self.sha256
+    }
+
+    /// The input shape served (batch 1).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// The input's name.
+    pub fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
+    /// Class names (classifiers).
+    pub fn labels(&self) -> &[Arc<str>] {
+        &self.labels
+    }
+
+    /// Whether the model is a classifier.
+    pub fn is_classifier(&self) -> bool {
+        self.classifier
+    }
+
+    /// Shadow-agreement tolerance for regressors.
+    pub fn tolerance(&self) -> f32 {
+        self.tolerance
+    }
+
+    /// This model's telemetry recorder.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// Runs one input (exactly `input_shape` elements).
+    pub fn run(&self, input: &[f32]) -> Result<TVec<TValue>, RuntimeError> {
+        if input.len() != self.input_len {
+            return Err(RuntimeError::Unsupported(format!(
+                "input has {} values, the model takes {}",
+                input.len(),
+                self.input_len
+            )));
+        }
+        let t = Tensor::from_shape(&self.input_shape, input).map_err(|e| classify(&e))?;
+        let pooled = self.states.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut state = match pooled {
+            Some(s) => s,
+            None => self.plan.spawn().map_err(|e| classify(&e))?,
+        };
+        // A state is reset after every run, so reuse gives the same answers.
+        let out = state.run(tvec!(t.into())).map_err(|e| classify(&e))?;
+        let mut pool = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_POOLED_STATES {
+            pool.push(state);
+        }
+        Ok(out)
+    }
+
+    fn f32_values(t: &Tensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+        if t.datum_type() == DatumType::F32 {
+            let view = t.try_as_plain_ram().ok()?;
+            return view.as_slice::<f32>().ok().map(std::borrow::Cow::Borrowed);
+        }
+        let cast = t.cast_to::<f32>().ok()?;
+        let view = cast.try_as_plain_ram().ok()?;
+        Some(std::borrow::Cow::Owned(
+            view.as_slice::<f32>().ok()?.to_vec(),
+        ))
+    }
+
+    /// The primary output of a run, as f32.
+    pub fn primary_values(&self, outs: &TVec<TValue>) -> Option<Vec<f32>> {
+        let t = outs.get(self.primary)?;
+        Self::f32_values(t).map(|c| c.into_owned())
+    }
+
+    /// What a run predicted (class and confidence, or value).
+    pub fn predict(&self, outs: &TVec<TValue>) -> Option<Prediction> {
+        let primary = Self::f32_values(outs.get(self.primary)?)?;
+        if !self.classifier {
+            return primary.first().copied().map(Prediction::Value);
+        }
+        let from_label = self.label_output.and_then(|i| {
+            let t = outs.get(i)?;
+            let v = t.cast_to::<i64>().ok()?;
+            let view = v.try_as_plain_ram().ok()?;
+            let first = *view.as_slice::<i64>().ok()?.first()?;
+            u32::try_from(first).ok()
+        });
+        let index = match from_label {
+            Some(i) => i,
+            None => {
+                let (i, _) = primary.iter().enumerate().fold(
+                    (0usize, f32::NEG_INFINITY),
+                    |(bi, bv), (i, v)| {
+                        if *v > bv { (i, *v) } else { (bi, bv) }
+                    },
+                );
+                u32::try_from(i).ok()?
+            }
+        };
+        let confidence = primary.get(index as usize).copied().unwrap_or(0.0);
+        Some(Prediction::Class { index, confidence })
+    }
+
+    pub(crate) fn to_outputs(&self, outs: TVec<TValue>) -> Vec<OutputTensor> {
+        outs.into_iter()
+            .zip(&self.outputs)
+            .map(|(t, slot)| OutputTensor {
+                name: slot.name.clone(),
+                tensor: t.into_arc_tensor(),
+            })
+            .collect()
+    }
+
+    /// Runs the manifest's health-check samples; every primary-output element
+    /// must be within the manifest's tolerance.
+    pub fn health_check(&self) -> Result<(), Reason> {
+        let hc = &self.manifest.health_checks;
+        for (i, s) in hc.samples.iter().enumerate() {
+            let outs = self.run(&s.input).map_err(|e| {
+                Reason::new(
+                    ReasonCode::HealthCheckFailed,
+                    format!("sample {i} did not run: {e}"),
+                )
+            })?;
+            let got = self.primary_values(&outs).ok_or_else(|| {
+                Reason::new(
+                    ReasonCode::HealthCheckFailed,
+                    format!("sample {i}: no primary output"),
+                )
+            })?;
+            if got.len() != s.expected.len() {
+                return Err(Reason::new(
+                    ReasonCode::HealthCheckFailed,
+                    format!(
+                        "sample {i}: {} output values, expected {}",
+                        got.len(),
+                        s.expected.len()
+                    ),
+                ));
+            }
+            let worst = got
+                .iter()
+                .zip(&s.expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, |m, d| if d.is_nan() || d > m { d } else { m });
+            if worst.is_nan() || worst > hc.tolerance {
+                return Err(Reason::new(
+                    ReasonCode::HealthCheckFailed,
+                    format!(
+                        "sample {i}: output differs by {worst} (tolerance {})",
+                        hc.tolerance
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::infer::{InferError, InferRequest};
+    use crate::runtime::Runtime;
+    use drover_protocol::Timestamp;
+    use drover_protocol::manifest::{HealthSample, TensorSpec};
+    use drover_protocol::testkit;
+
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fixtures/models")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    /// A manifest for a fixture classifier with health checks computed by tract.
+    pub(crate) fn classifier_manifest(file: &str, version: u64) -> ModelManifest {
+        let bytes = fixture(file);
+        let mut m = testkit::manifest("sensor", version, &bytes, Timestamp(0));
+        if let Task::Classification { labels, .. } = &mut m.task {
+            *labels = vec!["fault".into(), "normal".into(), "warning".into()];
+        }
+        m.health_checks.samples.clear();
+        let probe = LoadedModel::load(&bytes, m.clone(), RecorderConfig::default()).unwrap();
+        let input = vec![60.0, 2.4, 12.0, 50.0];
+        let expected = probe.primary_values(&probe.run(&input).unwrap()).unwrap();
+        m.health_checks.samples = vec![HealthSample { input, expected }];
+        m
+    }
+
+    #[test]
+    fn loads_runs_and_health_checks_a_classifier() {
+        let m = classifier_manifest("sensor_clf_v1.onnx", 1);
+        let lm = LoadedModel::load(&fixture("sensor_clf_v1.onnx"), m, RecorderConfig::default())
+            .unwrap();
+        assert_eq!(lm.input_shape(), &[1, 4]);
+        lm.health_check().unwrap();
+        let outs = lm.run(&[60.0, 2.4, 12.0, 50.0]).unwrap();
+        let p = lm.predict(&outs).unwrap();
+        let probs = lm.primary_values(&outs).unwrap();
+        assert_eq!(probs.len(), 3);
+        match p {
+            Prediction::Class { index, confidence } => {
+                assert!(index < 3);
+                assert_eq!(confidence, probs[index as usize]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reused_execution_states_give_the_answers_of_fresh_ones() {
+        let bytes = fixture("sensor_clf_v1.onnx");
+        let m = classifier_manifest("sensor_clf_v1.onnx", 1);
+        let lm = LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap();
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 4]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let rows = [
+            [60.0, 2.4, 12.0, 50.0],
+            [40.0, 9.0, 3.0, 10.0],
+            [60.0, 2.4, 12.0, 50.0],
+        ];
+        for _ in 0..3 {
+            for r in &rows {
+                let got = lm.primary_values(&lm.run(r).unwrap()).unwrap();
+                let t = Tensor::from_shape(&[1, 4], r).unwrap();
+                let fresh = plan.run(tvec!(t.into())).unwrap();
+                let want = fresh[1]
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec();
+                assert_eq!(got, want);
+            }
+        }
+        // Threads share the pool.
+        let lm = Arc::new(lm);
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let lm = lm.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        lm.run(&rows[0]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(lm.states.lock().unwrap().len() <= MAX_POOLED_STATES);
+    }
+
+    #[test]
+    fn health_check_detects_a_different_model() {
+        // v1's expected outputs, v2's weights.
+        let mut m = classifier_manifest("sensor_clf_v1.onnx", 1);
+        let bad = fixture("sensor_clf_bad.onnx");
+        m.artifact.sha256 = Sha256::of(&bad);
+        let lm = LoadedModel::load(&bad, m, RecorderConfig::default()).unwrap();
+        let e = lm.health_check().unwrap_err();
+        assert_eq!(e.code, ReasonCode::HealthCheckFailed);
+    }
+
+    #[test]
+    fn unsupported_operator_and_garbage_are_typed_errors() {
+        let m = classifier_manifest("sensor_clf_v1.onnx", 1);
+        let e = LoadedModel::load(
+            &fixture("unsupported_op.onnx"),
+            m.clone(),
+            RecorderConfig::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e, RuntimeError::UnsupportedOperator("Scaler".into()));
+        assert_eq!(e.reason().code, ReasonCode::UnsupportedOperator);
+        let e = LoadedModel::load(b"not onnx at all", m.clone(), RecorderConfig::default())
+            .unwrap_err();
+        assert!(matches!(e, RuntimeError::NotOnnx(_)), "{e:?}");
+        let mut two_outputs_missing = m;
+        two_outputs_missing.outputs.pop();
+        let e = LoadedModel::load(
+            &fixture("sensor_clf_v1.onnx"),
+            two_outputs_missing,
+            RecorderConfig::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, RuntimeError::Unsupported(_)), "{e:?}");
+    }
+
+    #[test]
+    fn regressor_predicts_a_value() {
+        let bytes = fixture("regressor_v1.onnx");
+        let mut m = testkit::manifest("risk", 1, &bytes, Timestamp(0));
+        m.outputs = vec![TensorSpec {
+            name: "variable".into(),
+            dtype: DType::F32,
+            shape: vec![None, Some(1)],
+        }];
+        m.task = Task::Regression {
+            output: "variable".into(),
+        };
+        m.health_checks.samples.clear();
+        let lm = LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap();
+        let outs = lm.run(&[60.0, 2.4, 12.0, 50.0]).unwrap();
+        assert!(matches!(lm.predict(&outs), Some(Prediction::Value(v)) if v.is_finite()));
+    }
+
+    #[test]
+    fn infer_checks_input_swaps_atomically_and_records() {
+        let rt = Runtime::new(Clock::new());
+        assert_eq!(
+            rt.infer(InferRequest::new(vec![0.0; 4])),
+            Err(InferError::NoModel)
+        );
+        let m1 = classifier_manifest("sensor_clf_v1.onnx", 1);
+        let v1 = Arc::new(
+            LoadedModel::load(
+                &fixture("sensor_clf_v1.onnx"),
+                m1,
+                RecorderConfig::default(),
+            )
+            .unwrap(),
+        );
+        rt.set_active(Some(v1.clone()));
+        let r = rt
+            .infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0]))
+            .unwrap();
+        assert_eq!(r.model.to_string(), "sensor@1");
+        assert_eq!(r.outputs.len(), 2);
+        assert_eq!(r.outputs[1].name(), "probabilities");
+        assert_eq!(r.outputs[1].shape(), &[1, 3]);
+        assert_eq!(r.outputs[1].as_f32().unwrap().len(), 3);
+        assert_eq!(r.outputs[0].as_i64().unwrap().len(), 1);
+        assert!(r.label.is_some() && r.score.is_some());
+        let bad = rt.infer(InferRequest::new(vec![0.0; 3])).unwrap_err();
+        assert!(matches!(
+            bad,
+            InferError::BadInput {
+                code: "bad_shape",
+                ..
+            }
+        ));
+        let mut wrong = InferRequest::new(vec![0.0; 4]);
+        wrong.shape = Some(vec![2, 2]);
+        assert!(matches!(rt.infer(wrong), Err(InferError::BadInput { .. })));
+        let mut named = InferRequest::new(vec![0.0; 4]);
+        named.input = Some("nope".into());
+        assert!(matches!(
+            rt.infer(named),
+            Err(InferError::BadInput {
+                code: "unknown_input",
+                ..
+            })
+        ));
+        assert_eq!(rt.bad_input_count(), 3);
+        assert_eq!(v1.recorder().peek().count(), 1);
+
+        // An Arc held by an in-flight request survives the swap.
+        let in_flight = rt.active().unwrap();
+        let m2 = classifier_manifest("sensor_clf_v2.onnx", 2);
+        let v2 = Arc::new(
+            LoadedModel::load(
+                &fixture("sensor_clf_v2.onnx"),
+                m2,
+                RecorderConfig::default(),
+            )
+            .unwrap(),
+        );
+        let old = rt.set_active(Some(v2));
+        rt.set_previous(old);
+        assert_eq!(in_flight.model_ref().to_string(), "sensor@1");
+        assert!(in_flight.run(&[0.0; 4]).is_ok());
+        let r2 = rt
+            .infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0]))
+            .unwrap();
+        assert_eq!(r2.model.to_string(), "sensor@2");
+        assert!(r2.request_id > r.request_id);
+        assert_eq!(rt.previous().unwrap().model_ref().to_string(), "sensor@1");
+
+        rt.set_extra_latency_us(1_000_000);
+        let r3 = rt
+            .infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0]))
+            .unwrap();
+        assert!(r3.latency_us >= 1_000_000);
+    }
+}
