@@ -18,4 +18,14 @@ need_pkg() {
 }
 need_pkg mosquitto mosquitto
 
+# drover-onnx's node tests run the ai.onnx.ml cases the `onnx` Python
+# package defines; without it that test fails (it never skips).
+if ! python3 -c "import onnx" >/dev/null 2>&1; then
+    echo "installing the onnx Python package (needed by the drover-onnx node tests)"
+    python3 -m pip install --quiet onnx || {
+        echo "error: could not pip install onnx; the drover-onnx node tests need it" >&2
+        exit 1
+    }
+fi
+
 cargo test --workspace "$@"
