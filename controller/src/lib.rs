@@ -24,9 +24,11 @@
 //! - [`artifacts`]: the rate-capped, fair chunk server.
 //! - [`metrics`]: counters behind `/metrics`.
 //! - [`http`]: the axum API ([`http::router`]).
+//! - [`auth`]: operator API tokens (hashed, with roles) and the bearer check.
 //! - [`cli`]: the `drover` command line (clap), a client of the HTTP API.
 //! - [`drift`], [`train`], [`rollout`]: owned by their modules.
 
+pub mod auth;
 pub mod cli;
 pub(crate) mod clock;
 pub mod controller;

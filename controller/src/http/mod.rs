@@ -7,6 +7,7 @@ pub(crate) mod errors;
 pub(crate) mod retrain;
 pub mod rollouts;
 mod routes;
+pub mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
