@@ -55,6 +55,10 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
     /// Header-read and TLS handshake timeouts of the API server.
     pub http_limits: crate::http::server::ServerLimits,
+    /// Largest model upload, bytes.
+    pub max_upload_bytes: u64,
+    /// Bytes of model uploads in flight at once; more is refused with 503.
+    pub upload_budget_bytes: u64,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -95,6 +99,8 @@ impl ServeConfig {
             tls_cert: None,
             tls_key: None,
             http_limits: crate::http::server::ServerLimits::default(),
+            max_upload_bytes: crate::http::MAX_BODY_BYTES as u64,
+            upload_budget_bytes: 1024 * 1024 * 1024,
         }
     }
 
@@ -447,6 +453,12 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         .merge(crate::http::rollouts::routes(rollouts.clone()))
         .merge(crate::http::retrain::routes(retrain.clone()))
         .merge(crate::auth::routes::routes(tokens.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::http::limits::UploadLimits::new(cfg.max_upload_bytes, cfg.upload_budget_bytes),
+            crate::http::limits::admit,
+        ))
+        // Outermost: nothing (not even the upload checks) runs for an
+        // unauthenticated caller.
         .layer(axum::middleware::from_fn_with_state(
             tokens,
             crate::auth::layer::require,

@@ -6,6 +6,7 @@
 pub(crate) mod errors;
 pub(crate) mod retrain;
 pub mod rollouts;
+pub mod limits;
 mod routes;
 pub mod server;
 
