@@ -509,3 +509,54 @@ async fn secrets_are_private_to_the_owner() {
     assert!(!stored.contains(&api.admin));
     api.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_audit_records_who_acted_and_refused_callers_leave_no_entry() {
+    let api = Api::start().await;
+    let operator = api.token("ci", "operator").await;
+    let viewer = format!("Bearer {}", api.token("dash", "viewer").await);
+    for id in ["dev-a", "dev-b", "dev-c"] {
+        let r = api
+            .http
+            .post(format!("{}/v1/devices", api.url))
+            .bearer_auth(&api.admin)
+            .json(&json!({"id": id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = api
+        .http
+        .post(format!("{}/v1/rollouts", api.url))
+        .bearer_auth(&operator)
+        .json(&json!({"model": "sensor@1", "id": "r1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let audit = |api: &Api| {
+        let url = format!("{}/v1/rollouts/r1?audit=1000", api.url);
+        let req = api.http.get(url).bearer_auth(api.admin.clone());
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap()["audit"].clone() }
+    };
+    let trail = audit(&api).await;
+    let by: Vec<(&str, &str)> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["kind"] == "operator")
+        .map(|e| {
+            (
+                e["event"]["by"].as_str().unwrap(),
+                e["event"]["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(by, [("ci", "start")], "{trail}");
+    // A viewer's abort is refused and leaves the trail as it was.
+    let (status, _) = api.call("POST", "/v1/rollouts/r1/abort", Some(&viewer)).await;
+    assert_eq!(status, 403);
+    assert_eq!(audit(&api).await, trail);
+    api.running.shutdown().await;
+}

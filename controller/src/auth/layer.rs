@@ -23,10 +23,25 @@ pub async fn require(State(store): State<TokenStore>, mut req: Request, next: Ne
     let actor = bearer(&req).and_then(|t| store.verify(t));
     match auth::authorize(access, actor.as_ref().map(|a| a.role)) {
         Ok(()) => {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let by = actor.as_ref().map(|a| a.name.clone());
             if let Some(a) = actor {
                 req.extensions_mut().insert(a);
             }
-            next.run(req).await
+            let response = next.run(req).await;
+            // Who changed what: every non-read request, with its outcome.
+            if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+                tracing::info!(
+                    target: "drover::audit",
+                    by = by.as_deref().unwrap_or("-"),
+                    %method,
+                    %path,
+                    status = response.status().as_u16(),
+                    "operator request"
+                );
+            }
+            response
         }
         Err(Denied::Unauthenticated) => {
             let mut r = ApiError::new(
