@@ -44,6 +44,7 @@ pub(crate) mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub(crate) mod http_serve;
 pub mod core;
 pub(crate) mod driver;
 pub mod infer;
