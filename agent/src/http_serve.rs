@@ -97,11 +97,20 @@ mod tests {
         tokio::spawn(serve(listener, app, Duration::from_millis(300), stop_rx));
 
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-        slow.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         let took = closed_within(slow, Duration::from_secs(5)).await;
-        assert!(took.is_some_and(|t| t >= Duration::from_millis(250)), "{took:?}");
+        assert!(
+            took.is_some_and(|t| t >= Duration::from_millis(250)),
+            "{took:?}"
+        );
         let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-        assert!(closed_within(silent, Duration::from_secs(5)).await.is_some());
+        assert!(
+            closed_within(silent, Duration::from_secs(5))
+                .await
+                .is_some()
+        );
 
         // A complete request is still answered.
         let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();

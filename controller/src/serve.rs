@@ -277,9 +277,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         ));
     }
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            crate::http::server::tls_acceptor(cert, key).map_err(ServeError::Config)?,
-        ),
+        (Some(cert), Some(key)) => {
+            Some(crate::http::server::tls_acceptor(cert, key).map_err(ServeError::Config)?)
+        }
         _ => None,
     };
     if tls.is_none() && !cfg.http.ip().is_loopback() {

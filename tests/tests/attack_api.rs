@@ -236,7 +236,11 @@ async fn roles_allow_what_they_should() {
     assert_eq!(status, 200);
     // An operator moves an alias; an admin registers a device.
     let (status, body) = api
-        .call("PUT", "/v1/models/sensor/aliases/candidate", Some(&operator))
+        .call(
+            "PUT",
+            "/v1/models/sensor/aliases/candidate",
+            Some(&operator),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let admin = format!("Bearer {}", api.admin);
@@ -278,7 +282,10 @@ async fn the_cli_client_uses_tokens_and_token_admin_is_admin_only() {
     let names: Vec<&str> = list.iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["admin", "ci"]);
     // Listing never shows secrets or their hashes.
-    assert!(list.iter().all(|t| t.get("token").is_none() && t.get("sha256").is_none()));
+    assert!(
+        list.iter()
+            .all(|t| t.get("token").is_none() && t.get("sha256").is_none())
+    );
     api.running.shutdown().await;
 }
 
@@ -433,14 +440,14 @@ async fn tls_api_is_verified_by_the_cli_and_a_wrong_ca_is_refused() {
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let token = running.admin_token().unwrap().to_string();
 
-    let right = ApiClient::with_auth(&url, Some(token.clone()), Some(good.ca_pem.as_bytes()))
-        .unwrap();
+    let right =
+        ApiClient::with_auth(&url, Some(token.clone()), Some(good.ca_pem.as_bytes())).unwrap();
     let tokens: Vec<Value> = right.get("tokens", "/v1/tokens", &[]).await.unwrap();
     assert_eq!(tokens.len(), 1);
 
     // The wrong CA: the client refuses the server before sending the token.
-    let wrong = ApiClient::with_auth(&url, Some(token.clone()), Some(other.ca_pem.as_bytes()))
-        .unwrap();
+    let wrong =
+        ApiClient::with_auth(&url, Some(token.clone()), Some(other.ca_pem.as_bytes())).unwrap();
     let err = wrong
         .post::<_, Value>(
             "token create",
@@ -452,7 +459,11 @@ async fn tls_api_is_verified_by_the_cli_and_a_wrong_ca_is_refused() {
     assert!(!format!("{err:#}").contains("HTTP"), "{err:#}");
     // No CA at all: nothing is trusted by default.
     let none = ApiClient::with_auth(&url, Some(token.clone()), None).unwrap();
-    assert!(none.get::<Value>("tokens", "/v1/tokens", &[]).await.is_err());
+    assert!(
+        none.get::<Value>("tokens", "/v1/tokens", &[])
+            .await
+            .is_err()
+    );
     // Plain HTTP to the TLS port gets nowhere.
     let plain = url.replace("https://", "http://");
     let r = reqwest::Client::new()
@@ -476,7 +487,10 @@ async fn non_loopback_http_without_tls_is_refused_before_anything_is_written() {
     assert!(matches!(err, ServeError::Config(_)), "{err}");
     assert_eq!(err.exit_code(), 64);
     let msg = err.to_string();
-    assert!(msg.contains("--tls-cert") && msg.contains("clear text"), "{msg}");
+    assert!(
+        msg.contains("--tls-cert") && msg.contains("clear text"),
+        "{msg}"
+    );
     assert!(!data.exists(), "nothing may be created");
     // Half a TLS configuration is refused too.
     let mut cfg = config(&data);
@@ -555,7 +569,9 @@ async fn rollout_audit_records_who_acted_and_refused_callers_leave_no_entry() {
         .collect();
     assert_eq!(by, [("ci", "start")], "{trail}");
     // A viewer's abort is refused and leaves the trail as it was.
-    let (status, _) = api.call("POST", "/v1/rollouts/r1/abort", Some(&viewer)).await;
+    let (status, _) = api
+        .call("POST", "/v1/rollouts/r1/abort", Some(&viewer))
+        .await;
     assert_eq!(status, 403);
     assert_eq!(audit(&api).await, trail);
     api.running.shutdown().await;

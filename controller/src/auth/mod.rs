@@ -286,14 +286,20 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt as _;
             for f in [ADMIN_TOKEN_FILE, TOKENS_FILE] {
-                let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+                let mode = std::fs::metadata(dir.path().join(f))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{f}");
             }
         }
         // The secret is not stored, only its digest.
         let stored = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
         assert!(!stored.contains(&admin.token[4..]));
-        assert_eq!(store.verify(&admin.token).unwrap().role, OperatorRole::Admin);
+        assert_eq!(
+            store.verify(&admin.token).unwrap().role,
+            OperatorRole::Admin
+        );
         let (again, none) = TokenStore::open(dir.path()).unwrap();
         assert!(none.is_none());
         assert_eq!(again.verify(&admin.token).unwrap().name, "admin");

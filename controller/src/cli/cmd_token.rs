@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 
 use super::{Ctx, Output, output};
-use crate::auth::{NewToken, TokenInfo};
 use crate::auth::routes::TokenCreateBody;
+use crate::auth::{NewToken, TokenInfo};
 
 /// `drover token` subcommands (admin role).
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -93,9 +93,7 @@ pub(crate) async fn login(args: LoginArgs, ctx: &Ctx, ca: Option<&[u8]>) -> anyh
         return Err(anyhow!("the token is empty"));
     }
     let client = super::ApiClient::with_auth(ctx.client.base(), Some(token.clone()), ca)?;
-    let _: serde_json::Value = client
-        .get("checking the token", "/v1/keys", &[])
-        .await?;
+    let _: serde_json::Value = client.get("checking the token", "/v1/keys", &[]).await?;
     let path = credentials_path()
         .ok_or_else(|| anyhow!("no home directory: set DROVER_CREDENTIALS or DROVER_TOKEN"))?;
     write_credentials(&path, &token)?;
@@ -113,12 +111,19 @@ pub(crate) async fn run(cmd: TokenCmd, ctx: &Ctx) -> anyhow::Result<()> {
         TokenCmd::Create { name, role } => {
             let t: NewToken = ctx
                 .client
-                .post("token create", "/v1/tokens", &TokenCreateBody { name, role })
+                .post(
+                    "token create",
+                    "/v1/tokens",
+                    &TokenCreateBody { name, role },
+                )
                 .await?;
             if ctx.output == Output::Json {
                 return output::json(&t);
             }
-            output::line(&format!("created {} token {:?}; it is shown only now:", t.role, t.name));
+            output::line(&format!(
+                "created {} token {:?}; it is shown only now:",
+                t.role, t.name
+            ));
             output::line(&t.token);
             Ok(())
         }
@@ -128,7 +133,10 @@ pub(crate) async fn run(cmd: TokenCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 return output::json(&list);
             }
             for t in list {
-                output::line(&format!("{:<24} {:<9} created_at_ms={}", t.name, t.role, t.created_at_ms));
+                output::line(&format!(
+                    "{:<24} {:<9} created_at_ms={}",
+                    t.name, t.role, t.created_at_ms
+                ));
             }
             Ok(())
         }

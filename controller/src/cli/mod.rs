@@ -124,9 +124,7 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Retrain(c) => {
             crate::cli::cmd_retrain::run_retrain(c, &ctx.client, ctx.output).await
         }
-        Command::Train(a) => {
-            crate::cli::cmd_train::run_train(a, &ctx.client, ctx.output).await
-        }
+        Command::Train(a) => crate::cli::cmd_train::run_train(a, &ctx.client, ctx.output).await,
         Command::Telemetry(a) => cmd_misc::telemetry(a, ctx).await,
         Command::Token(c) => cmd_token::run(c, ctx).await,
         Command::Login(a) => cmd_token::login(a, ctx, ctx.ca.as_deref()).await,
@@ -156,9 +154,10 @@ pub fn main() -> ExitCode {
                     .enable_all()
                     .build()?;
                 let ca = match &cli.ca {
-                    Some(p) => Some(std::fs::read(p).map_err(|e| {
-                        anyhow::anyhow!("--ca {}: {e}", p.display())
-                    })?),
+                    Some(p) => Some(
+                        std::fs::read(p)
+                            .map_err(|e| anyhow::anyhow!("--ca {}: {e}", p.display()))?,
+                    ),
                     None => None,
                 };
                 let ctx = Ctx {

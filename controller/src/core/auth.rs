@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(required("GET", "/healthz"), Public);
         assert_eq!(required("POST", "/v1/models"), Role(Operator));
         assert_eq!(required("GET", "/v1/models"), Role(Viewer));
-        assert_eq!(required("PUT", "/v1/models/s/aliases/production"), Role(Operator));
+        assert_eq!(
+            required("PUT", "/v1/models/s/aliases/production"),
+            Role(Operator)
+        );
         assert_eq!(required("POST", "/v1/rollouts/7/pause"), Role(Operator));
         assert_eq!(required("DELETE", "/v1/tokens/ci"), Role(Admin));
         assert_eq!(required("GET", "/v1/broker/acl"), Role(Admin));

@@ -4,9 +4,9 @@
 //! `controller/API.md`.
 
 pub(crate) mod errors;
+pub mod limits;
 pub(crate) mod retrain;
 pub mod rollouts;
-pub mod limits;
 mod routes;
 pub mod server;
 

@@ -42,7 +42,10 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
     if certs.is_empty() {
-        return Err(format!("--tls-cert {}: no certificate in it", cert.display()));
+        return Err(format!(
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
@@ -102,8 +105,12 @@ pub async fn serve(
     }
 }
 
-async fn connection<I>(io: I, app: Router, limits: ServerLimits, mut shutdown: watch::Receiver<bool>)
-where
+async fn connection<I>(
+    io: I,
+    app: Router,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(app);
