@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub max_upload_bytes: u64,
     /// Bytes of model uploads in flight at once; more is refused with 503.
     pub upload_budget_bytes: u64,
+    /// An upload sending nothing for this long is cut off.
+    pub upload_idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -101,6 +103,7 @@ impl ServeConfig {
             http_limits: crate::http::server::ServerLimits::default(),
             max_upload_bytes: crate::http::MAX_BODY_BYTES as u64,
             upload_budget_bytes: 1024 * 1024 * 1024,
+            upload_idle_timeout: crate::http::limits::UPLOAD_IDLE_TIMEOUT,
         }
     }
 
@@ -454,7 +457,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         .merge(crate::http::retrain::routes(retrain.clone()))
         .merge(crate::auth::routes::routes(tokens.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            crate::http::limits::UploadLimits::new(cfg.max_upload_bytes, cfg.upload_budget_bytes),
+            crate::http::limits::UploadLimits::new(cfg.max_upload_bytes, cfg.upload_budget_bytes)
+                .with_idle_timeout(cfg.upload_idle_timeout),
             crate::http::limits::admit,
         ))
         // Outermost: nothing (not even the upload checks) runs for an

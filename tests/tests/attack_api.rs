@@ -22,6 +22,7 @@ fn config(dir: &Path) -> ServeConfig {
     cfg.http_limits.header_read_timeout = Duration::from_millis(300);
     cfg.max_upload_bytes = 64 * 1024;
     cfg.upload_budget_bytes = 96 * 1024;
+    cfg.upload_idle_timeout = Duration::from_millis(500);
     cfg
 }
 
@@ -337,6 +338,15 @@ async fn uploads_beyond_the_concurrent_budget_get_503() {
         60 * 1024
     );
     slow.write_all(head.as_bytes()).await.unwrap();
+    // Keep trickling, one byte per 100 ms (under the idle timeout).
+    let trickle = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = json!({"name": "evil", "onnx_base64": "A".repeat(50 * 1024)});
     let r = api
@@ -350,7 +360,7 @@ async fn uploads_beyond_the_concurrent_budget_get_503() {
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "uploads_busy");
-    drop(slow);
+    trickle.abort();
     assert_eq!(api.snapshot().await, before, "state changed");
     api.running.shutdown().await;
 }
@@ -574,5 +584,38 @@ async fn rollout_audit_records_who_acted_and_refused_callers_leave_no_entry() {
         .await;
     assert_eq!(status, 403);
     assert_eq!(audit(&api).await, trail);
+    api.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_cut_off_and_frees_its_budget() {
+    let api = Api::start().await;
+    let before = api.snapshot().await;
+    let mut slow = tokio::net::TcpStream::connect(api.running.http_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{",
+        api.admin,
+        60 * 1024
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // The server answers (an error) and closes once the body stalls.
+    let took = time_until_closed(slow).await;
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    // Its 60 KiB are free again: a 50 KiB upload is admitted (and refused
+    // only for its content).
+    let r = api
+        .http
+        .post(format!("{}/v1/models", api.url))
+        .bearer_auth(&api.admin)
+        .json(&json!({"name": "evil", "onnx_base64": "A".repeat(50 * 1024)}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 503);
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert_eq!(api.snapshot().await, before, "state changed");
     api.running.shutdown().await;
 }

@@ -5,6 +5,7 @@
 //! (four parallel near-limit uploads once took it to 2.6 GB).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -20,7 +21,12 @@ pub struct UploadLimits {
     max_upload_bytes: u64,
     budget: Arc<Semaphore>,
     budget_kib: u32,
+    idle: Duration,
 }
+
+/// How long an upload may go without sending a byte before it is cut off
+/// (and its share of the budget freed).
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl UploadLimits {
     /// `max_upload_bytes` per upload, `budget_bytes` for all uploads in
@@ -33,8 +39,39 @@ impl UploadLimits {
             max_upload_bytes,
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
+            idle: UPLOAD_IDLE_TIMEOUT,
         }
     }
+
+    /// Sets how long an upload may stall (default [`UPLOAD_IDLE_TIMEOUT`]).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> UploadLimits {
+        self.idle = idle;
+        self
+    }
+}
+
+/// The request with its body cut off after `idle` without data: a client
+/// trickling (or not sending) an upload cannot hold its budget forever.
+fn with_idle_timeout(req: Request, idle: Duration) -> Request {
+    use futures_util::StreamExt as _;
+    let (parts, body) = req.into_parts();
+    let stream =
+        futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+            let mut data = state?;
+            match tokio::time::timeout(idle, data.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(data))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("upload stalled for {idle:?}"),
+                    )),
+                    None,
+                )),
+            }
+        });
+    Request::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 fn is_upload(req: &Request) -> bool {
@@ -84,7 +121,7 @@ pub async fn admit(State(limits): State<UploadLimits>, req: Request, next: Next)
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     };
-    let response = next.run(req).await;
+    let response = next.run(with_idle_timeout(req, limits.idle)).await;
     drop(permit);
     response
 }
