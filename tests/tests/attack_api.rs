@@ -564,26 +564,61 @@ async fn rollout_audit_records_who_acted_and_refused_callers_leave_no_entry() {
         let req = api.http.get(url).bearer_auth(api.admin.clone());
         async move { req.send().await.unwrap().json::<Value>().await.unwrap()["audit"].clone() }
     };
+    // Operator entries (the engine adds its own events concurrently).
+    let operator_entries = |trail: &Value| -> Vec<(String, String)> {
+        trail
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"]["kind"] == "operator")
+            .map(|e| {
+                (
+                    e["event"]["by"].as_str().unwrap().to_string(),
+                    e["event"]["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
     let trail = audit(&api).await;
-    let by: Vec<(&str, &str)> = trail
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event"]["kind"] == "operator")
-        .map(|e| {
-            (
-                e["event"]["by"].as_str().unwrap(),
-                e["event"]["action"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(by, [("ci", "start")], "{trail}");
-    // A viewer's abort is refused and leaves the trail as it was.
+    assert_eq!(
+        operator_entries(&trail),
+        [("ci".to_string(), "start".to_string())],
+        "{trail}"
+    );
+    // A viewer's abort is refused: no entry, and the rollout was not aborted.
     let (status, _) = api
         .call("POST", "/v1/rollouts/r1/abort", Some(&viewer))
         .await;
     assert_eq!(status, 403);
-    assert_eq!(audit(&api).await, trail);
+    let after = audit(&api).await;
+    assert_eq!(operator_entries(&after), operator_entries(&trail));
+    assert!(
+        after
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["event"]["kind"] != "aborted"),
+        "{after}"
+    );
+    // The operator's pause is recorded under its name.
+    let r = api
+        .http
+        .post(format!("{}/v1/rollouts/r1/pause", api.url))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    let paused_ok = r.status().is_success();
+    let after = audit(&api).await;
+    if paused_ok {
+        assert_eq!(
+            operator_entries(&after).last().unwrap(),
+            &("ci".to_string(), "pause".to_string())
+        );
+    } else {
+        // Refused by the engine (already paused): nothing recorded.
+        assert_eq!(operator_entries(&after), operator_entries(&trail));
+    }
     api.running.shutdown().await;
 }
 
@@ -617,5 +652,150 @@ async fn a_stalled_upload_is_cut_off_and_frees_its_budget() {
     assert_ne!(r.status(), 503);
     assert!(r.status().is_client_error(), "{}", r.status());
     assert_eq!(api.snapshot().await, before, "state changed");
+    api.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_requests_from_an_admin_change_nothing() {
+    let api = Api::start().await;
+    let admin = format!("Bearer {}", api.admin);
+    let before = api.snapshot().await;
+    for (body, status, code) in [
+        (json!({"name": "admin", "role": "viewer"}), 409, "conflict"),
+        (json!({"name": "x", "role": "root"}), 400, "bad_role"),
+        (
+            json!({"name": "Not Valid!", "role": "viewer"}),
+            400,
+            "bad_name",
+        ),
+        (json!({"name": "x"}), 400, "bad_json"),
+    ] {
+        let r = api
+            .http
+            .post(format!("{}/v1/tokens", api.url))
+            .header("authorization", &admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], code, "{body}");
+    }
+    let (status, _) = api.call("DELETE", "/v1/tokens/nobody", Some(&admin)).await;
+    assert_eq!(status, 404);
+    assert_eq!(api.snapshot().await, before, "state changed");
+    api.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_survive_a_restart_and_no_second_admin_token_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token().unwrap().to_string();
+    let url = running.http_url();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{url}/v1/tokens"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "leaver", "role": "operator"}))
+        .send()
+        .await
+        .unwrap();
+    let leaver = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = http
+        .delete(format!("{url}/v1/tokens/leaver"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    running.shutdown().await;
+    let file_before = std::fs::read(dir.path().join("admin.token")).unwrap();
+
+    let again = start(config(dir.path())).await.unwrap();
+    let url = again.http_url();
+    assert_eq!(again.admin_token(), Some(admin.as_str()));
+    assert_eq!(
+        std::fs::read(dir.path().join("admin.token")).unwrap(),
+        file_before
+    );
+    let r = http
+        .get(format!("{url}/v1/models"))
+        .bearer_auth(&leaver)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let list: Vec<Value> = http
+        .get(format!("{url}/v1/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_a_silent_tls_client_are_refused() {
+    let api = Api::start().await;
+    let before = api.snapshot().await;
+    let mut s = tokio::net::TcpStream::connect(api.running.http_addr())
+        .await
+        .unwrap();
+    let huge = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+    let _ = s.write_all(huge.as_bytes()).await;
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        n == 0 || head.starts_with("HTTP/1.1 431") || head.starts_with("HTTP/1.1 400"),
+        "{head}"
+    );
+    assert_eq!(api.snapshot().await, before, "state changed");
+    api.running.shutdown().await;
+
+    // TLS: a client that connects and never says hello is dropped.
+    let dir = tempfile::tempdir().unwrap();
+    let good = pki();
+    std::fs::write(dir.path().join("cert.pem"), &good.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &good.key_pem).unwrap();
+    let mut cfg = config(&dir.path().join("data"));
+    cfg.tls_cert = Some(dir.path().join("cert.pem"));
+    cfg.tls_key = Some(dir.path().join("key.pem"));
+    cfg.http_limits.tls_handshake_timeout = Duration::from_millis(300);
+    let running = start(cfg).await.unwrap();
+    let s = tokio::net::TcpStream::connect(running.http_addr())
+        .await
+        .unwrap();
+    let took = time_until_closed(s).await;
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_in_the_role_table_exists() {
+    // The table is what the auth layer enforces: a row that names no real
+    // route would mean a real route is guarded by the fallback instead.
+    let api = Api::start().await;
+    let admin = format!("Bearer {}", api.admin);
+    for (method, path, _) in protected_routes() {
+        if path == "/v1/tokens/admin" {
+            continue; // revoking the admin token would end the test
+        }
+        let (status, body) = api.call(method, &path, Some(&admin)).await;
+        let detail = body["detail"].as_str().unwrap_or("");
+        assert!(!detail.contains("no such route"), "{method} {path}: {body}");
+        assert_ne!(status, 405, "{method} {path}: the route lacks this method");
+    }
     api.running.shutdown().await;
 }

@@ -131,14 +131,25 @@ fn matches(pattern: &str, path: &str) -> bool {
     }
 }
 
-/// The access `method path` requires. A route not in the table (a 404, or a
-/// method the route lacks) still needs a viewer token, so an anonymous
-/// caller learns nothing about which routes exist.
+/// The access `method path` requires. A request not in the table (a 404,
+/// or a method the route lacks) still needs a token, so an anonymous caller
+/// learns nothing about which routes exist: a viewer token for reads, an
+/// admin token for anything else, so a route someone forgets to list here
+/// fails closed rather than open.
 pub fn required(method: &str, path: &str) -> Access {
     ROUTES
         .iter()
         .find(|r| r.method.eq_ignore_ascii_case(method) && matches(r.path, path))
-        .map_or(Access::Role(Viewer), |r| r.access)
+        .map_or_else(
+            || {
+                if method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD") {
+                    Access::Role(Viewer)
+                } else {
+                    Access::Role(Admin)
+                }
+            },
+            |r| r.access,
+        )
 }
 
 /// Why a request was refused.
@@ -190,10 +201,11 @@ mod tests {
         assert_eq!(required("POST", "/v1/rollouts/7/pause"), Role(Operator));
         assert_eq!(required("DELETE", "/v1/tokens/ci"), Role(Admin));
         assert_eq!(required("GET", "/v1/broker/acl"), Role(Admin));
-        // Unknown routes and empty segments fall back to viewer, never public.
+        // Unknown reads need a viewer, unknown writes an admin; never public.
         assert_eq!(required("GET", "/nope"), Role(Viewer));
         assert_eq!(required("GET", "/v1/devices/"), Role(Viewer));
-        assert_eq!(required("POST", "/healthz"), Role(Viewer));
+        assert_eq!(required("POST", "/healthz"), Role(Admin));
+        assert_eq!(required("PUT", "/v1/models//aliases/x"), Role(Admin));
     }
 
     #[test]
