@@ -133,3 +133,84 @@ async fn serve_refuses_a_public_address_without_tls() {
     assert!(stderr(&o).contains("--tls-cert"), "{}", stderr(&o));
     assert!(!data.exists());
 }
+
+fn pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_verifies_the_api_certificate_with_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki();
+    let (other_ca, _, _) = pki();
+    for (name, pem) in [
+        ("ca.pem", &ca),
+        ("other.pem", &other_ca),
+        ("cert.pem", &cert),
+        ("key.pem", &key),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let mut cfg = support::config(&dir.path().join("data"), &support::unique_fleet());
+    cfg.tls_cert = Some(dir.path().join("cert.pem"));
+    cfg.tls_key = Some(dir.path().join("key.pem"));
+    let running = drover_controller::serve::start(cfg).await.unwrap();
+    let url = running.http_url();
+    let token = running.admin_token().unwrap().to_string();
+    let creds = dir.path().join("creds");
+    let ca_path = dir.path().join("ca.pem");
+    let other_path = dir.path().join("other.pem");
+
+    let o = drover_env(
+        &url,
+        &creds,
+        Some(&token),
+        &["--ca", ca_path.to_str().unwrap(), "token", "list"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("admin"));
+    // A certificate from another CA is refused before anything is sent.
+    let o = drover_env(
+        &url,
+        &creds,
+        Some(&token),
+        &[
+            "--ca",
+            other_path.to_str().unwrap(),
+            "token",
+            "create",
+            "--name",
+            "evil",
+            "--role",
+            "admin",
+        ],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(!stderr(&o).contains("HTTP"), "{}", stderr(&o));
+    // DROVER_CA works like --ca.
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["--output", "json", "token", "list"])
+        .env("DROVER_CONTROLLER", &url)
+        .env("DROVER_CREDENTIALS", &creds)
+        .env("DROVER_TOKEN", &token)
+        .env("DROVER_CA", &ca_path)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "nothing was created");
+    running.shutdown().await;
+}
