@@ -45,14 +45,21 @@ impl Server {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(shared);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "http api stopped");
+            let serving = crate::http_serve::serve(
+                listener,
+                app,
+                crate::http_serve::HEADER_READ_TIMEOUT,
+                stop_rx,
+            );
+            tokio::pin!(serving);
+            tokio::select! {
+                () = &mut serving => {}
+                _ = stopped => {
+                    let _ = stop_tx.send(true);
+                    serving.await;
+                }
             }
         });
         tracing::info!(%addr, "inference api listening");

@@ -46,6 +46,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub(crate) mod driver;
+pub(crate) mod http_serve;
 pub mod infer;
 pub mod install;
 pub(crate) mod link;

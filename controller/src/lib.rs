@@ -23,6 +23,7 @@
 //!   controller (phased startup, graceful drain). `main` calls the same.
 //! - [`controller`]: the cheap-to-clone [`Controller`] handle every other
 //!   part goes through, and [`DeviceEvent`]s.
+//! - [`auth`]: operator API tokens (hashed, with roles) and the bearer check.
 //! - `clock`, `db`, `keys`, `metrics`: injectable time, SQLite and its
 //!   migrations, key files, `/metrics` counters.
 //!
@@ -30,6 +31,7 @@
 //! `drover_protocol::labels`. Modules are `pub(crate)` unless the binary,
 //! `drover-sim` or the integration tests need them.
 
+pub mod auth;
 pub mod cli;
 pub(crate) mod clock;
 pub mod controller;

@@ -49,6 +49,18 @@ pub struct ServeConfig {
     /// Controller config file (`[retrain.<model>]` policies); default
     /// `DATA_DIR/controller.toml` when it exists.
     pub retrain_config: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS on the API (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS on the API (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// Header-read and TLS handshake timeouts of the API server.
+    pub http_limits: crate::http::server::ServerLimits,
+    /// Largest model upload, bytes.
+    pub max_upload_bytes: u64,
+    /// Bytes of model uploads in flight at once; more is refused with 503.
+    pub upload_budget_bytes: u64,
+    /// An upload sending nothing for this long is cut off.
+    pub upload_idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -86,6 +98,12 @@ impl ServeConfig {
             mqtt_ready_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
             retrain_config: None,
+            tls_cert: None,
+            tls_key: None,
+            http_limits: crate::http::server::ServerLimits::default(),
+            max_upload_bytes: crate::http::MAX_BODY_BYTES as u64,
+            upload_budget_bytes: 1024 * 1024 * 1024,
+            upload_idle_timeout: crate::http::limits::UPLOAD_IDLE_TIMEOUT,
         }
     }
 
@@ -161,6 +179,8 @@ pub struct RunningController {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
+    tls: bool,
+    admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for RunningController {
@@ -178,9 +198,16 @@ impl RunningController {
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }
-    /// `http://ADDR`, for clients.
+    /// `http://ADDR` (or `https://` with TLS), for clients.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
+    }
+    /// The admin API token: the one created at this start, or the one the
+    /// first start wrote to `DATA_DIR/admin.token` (None once that file is
+    /// deleted). The simulator and tests call the API with it.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
     /// Broker URL agents should use (`mqtt://HOST:PORT`).
     pub fn mqtt_addr(&self) -> &str {
@@ -247,7 +274,44 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         tracing::warn!(%listen, "the embedded broker has no authentication; keep it on loopback");
     }
 
-    // Phase 2: open state.
+    if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+        return Err(ServeError::Config(
+            "--tls-cert and --tls-key go together".into(),
+        ));
+    }
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::http::server::tls_acceptor(cert, key).map_err(ServeError::Config)?)
+        }
+        _ => None,
+    };
+    if tls.is_none() && !cfg.http.ip().is_loopback() {
+        return Err(ServeError::Config(format!(
+            "--http {} is reachable from other machines, and without TLS the API tokens \
+             (and device credentials in responses) would cross the network in clear text. \
+             Give --tls-cert FILE --tls-key FILE (PEM), or listen on 127.0.0.1 and put a \
+             TLS-terminating proxy in front",
+            cfg.http
+        )));
+    }
+
+    // Phase 2: open state. The data directory holds the signing keys, the
+    // token hashes and device credentials: owner only.
+    crate::auth::perms::private_dir(&cfg.data_dir)
+        .map_err(|e| ServeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+    let (tokens, first_admin) = crate::auth::TokenStore::open(&cfg.data_dir)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let admin_token = match &first_admin {
+        Some(t) => {
+            let file = cfg.data_dir.join(crate::auth::ADMIN_TOKEN_FILE);
+            tracing::warn!(file = %file.display(), "first start: created the admin API token; \
+                 `drover login --token-file` with it, then keep it somewhere safe and delete the file");
+            Some(t.token.clone())
+        }
+        None => std::fs::read_to_string(cfg.data_dir.join(crate::auth::ADMIN_TOKEN_FILE))
+            .ok()
+            .map(|s| s.trim().to_string()),
+    };
     let mut ccfg = ControllerConfig::new(cfg.data_dir.clone(), cfg.fleet.clone());
     if let Some(u) = &cfg.username {
         ccfg.controller_username = u.clone();
@@ -283,6 +347,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     let controller = tokio::task::spawn_blocking(move || Controller::open(ccfg, clock))
         .await
         .map_err(|e| ServeError::Mqtt(e.to_string()))??;
+    crate::auth::perms::harden(&cfg.data_dir)
+        .map_err(|e| ServeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
 
     // Phase 4: spawn.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -388,17 +454,28 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     })));
     let router = crate::http::router(controller.clone())
         .merge(crate::http::rollouts::routes(rollouts.clone()))
-        .merge(crate::http::retrain::routes(retrain.clone()));
-    let mut http_shutdown = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(http, router).with_graceful_shutdown(async move {
-            let _ = http_shutdown.changed().await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }));
-    tracing::info!("http listening on http://{http_addr}");
+        .merge(crate::http::retrain::routes(retrain.clone()))
+        .merge(crate::auth::routes::routes(tokens.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::http::limits::UploadLimits::new(cfg.max_upload_bytes, cfg.upload_budget_bytes)
+                .with_idle_timeout(cfg.upload_idle_timeout),
+            crate::http::limits::admit,
+        ))
+        // Outermost: nothing (not even the upload checks) runs for an
+        // unauthenticated caller.
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::layer::require,
+        ));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tasks.push(tokio::spawn(crate::http::server::serve(
+        http,
+        router,
+        tls.clone(),
+        cfg.http_limits,
+        shutdown_rx.clone(),
+    )));
+    tracing::info!("http listening on {scheme}://{http_addr}");
 
     let ready = tokio::time::timeout(cfg.mqtt_ready_timeout, ready_rx.wait_for(|r| *r)).await;
     let running = RunningController {
@@ -411,6 +488,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         shutdown: shutdown_tx,
         tasks,
         grace: cfg.shutdown_grace,
+        tls: tls.is_some(),
+        admin_token,
     };
     match (ready, &cfg.broker) {
         (Ok(Ok(_)), _) => {

@@ -606,6 +606,7 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     let again = drover_controller::serve::start(support::config(dir.path(), &fleet))
         .await
         .unwrap();
+    support::register(&again);
     let url = again.http_url();
     let c = again.handle();
     assert_eq!(c.keys_info().root_public_key, root, "keys persist");
@@ -625,7 +626,7 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     let devs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(devs[0]["id"], "dev-1");
     assert_eq!(devs[0]["registered"], true);
-    let body: serde_json::Value = reqwest::get(format!("{url}/v1/telemetry?device=dev-1"))
+    let body: serde_json::Value = support::get(format!("{url}/v1/telemetry?device=dev-1"))
         .await
         .unwrap()
         .json()

@@ -137,7 +137,7 @@ async fn telemetry_is_stored_once_and_acknowledged_every_time() {
     assert_eq!(s.merged.count, 6000);
     assert_eq!(s.devices["dev-2"].labelled, 300);
     // Visible over HTTP as well.
-    let body: serde_json::Value = reqwest::get(format!(
+    let body: serde_json::Value = support::get(format!(
         "{}/v1/telemetry?model=sensor@3&device=dev-2",
         t.url()
     ))
@@ -286,7 +286,7 @@ async fn malformed_payloads_are_counted_and_the_controller_lives_on() {
     assert_eq!(counts.get("too_large"), Some(&1), "{counts:?}");
     assert_eq!(counts.get("trailing_bytes"), Some(&1), "{counts:?}");
     assert_eq!(counts.get("topic"), Some(&1), "{counts:?}");
-    let metrics = reqwest::get(format!("{}/metrics", t.url()))
+    let metrics = support::get(format!("{}/metrics", t.url()))
         .await
         .unwrap()
         .text()
@@ -297,7 +297,7 @@ async fn malformed_payloads_are_counted_and_the_controller_lives_on() {
         "{metrics}"
     );
     assert!(metrics.contains("drover_devices_online 1"), "{metrics}");
-    let health = reqwest::get(format!("{}/healthz", t.url())).await.unwrap();
+    let health = support::get(format!("{}/healthz", t.url())).await.unwrap();
     assert!(health.status().is_success());
     t.running.shutdown().await;
 }

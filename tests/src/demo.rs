@@ -175,7 +175,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         controller_dir.join("controller.toml"),
         crate::retrain_step::controller_toml(&bake),
     )?;
-    let running = serve::start(ServeConfig::ephemeral(controller_dir))
+    let running = serve::start(ServeConfig::ephemeral(controller_dir.clone()))
         .await
         .context("starting the controller")?;
     let ctl = running.handle();
@@ -354,6 +354,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         println!();
         println!("Fleet left running. Explore with:");
         println!("  export DROVER_CONTROLLER={}", running.http_url());
+        println!(
+            "  drover login --token-file {}",
+            controller_dir.join("admin.token").display()
+        );
         println!("  drover devices; drover model list; drover rollout list; drover drift sensor");
         println!("Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;

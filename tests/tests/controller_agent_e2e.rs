@@ -74,7 +74,19 @@ async fn push_add_run_deploy_infer_and_see_telemetry() {
     let controller = start(cfg).await.unwrap();
     let c = controller.handle();
     let api = controller.http_url();
-    let http = reqwest::Client::new();
+    // Every controller route needs a token: use the admin token the first
+    // start created.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", controller.admin_token().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
 
     // keys init: idempotent; the root key it reports is what agents pin.
     let keys: serde_json::Value = http

@@ -8,22 +8,61 @@ use serde::de::DeserializeOwned;
 use crate::http::ErrorBody;
 
 /// A client of one controller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl ApiClient {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`) without a token.
     pub fn new(base: &str) -> anyhow::Result<ApiClient> {
-        let http = reqwest::Client::builder()
-            .build()
-            .context("building the HTTP client")?;
+        Self::with_auth(base, None, None)
+    }
+
+    /// A client sending `token` as a bearer token and, for `https://`,
+    /// trusting only the CA certificates in the PEM bytes `ca` (no CA: the
+    /// client trusts no server certificate at all, so HTTPS needs `--ca`).
+    pub fn with_auth(
+        base: &str,
+        token: Option<String>,
+        ca: Option<&[u8]>,
+    ) -> anyhow::Result<ApiClient> {
+        let mut b = reqwest::Client::builder().use_rustls_tls();
+        if let Some(pem) = ca {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .context("--ca: not a PEM certificate bundle")?;
+            if certs.is_empty() {
+                anyhow::bail!("--ca: no certificate in the file");
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b.build().context("building the HTTP client")?;
         Ok(ApiClient {
             base: base.trim_end_matches('/').to_string(),
             http,
+            token,
         })
+    }
+
+    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
     }
 
     /// The controller URL.
@@ -76,9 +115,35 @@ impl ApiClient {
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
         let r = self
-            .http
-            .get(format!("{}{path}", self.base))
+            .auth(self.http.get(format!("{}{path}", self.base)))
             .query(query)
+            .send()
+            .await;
+        self.finish(what, r).await
+    }
+
+    /// GET `path` as raw bytes (artifacts).
+    pub async fn get_bytes(&self, what: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+        let r = self
+            .auth(self.http.get(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .with_context(|| format!("{what}: {}{path}", self.base))?;
+        let status = r.status();
+        let bytes = r
+            .bytes()
+            .await
+            .with_context(|| format!("{what}: reading the response"))?;
+        if !status.is_success() {
+            anyhow::bail!("{what}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// DELETE `path`.
+    pub async fn delete<T: DeserializeOwned>(&self, what: &str, path: &str) -> anyhow::Result<T> {
+        let r = self
+            .auth(self.http.delete(format!("{}{path}", self.base)))
             .send()
             .await;
         self.finish(what, r).await
@@ -92,8 +157,7 @@ impl ApiClient {
         body: &B,
     ) -> anyhow::Result<T> {
         let r = self
-            .http
-            .post(format!("{}{path}", self.base))
+            .auth(self.http.post(format!("{}{path}", self.base)))
             .json(body)
             .send()
             .await;
@@ -108,8 +172,7 @@ impl ApiClient {
         body: &B,
     ) -> anyhow::Result<T> {
         let r = self
-            .http
-            .put(format!("{}{path}", self.base))
+            .auth(self.http.put(format!("{}{path}", self.base)))
             .json(body)
             .send()
             .await;

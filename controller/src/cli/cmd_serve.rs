@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// DATA_DIR/controller.toml when it exists).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// PEM certificate chain: serve the API over HTTPS (needs --tls-key).
+    /// Required when --http is not a loopback address.
+    #[arg(long, env = "DROVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "DROVER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
@@ -68,6 +75,8 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
     c.chunk_rate_bytes_per_sec = a.chunk_rate;
     c.telemetry_retention_days = a.retention_days;
     c.retrain_config = a.config.clone();
+    c.tls_cert = a.tls_cert.clone();
+    c.tls_key = a.tls_key.clone();
     Ok(c)
 }
 

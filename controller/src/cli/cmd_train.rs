@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use serde::Serialize;
 
 use crate::cli::output::{self, Output, f4};
@@ -53,7 +53,7 @@ struct TrainSummary {
     dataset_sha256: String,
 }
 
-async fn fetch_base(base: &str, controller: &str) -> anyhow::Result<Vec<u8>> {
+async fn fetch_base(base: &str, controller: &super::ApiClient) -> anyhow::Result<Vec<u8>> {
     let path = Path::new(base);
     if path.exists() || base.ends_with(".onnx") {
         return std::fs::read(path).with_context(|| format!("reading --base {base}"));
@@ -62,32 +62,19 @@ async fn fetch_base(base: &str, controller: &str) -> anyhow::Result<Vec<u8>> {
         .split_once('@')
         .ok_or_else(|| anyhow!("--base {base:?} is neither a file nor NAME@VERSION"))?;
     parse_model_arg(name).map_err(|e| anyhow!("--base {base}: {e}"))?;
-    let url = format!(
-        "{}/v1/models/{name}/{version}/artifact",
-        controller.trim_end_matches('/')
-    );
-    let response = reqwest::get(&url)
+    controller
+        .get_bytes(
+            &format!("fetching {base} from the controller"),
+            &format!("/v1/models/{name}/{version}/artifact"),
+        )
         .await
-        .with_context(|| format!("fetching {url}"))?;
-    let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .with_context(|| format!("reading {url}"))?;
-    if !status.is_success() {
-        bail!(
-            "fetching {base} from the controller: HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
-    }
-    Ok(bytes.to_vec())
 }
 
 /// Runs `drover train` locally; `controller` is only used to fetch
 /// `--base NAME@VERSION`.
 pub(crate) async fn run_train(
     args: TrainArgs,
-    controller: &str,
+    controller: &super::ApiClient,
     out: Output,
 ) -> anyhow::Result<()> {
     let data = Dataset::from_csv_path(&args.data, &args.label_column)

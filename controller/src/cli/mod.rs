@@ -19,6 +19,7 @@ pub(crate) mod cmd_model;
 pub(crate) mod cmd_retrain;
 pub(crate) mod cmd_rollout;
 pub(crate) mod cmd_serve;
+pub(crate) mod cmd_token;
 pub(crate) mod cmd_train;
 pub(crate) mod output;
 
@@ -41,6 +42,10 @@ pub struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     pub controller: String,
+    /// CA certificate(s), PEM, that the controller's HTTPS certificate must
+    /// chain to.
+    #[arg(long, global = true, env = "DROVER_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -82,6 +87,11 @@ pub enum Command {
     Train(crate::cli::cmd_train::TrainArgs),
     /// Merged telemetry.
     Telemetry(cmd_misc::TelemetryArgs),
+    /// API tokens (admin): create, list, revoke.
+    #[command(subcommand)]
+    Token(cmd_token::TokenCmd),
+    /// Save an API token for later commands (DROVER_TOKEN overrides it).
+    Login(cmd_token::LoginArgs),
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -96,6 +106,8 @@ pub struct Ctx {
     pub client: ApiClient,
     /// Output format.
     pub output: Output,
+    /// The `--ca` PEM bytes, if given.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// Runs a parsed client command.
@@ -112,10 +124,10 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Retrain(c) => {
             crate::cli::cmd_retrain::run_retrain(c, &ctx.client, ctx.output).await
         }
-        Command::Train(a) => {
-            crate::cli::cmd_train::run_train(a, ctx.client.base(), ctx.output).await
-        }
+        Command::Train(a) => crate::cli::cmd_train::run_train(a, &ctx.client, ctx.output).await,
         Command::Telemetry(a) => cmd_misc::telemetry(a, ctx).await,
+        Command::Token(c) => cmd_token::run(c, ctx).await,
+        Command::Login(a) => cmd_token::login(a, ctx, ctx.ca.as_deref()).await,
         Command::Serve(_) | Command::Completions { .. } => Ok(()),
     }
 }
@@ -141,9 +153,21 @@ pub fn main() -> ExitCode {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
+                let ca = match &cli.ca {
+                    Some(p) => Some(
+                        std::fs::read(p)
+                            .map_err(|e| anyhow::anyhow!("--ca {}: {e}", p.display()))?,
+                    ),
+                    None => None,
+                };
                 let ctx = Ctx {
-                    client: ApiClient::new(&cli.controller)?,
+                    client: ApiClient::with_auth(
+                        &cli.controller,
+                        cmd_token::resolve_token(),
+                        ca.as_deref(),
+                    )?,
                     output: cli.output,
+                    ca,
                 };
                 rt.block_on(dispatch(command, &ctx))
             })();

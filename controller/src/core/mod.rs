@@ -3,10 +3,12 @@
 //! and data as arguments and returns decisions; the shells in the capability
 //! folders ([`crate::rollouts`], [`crate::retraining`], ...) do the I/O.
 //!
+//! - [`auth`]: operator roles and the route table (who may call what).
 //! - [`rollout`]: the staged-rollout state machine.
 //! - `drift`: PSI / Jensen-Shannon, drift reports, the `DriftPolicy`.
 //! - `retraining`: the retraining scheduler, job, capture and dataset cores.
 
+pub mod auth;
 pub(crate) mod drift;
 pub(crate) mod retraining;
 pub mod rollout;

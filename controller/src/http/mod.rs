@@ -4,9 +4,11 @@
 //! `controller/API.md`.
 
 pub(crate) mod errors;
+pub mod limits;
 pub(crate) mod retrain;
 pub mod rollouts;
 mod routes;
+pub mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -6,7 +6,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+
+use crate::auth::Actor;
 use drover_protocol::ModelRef;
 use serde::{Deserialize, Serialize};
 
@@ -141,14 +143,22 @@ struct DetailQuery {
     audit: Option<u32>,
 }
 
+fn actor_name(actor: Option<Extension<Actor>>) -> String {
+    actor.map_or_else(|| "unauthenticated".into(), |Extension(a)| a.name)
+}
+
 async fn start(
     State(s): State<RolloutService>,
+    actor: Option<Extension<Actor>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<RolloutSummary>), ApiError> {
     let body: StartBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("request body: {e}")))?;
     let spec = body.to_spec()?;
-    Ok((StatusCode::CREATED, Json(s.create(spec).await?)))
+    let summary = s.create(spec).await?;
+    s.record_actor(&summary.id, &actor_name(actor), "start")
+        .await?;
+    Ok((StatusCode::CREATED, Json(summary)))
 }
 
 async fn list(State(s): State<RolloutService>) -> Json<Vec<RolloutSummary>> {
@@ -167,6 +177,7 @@ async fn detail(
 
 async fn command(
     State(s): State<RolloutService>,
+    actor: Option<Extension<Actor>>,
     Path((id, verb)): Path<(String, String)>,
 ) -> Result<Json<RolloutStatus>, ApiError> {
     let cmd = match verb.as_str() {
@@ -180,7 +191,9 @@ async fn command(
             )));
         }
     };
-    Ok(Json(s.command(&id, cmd).await?))
+    let status = s.command(&id, cmd).await?;
+    s.record_actor(&id, &actor_name(actor), &verb).await?;
+    Ok(Json(status))
 }
 
 /// The rollout routes with their state; merge into the main router.

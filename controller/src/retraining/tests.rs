@@ -1300,7 +1300,7 @@ async fn cli_commands_against_a_live_api() {
             seed: None,
             metrics: Some(metrics.clone()),
         },
-        &base,
+        &client,
         Output::Table,
     )
     .await
@@ -1319,7 +1319,7 @@ async fn cli_commands_against_a_live_api() {
             seed: None,
             metrics: None,
         },
-        &base,
+        &client,
         Output::Json,
     )
     .await

@@ -309,6 +309,24 @@ impl RolloutService {
         Ok(RolloutDetail { status, audit })
     }
 
+    /// Records in the rollout's audit trail that operator `by` (a token
+    /// name) did `action` (`start`, `pause`, ...).
+    pub async fn record_actor(
+        &self,
+        id: &str,
+        by: &str,
+        action: &str,
+    ) -> Result<(), RolloutServiceError> {
+        let now = self.inner.ctl.now();
+        let (id, by, action) = (id.to_string(), by.to_string(), action.to_string());
+        self.inner
+            .ctl
+            .db()
+            .call(move |c| Ok(store::append_actor(c, &id, now.0, &by, &action)?))
+            .await?;
+        Ok(())
+    }
+
     /// Pause, resume, abort or roll back.
     pub async fn command(
         &self,

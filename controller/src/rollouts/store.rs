@@ -80,6 +80,34 @@ pub(crate) fn save(
     tx.commit()
 }
 
+/// Appends one audit entry saying which operator acted (`by`, a token
+/// name), in the same shape as the engine's events.
+pub(crate) fn append_actor(
+    conn: &mut Connection,
+    rollout: &str,
+    at_ms: u64,
+    by: &str,
+    action: &str,
+) -> rusqlite::Result<()> {
+    let ev = serde_json::json!({
+        "at": at_ms,
+        "rollout": rollout,
+        "event": { "kind": "operator", "by": by, "action": action },
+        "message": format!("{action} by {by:?}"),
+    });
+    let tx = conn.transaction()?;
+    let n: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(n), 0) FROM rollout_audit WHERE rollout = ?1",
+        params![rollout],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO rollout_audit (rollout, n, at, event) VALUES (?1, ?2, ?3, ?4)",
+        params![rollout, n + 1, at_ms as i64, ev.to_string()],
+    )?;
+    tx.commit()
+}
+
 /// Every stored rollout, oldest first. States that no longer decode are
 /// skipped with a warning rather than stopping the controller.
 pub(crate) fn load_all(conn: &Connection) -> rusqlite::Result<Vec<Rollout>> {

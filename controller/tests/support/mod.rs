@@ -66,6 +66,7 @@ impl TestController {
         let dir = tempfile::tempdir().unwrap();
         let fleet = unique_fleet();
         let running = start(config(dir.path(), &fleet)).await.unwrap();
+        register(&running);
         TestController {
             dir,
             running,
@@ -202,10 +203,46 @@ impl Peer {
 }
 
 /// Runs the `drover` binary with `args` against `url`.
+static TOKENS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Remembers the admin token of `running`, so [`drover`] and [`get`] calls
+/// against its URL authenticate.
+pub fn register(running: &RunningController) {
+    if let Some(t) = running.admin_token() {
+        TOKENS
+            .lock()
+            .unwrap()
+            .insert(running.http_url(), t.to_string());
+    }
+}
+
+/// The admin token registered for `url`.
+pub fn token_for(url: &str) -> String {
+    let base = url.split("/v1").next().unwrap_or(url);
+    let tokens = TOKENS.lock().unwrap();
+    tokens
+        .iter()
+        .find(|(u, _)| base.starts_with(u.as_str()))
+        .map(|(_, t)| t.clone())
+        .unwrap_or_default()
+}
+
+/// GET `url` with the admin token of the controller it belongs to.
+pub async fn get(url: String) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token_for(&url))
+        .send()
+        .await
+}
+
 pub async fn drover(url: &str, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_drover"))
         .args(args)
         .env("DROVER_CONTROLLER", url)
+        .env("DROVER_TOKEN", token_for(url))
+        .env("DROVER_CREDENTIALS", "/nonexistent/drover-test-credentials")
         .env_remove("RUST_LOG")
         .output()
         .await
