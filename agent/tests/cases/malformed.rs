@@ -10,6 +10,9 @@ use drover_protocol::testkit::SplitMix;
 use drover_protocol::topic::Channel;
 use drover_protocol::{Action, Sha256};
 
+use std::time::Duration;
+
+use crate::support::peer::eventually;
 use crate::support::{ROWS, Setup};
 
 async fn expect(req: reqwest::RequestBuilder, status: u16, code: &str) {
@@ -209,14 +212,27 @@ async fn malformed_mqtt_payloads_are_counted_and_ignored() {
         }))
         .await;
     assert_eq!(s.peer.ack_of(seq).await.result, Ok(()));
+    // MQTT orders messages per topic only: the Configure ack proves every
+    // `down` message was seen, but `chunk` messages may still be in flight.
+    let malformed_total = |st: &drover_agent::AgentStatus| -> u64 {
+        st.counters
+            .iter()
+            .filter(|(k, _)| k.starts_with("malformed."))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let agent = s.agent();
+    eventually(
+        "all 20 malformed payloads counted",
+        Duration::from_secs(20),
+        || {
+            let st = agent.status();
+            std::future::ready((malformed_total(&st) >= 2 * 9 + 2).then_some(()))
+        },
+    )
+    .await;
     let st = s.agent().status();
-    let malformed: u64 = st
-        .counters
-        .iter()
-        .filter(|(k, _)| k.starts_with("malformed."))
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(malformed, 2 * 9 + 2, "{:?}", st.counters);
+    assert_eq!(malformed_total(&st), 2 * 9 + 2, "{:?}", st.counters);
     assert!(st.counters.contains_key("malformed.down_empty"));
     assert!(st.counters.contains_key("malformed.chunk_too_large"));
     assert!(
