@@ -388,7 +388,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     })));
     let router = crate::http::router(controller.clone())
         .merge(crate::http::rollouts::routes(rollouts.clone()))
-        .merge(crate::http::retrain::routes(retrain.clone()));
+        .merge(crate::http::retrain::routes(retrain.clone()))
+        .layer(axum::middleware::map_response(
+            crate::http::errors::json_error_shape,
+        ));
     let mut http_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(http, router).with_graceful_shutdown(async move {
