@@ -8,19 +8,21 @@ use std::process::Stdio;
 
 use support::{TestController, drover, fixtures, stderr};
 
-/// Runs `drover ARGS` with stdout a pipe whose reading end is already
-/// closed, so the first write fails with EPIPE.
+/// Runs `drover ARGS` with stdout a pipe whose reading end is closed
+/// right after the spawn, so its writes fail with EPIPE. (Every command
+/// here first talks to the controller or parses its arguments, which takes
+/// far longer than closing our end.)
 fn run_into_closed_pipe(url: &str, args: &[&str]) -> std::process::Output {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
         .args(args)
         .env("DROVER_CONTROLLER", url)
         .env_remove("RUST_LOG")
-        .stdout(Stdio::from(writer))
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
-        .unwrap()
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,7 +103,7 @@ const MAX_PLAIN_DETAIL: usize = 4096;
 /// writes itself as plain text or with no body: the body limit (413), a
 /// wrong method (405, its `Allow` header kept), a malformed query or JSON
 /// (400/415/422). Applied once around the whole API so no route can miss it.
-pub async fn json_error_shape(resp: Response) -> Response {
+pub(crate) async fn json_error_shape(resp: Response) -> Response {
     use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
