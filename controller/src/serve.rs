@@ -461,6 +461,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
                 .with_idle_timeout(cfg.upload_idle_timeout),
             crate::http::limits::admit,
         ))
+        .layer(axum::middleware::map_response(
+            crate::http::errors::json_error_shape,
+        ))
         // Outermost: nothing (not even the upload checks) runs for an
         // unauthenticated caller.
         .layer(axum::middleware::from_fn_with_state(

@@ -4,6 +4,7 @@
 //! - [`data`]: synthetic sensor streams with drift on cue; the demo's dataset.
 //! - [`net`]: free ports, a restartable Mosquitto, a link-cutting TCP proxy.
 //! - [`fleet`]: N real agents in one process with input streams and faults.
+//! - [`invariants`]: the checks every fault test runs afterwards.
 //! - [`demo`]: the narrated end-to-end demo (`drover-sim demo`).
 //! - [`fast`]: the fake-clock tier: sans-IO cores of thousands of devices, in memory.
 //! - [`bench`]: the scale run (`drover-sim bench`).
@@ -13,6 +14,7 @@ pub mod data;
 pub mod demo;
 pub mod fast;
 pub mod fleet;
+pub mod invariants;
 pub mod net;
 pub mod retrain_step;
 pub mod summary;

@@ -154,11 +154,35 @@ impl Outbox {
     }
 
     /// The controller persisted these windows: returns those to delete.
+    ///
+    /// A window published strictly before an acknowledged one and still
+    /// unacknowledged was lost on the way (typically flushed on reconnect
+    /// while the controller had not subscribed again yet, which the broker
+    /// drops): it is due again now rather than at the resend timer. A
+    /// duplicate this may cause is deduplicated by the controller.
     pub fn handle_ack(&mut self, seqs: &[u64]) -> Vec<u64> {
-        seqs.iter()
+        let mut latest: Option<Timestamp> = None;
+        let deleted: Vec<u64> = seqs
+            .iter()
             .copied()
-            .filter(|s| self.entries.remove(s).is_some())
-            .collect()
+            .filter(|s| match self.entries.remove(s) {
+                Some(e) => {
+                    if let State::Sent { at } = e.state {
+                        latest = latest.max(Some(at));
+                    }
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        if let Some(latest) = latest {
+            for e in self.entries.values_mut() {
+                if matches!(e.state, State::Sent { at } if at < latest) {
+                    e.state = State::Unsent;
+                }
+            }
+        }
+        deleted
     }
 
     fn in_flight(&self, now: Timestamp) -> usize {
@@ -317,6 +341,22 @@ mod tests {
         assert_eq!(o.handle_ack(&[1, 2]), vec![1, 2]);
         assert_eq!(o.depth(), 0);
         assert!(o.poll_transmit(Timestamp(99_999), 10).is_empty());
+    }
+
+    #[test]
+    fn an_ack_for_a_later_window_resends_earlier_lost_ones_at_once() {
+        let mut o = Outbox::new(cfg(100, 10), [(1, 0), (2, 0), (3, 0)]);
+        o.handle_connected();
+        // The backlog flushed on reconnect is lost at the broker.
+        assert_eq!(o.poll_transmit(Timestamp(0), 10), vec![1, 2, 3]);
+        o.push(window(4));
+        assert_eq!(o.poll_transmit(Timestamp(200), 10), vec![4]);
+        assert_eq!(o.handle_ack(&[4]), vec![4]);
+        // Long before the resend timer (1000 ms).
+        assert_eq!(o.poll_transmit(Timestamp(201), 10), vec![1, 2, 3]);
+        // Windows published together are not presumed lost by each other's ack.
+        assert_eq!(o.handle_ack(&[1]), vec![1]);
+        assert!(o.poll_transmit(Timestamp(202), 10).is_empty());
     }
 
     #[test]

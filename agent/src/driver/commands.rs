@@ -252,6 +252,25 @@ impl Driver {
         to: Option<Version>,
         why: String,
     ) {
+        // The rollback wins over a deploy of the same model still in
+        // flight: left running, that download would finish and activate
+        // the version the controller was just told is gone.
+        if self
+            .deploy_job
+            .as_ref()
+            .is_some_and(|j| j.core.manifest().name == name)
+            && let Some(mut j) = self.deploy_job.take()
+        {
+            j.core.cancel(
+                Reason::new(
+                    ReasonCode::Cancelled,
+                    format!("superseded by rollback command {seq}"),
+                ),
+                true,
+            );
+            self.run_actions(&mut j).await;
+            self.hygiene().await;
+        }
         let target = match to {
             None => self.pointers.previous.clone().filter(|p| p.name == name),
             Some(v) => Some(ModelRef {

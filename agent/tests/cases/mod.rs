@@ -8,5 +8,6 @@ mod malformed;
 mod outage;
 mod refusals;
 mod resume;
+mod rollback_race;
 mod shadow;
 mod timers;

@@ -150,3 +150,90 @@ async fn a_full_outbox_evicts_the_oldest_and_reports_it() {
         "{lost} windows lost, {reported} evictions reported"
     );
 }
+
+/// After a link cut the backlog goes out as soon as the link is back, not
+/// when the resend timer fires (set far beyond the test's patience here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_flushes_the_backlog_without_the_resend_timer() {
+    let broker = TestBroker::start().await;
+    let link = LinkProxy::start(&broker.url()).await;
+    let s = Setup::start_split(&broker.url(), &link.url(), "flush", |c| {
+        c.telemetry_window_ms = 200;
+        c.outbox_retransmit_ms = 600_000;
+    })
+    .await;
+    s.peer.set_auto_ack(true);
+    s.deploy_classifier("sensor_clf_v1.onnx", 1).await;
+    let agent = s.agent();
+    s.peer
+        .wait("a first window", Duration::from_secs(20), |st| {
+            (!st.windows().is_empty()).then_some(())
+        })
+        .await;
+    link.cut();
+    until(agent, "link down", Duration::from_secs(20), || {
+        (!agent.status().link.connected).then_some(())
+    })
+    .await;
+    until(agent, "a backlog", Duration::from_secs(20), || {
+        (agent.status().outbox_depth >= 5).then_some(())
+    })
+    .await;
+    link.restore();
+    until(agent, "link back", Duration::from_secs(20), || {
+        agent.status().link.connected.then_some(())
+    })
+    .await;
+    // Every window made arrives well inside the resend timer (10 s against
+    // 600 s): no gaps below the newest delivered one, which is past the
+    // backlog.
+    s.peer
+        .wait("the backlog delivered", Duration::from_secs(10), |st| {
+            let seqs: std::collections::BTreeSet<u64> =
+                st.windows().iter().map(|w| w.seq).collect();
+            let first = *seqs.first()?;
+            let last = *seqs.last()?;
+            (last >= first + 6 && seqs.len() as u64 == last - first + 1).then_some(())
+        })
+        .await;
+}
+
+/// A broker restart: the agent may be back (and flush) before the
+/// controller has subscribed again, so its first flush can be lost at the
+/// broker. The backlog still arrives without waiting for the resend timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_backlog_arrives_without_the_resend_timer() {
+    let mut mq = Mosquitto::start().await;
+    let s = Setup::start_on(&mq.url(), "flush-restart", |c| {
+        c.telemetry_window_ms = 200;
+        c.outbox_retransmit_ms = 600_000;
+    })
+    .await;
+    s.peer.set_auto_ack(true);
+    s.deploy_classifier("sensor_clf_v1.onnx", 1).await;
+    let agent = s.agent();
+    s.peer
+        .wait("a first window", Duration::from_secs(20), |st| {
+            (!st.windows().is_empty()).then_some(())
+        })
+        .await;
+    mq.stop();
+    until(agent, "link down", Duration::from_secs(20), || {
+        (!agent.status().link.connected).then_some(())
+    })
+    .await;
+    until(agent, "a backlog", Duration::from_secs(20), || {
+        (agent.status().outbox_depth >= 5).then_some(())
+    })
+    .await;
+    mq.restart().await;
+    s.peer
+        .wait("the backlog delivered", Duration::from_secs(15), |st| {
+            let seqs: std::collections::BTreeSet<u64> =
+                st.windows().iter().map(|w| w.seq).collect();
+            let first = *seqs.first()?;
+            let last = *seqs.last()?;
+            (last >= first + 6 && seqs.len() as u64 == last - first + 1).then_some(())
+        })
+        .await;
+}

@@ -1,5 +1,4 @@
 //! `drover drift`: the drift report, a client of `/v1/drift`.
-#![allow(clippy::print_stdout)]
 
 use anyhow::anyhow;
 

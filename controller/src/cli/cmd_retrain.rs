@@ -1,5 +1,4 @@
 //! `drover retrain list|show|run`, a client of `/v1/retrain`.
-#![allow(clippy::print_stdout)]
 
 use crate::cli::ApiClient;
 use crate::cli::output::{self, Output, f4, now_ms};

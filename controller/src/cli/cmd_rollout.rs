@@ -1,5 +1,4 @@
 //! `drover rollout start|list|status|pause|resume|abort|rollback`.
-#![allow(clippy::print_stdout)]
 
 use std::time::Duration;
 
@@ -120,29 +119,7 @@ fn print_status(d: &Value) {
         ("phase", phase_text(s)),
         ("devices", num(s, "devices")),
     ]);
-    let rows: Vec<Vec<String>> = s["waves"]
-        .as_array()
-        .map(|w| {
-            w.iter()
-                .map(|w| {
-                    vec![
-                        (w["wave"].as_u64().unwrap_or(0) + 1).to_string(),
-                        format!("{}%", w["percent"]),
-                        num(w, "targeted"),
-                        num(w, "updated"),
-                        num(w, "failed"),
-                        num(w, "silent"),
-                        num(w, "pending"),
-                        w["passed_at"]
-                            .as_u64()
-                            .map(|_| "passed".to_string())
-                            .or_else(|| w["failed_at"].as_u64().map(|_| "failed".into()))
-                            .unwrap_or_default(),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = wave_rows(s);
     output::table(
         &[
             "WAVE", "PERCENT", "TARGETED", "UPDATED", "FAILED", "SILENT", "PENDING", "RESULT",
@@ -233,7 +210,7 @@ pub(crate) async fn run(cmd: RolloutCmd, ctx: &Ctx) -> anyhow::Result<()> {
             if ctx.output == Output::Json {
                 return output::json(&r);
             }
-            println!("{}", r["id"].as_str().unwrap_or(""));
+            output::line(r["id"].as_str().unwrap_or(""));
             Ok(())
         }
         RolloutCmd::List => {
@@ -314,6 +291,53 @@ async fn verb(ctx: &Ctx, id: &str, verb: &str) -> anyhow::Result<()> {
     if ctx.output == Output::Json {
         return output::json(&s);
     }
-    println!("{id}: {}", phase_text(&s));
+    output::line(&format!("{id}: {}", phase_text(&s)));
     Ok(())
+}
+
+/// The wave table's rows, one per wave of a status document.
+fn wave_rows(s: &Value) -> Vec<Vec<String>> {
+    s["waves"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .map(|w| {
+                    vec![
+                        // `wave` is 1-based already (WaveStatus).
+                        w["wave"].as_u64().unwrap_or(0).to_string(),
+                        format!("{}%", w["percent"]),
+                        num(w, "targeted"),
+                        num(w, "updated"),
+                        num(w, "failed"),
+                        num(w, "silent"),
+                        num(w, "pending"),
+                        w["passed_at"]
+                            .as_u64()
+                            .map(|_| "passed".to_string())
+                            .or_else(|| w["failed_at"].as_u64().map(|_| "failed".into()))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wave_column_shows_the_one_based_wave_number() {
+        let s = serde_json::json!({"waves": [
+            {"wave": 1, "percent": 10.0, "targeted": 1, "updated": 1, "failed": 0,
+             "silent": 0, "pending": 0, "passed_at": 5},
+            {"wave": 2, "percent": 100.0, "targeted": 9, "updated": 0, "failed": 0,
+             "silent": 0, "pending": 9},
+        ]});
+        let rows = wave_rows(&s);
+        assert_eq!(rows[0][0], "1");
+        assert_eq!(rows[0][7], "passed");
+        assert_eq!(rows[1][0], "2");
+    }
 }

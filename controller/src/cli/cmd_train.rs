@@ -1,5 +1,4 @@
 //! `drover train`: the reference trainer, run locally ([`crate::train`]).
-#![allow(clippy::print_stdout)]
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,6 @@
 //! `cli/cmd_NAME.rs`, add a variant to [`Command`] and one arm to
 //! [`dispatch`]. Use [`Ctx::client`] for the API and `output` for
 //! table/JSON printing (respect [`Ctx::output`]).
-#![allow(clippy::print_stdout)]
 
 pub(crate) mod client;
 pub(crate) mod cmd_deploy;
@@ -138,7 +137,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => cmd_serve::main(args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "drover", &mut script);
+            output::emit_bytes(&script);
             ExitCode::SUCCESS
         }
         command => {

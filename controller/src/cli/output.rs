@@ -1,5 +1,6 @@
 //! Output: aligned tables for people, JSON for scripts (`--output json`).
-#![allow(clippy::print_stdout)]
+
+use std::io::Write;
 
 use serde::Serialize;
 
@@ -14,7 +15,7 @@ pub enum Output {
 
 /// Prints `value` as JSON.
 pub(crate) fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    emit(&serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -32,7 +33,7 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        emit(parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| (*h).to_string()).collect());
     for r in rows {
@@ -44,13 +45,37 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
 pub(crate) fn pairs(items: &[(&str, String)]) {
     let w = items.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in items {
-        println!("{k:<w$}  {v}");
+        emit(&format!("{k:<w$}  {v}"));
     }
 }
 
 /// Prints a line.
 pub(crate) fn line(s: &str) {
-    println!("{s}");
+    emit(s);
+}
+
+/// Writes `s` and a newline to stdout; every CLI print goes through here.
+/// A reader that went away (`drover model list | head`) has all it wanted,
+/// so a broken pipe ends the command quietly and successfully instead of
+/// panicking; any other write error ends it with a failure.
+pub(crate) fn emit(s: &str) {
+    emit_bytes(format!("{s}\n").as_bytes());
+}
+
+/// As [`emit`], for output that is already bytes (shell completions).
+pub(crate) fn emit_bytes(b: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(b).and_then(|()| out.flush()) {
+        drop(out);
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("error: writing output: {e}");
+        }
+        std::process::exit(1);
+    }
 }
 
 /// `-` for missing values.

@@ -470,12 +470,14 @@ impl RolloutService {
             let mut work = Vec::new();
             {
                 let mut st = self.inner.state.lock().await;
-                for r in st
-                    .rollouts
-                    .values_mut()
-                    .filter(|r| r.is_active() || r.poll_timeout().is_some())
-                {
-                    r.handle_timeout(now);
+                // Every rollout is drained, not only active ones: the step
+                // that ends a rollout (its last report or metrics answer)
+                // leaves the Completed audit and final state still queued,
+                // and an ended rollout still answers joiners with deploys.
+                for r in st.rollouts.values_mut() {
+                    if r.is_active() || r.poll_timeout().is_some() {
+                        r.handle_timeout(now);
+                    }
                     let actions: Vec<_> = std::iter::from_fn(|| r.poll_action(now)).collect();
                     let requests: Vec<_> =
                         std::iter::from_fn(|| r.poll_metrics_request(now)).collect();
