@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Stdio;
 
-use support::{TestController, drover, fixtures, stderr};
+use support::{TestController, drover, fixtures, stderr, token_for};
 
 /// Runs `drover ARGS` with stdout a pipe whose reading end is closed
 /// right after the spawn, so its writes fail with EPIPE. (Every command
@@ -16,6 +16,8 @@ fn run_into_closed_pipe(url: &str, args: &[&str]) -> std::process::Output {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
         .args(args)
         .env("DROVER_CONTROLLER", url)
+        .env("DROVER_TOKEN", token_for(url))
+        .env("DROVER_CREDENTIALS", "/nonexistent/drover-test-credentials")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

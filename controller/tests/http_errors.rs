@@ -5,7 +5,7 @@
 mod support;
 
 use drover_controller::http::ErrorBody;
-use support::TestController;
+use support::{TestController, token_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_and_wrong_methods_answer_in_json() {
@@ -29,6 +29,7 @@ async fn unknown_paths_and_wrong_methods_answer_in_json() {
     ] {
         let r = client
             .request(method.clone(), format!("{url}{path}"))
+            .bearer_auth(token_for(&url))
             .send()
             .await
             .unwrap();
