@@ -178,11 +178,12 @@ pub enum InferError {
 /// Why a model could not be loaded or run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
-    /// The bytes are not an ONNX model tract can parse.
+    /// The bytes are not an ONNX model.
     #[error("not an ONNX model: {0}")]
     NotOnnx(String),
-    /// The graph uses an operator tract does not implement.
-    #[error("unsupported ONNX operator {0}")]
+    /// The graph uses an operator neither tract nor Drover implements
+    /// (the detail names the operator and its node).
+    #[error("{0}")]
     UnsupportedOperator(String),
     /// The model and its manifest disagree, or the model has a shape or
     /// element type Drover does not serve.

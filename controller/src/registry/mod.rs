@@ -15,12 +15,13 @@ pub mod store;
 use std::collections::BTreeMap;
 
 use drover_protocol::manifest::{
-    AgentVersion, Artifact, BinnedProfile, DType, HealthChecks, Lineage, ReferenceProfile, Task,
+    AgentVersion, Artifact, BinnedProfile, DType, HealthChecks, Lineage, LoadSpec,
+    ReferenceProfile, Task,
 };
 use drover_protocol::{ModelManifest, ModelName, Sha256, Timestamp, Version};
 use serde::{Deserialize, Serialize};
 
-use inspect::{InspectError, LoadedModel, tensor_f32, tensor_i64};
+use inspect::{InspectError, LoadedModel, tensor_f32, tensor_strings};
 use profile::CsvError;
 
 /// Manifests expire this long after signing unless asked otherwise (1 year).
@@ -90,6 +91,9 @@ pub struct PushRequest {
     pub min_agent_version: Option<AgentVersion>,
     /// Manifest validity; default [`DEFAULT_VALIDITY_MS`].
     pub validity_ms: Option<u64>,
+    /// `--fix-input` / `--input-shape`: how to load the graph (recorded in
+    /// the manifest so the agent loads it the same way).
+    pub load: LoadSpec,
 }
 
 /// Infers the task from the output schema: an int64 `[N]` output plus a
@@ -100,7 +104,7 @@ fn infer_task(model: &LoadedModel) -> Result<(Task, Option<usize>), RegistryErro
     let label = model
         .outputs
         .iter()
-        .find(|o| matches!(o.dtype, DType::I64 | DType::I32) && o.shape.len() == 1);
+        .find(|o| matches!(o.dtype, DType::I64 | DType::I32 | DType::String) && o.shape.len() == 1);
     let probs = model
         .outputs
         .iter()
@@ -171,6 +175,12 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         ))
     })?;
     let (mut task, classes) = infer_task(&model)?;
+    // The graph's own class list (skl2onnx writes it), in probability-column
+    // order: the label output holds these values.
+    let model_labels: Option<Vec<String>> = model
+        .class_labels()
+        .map(|l| l.to_strings())
+        .filter(|l| Some(l.len()) == classes);
     let data = req
         .reference_csv
         .as_deref()
@@ -188,6 +198,13 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
                 }
                 given.clone()
             }
+            (None, Some(values))
+                if model_labels
+                    .as_ref()
+                    .is_some_and(|m| values.iter().all(|v| m.contains(v))) =>
+            {
+                model_labels.clone().unwrap_or_default()
+            }
             (None, Some(values)) => {
                 let distinct: std::collections::BTreeSet<&String> = values.iter().collect();
                 let numeric = distinct.iter().all(|v| v.parse::<usize>().is_ok());
@@ -204,7 +221,9 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
                     distinct.into_iter().cloned().collect()
                 }
             }
-            (None, None) => (0..classes).map(|i| format!("class_{i}")).collect(),
+            (None, None) => model_labels
+                .clone()
+                .unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect()),
         };
     } else if req.labels.is_some() {
         return Err(RegistryError::Invalid(
@@ -233,12 +252,12 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
                 .and_then(|l| model.output_index(l))
                 .and_then(|i| outputs.get(i));
             let predicted: Vec<usize> = match label_out {
-                Some(t) => tensor_i64(t)?
-                    .into_iter()
-                    .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
-                    .collect(),
+                Some(t) => label_columns(t, model_labels.as_deref())?,
                 None => primary_rows.iter().map(|p| argmax(p)).collect(),
             };
+            if label_out.is_some() {
+                check_label_argmax(&predicted, &primary_rows)?;
+            }
             if let Some(truth) = data.as_ref().and_then(|d| d.labels.as_ref()) {
                 let idx = profile::label_indices(truth, labels).map_err(|bad| {
                     RegistryError::Invalid(format!(
@@ -314,7 +333,63 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         created_at: now,
         expires_at: now.plus_ms(req.validity_ms.unwrap_or(DEFAULT_VALIDITY_MS)),
         min_agent_version: req.min_agent_version.unwrap_or(DEFAULT_MIN_AGENT_VERSION),
+        load: req.load.clone(),
     })
+}
+
+/// The probability column of each row's label: the label output holds the
+/// graph's class values (not necessarily `0..C`), so they are looked up in
+/// its class list; without one, a value is its column.
+fn label_columns(
+    t: &tract_onnx::prelude::Tensor,
+    classes: Option<&[String]>,
+) -> Result<Vec<usize>, RegistryError> {
+    let values = tensor_strings(t)?;
+    Ok(values
+        .iter()
+        .map(|v| match classes {
+            Some(c) => c.iter().position(|l| l == v).unwrap_or(usize::MAX),
+            None => v.parse::<usize>().unwrap_or(usize::MAX),
+        })
+        .collect())
+}
+
+/// Largest share of reference rows whose label may differ from the argmax of
+/// their probabilities. A classifier's label is its probabilities' argmax
+/// except where the model computes them separately: SVC(probability=True)
+/// takes the label from the decision function and the probabilities from
+/// Platt scaling, which disagree on a few rows near the boundary (1 of 12
+/// rows in the SVC conformance fixtures, as onnxruntime computes them too).
+/// A systematic disagreement (a binary forest whose label is always 0) is
+/// far above this. Up to [`LABEL_ARGMAX_SLACK_ROWS`] rows are always
+/// tolerated, so a tiny reference set is not refused for one row.
+pub const MAX_LABEL_ARGMAX_DISAGREEMENT: f64 = 0.10;
+/// Disagreeing rows tolerated whatever the share.
+pub const LABEL_ARGMAX_SLACK_ROWS: usize = 2;
+
+/// Refuses a model whose label output systematically disagrees with its
+/// probabilities on the reference rows.
+fn check_label_argmax(predicted: &[usize], probs: &[Vec<f32>]) -> Result<(), RegistryError> {
+    let n = predicted.len().min(probs.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let bad = predicted
+        .iter()
+        .zip(probs)
+        .filter(|(l, p)| **l != argmax(p))
+        .count();
+    let share = bad as f64 / n as f64;
+    if bad > LABEL_ARGMAX_SLACK_ROWS && share > MAX_LABEL_ARGMAX_DISAGREEMENT {
+        return Err(RegistryError::Invalid(format!(
+            "the model's label output disagrees with the argmax of its probabilities on \
+             {bad} of {n} reference rows ({:.0}%, more than the {:.0}% a calibrated \
+             classifier may show): the graph computes labels wrongly",
+            share * 100.0,
+            MAX_LABEL_ARGMAX_DISAGREEMENT * 100.0
+        )));
+    }
+    Ok(())
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -162,16 +162,20 @@ fn labels_flag_and_mismatch() {
     let mut no_csv = push_req("models/sensor_clf_v1.onnx", None);
     no_csv.labels = None;
     let m = build_manifest(&no_csv, NOW).unwrap();
+    // The graph's own int64 class labels, not made-up names.
     assert!(
-        matches!(&m.task, Task::Classification { labels, .. } if labels == &["class_0", "class_1", "class_2"])
+        matches!(&m.task, Task::Classification { labels, .. } if labels == &["0", "1", "2"]),
+        "{:?}",
+        m.task
     );
 }
 
 #[test]
 fn bad_inputs_are_refused_with_specific_errors() {
-    match build_manifest(&push_req("models/unsupported_op.onnx", None), NOW) {
-        Err(RegistryError::Model(InspectError::UnsupportedOperator { op, .. })) => {
-            assert_eq!(op, "Scaler")
+    match build_manifest(&push_req("models/unknown_op.onnx", None), NOW) {
+        Err(RegistryError::Model(InspectError::UnsupportedOperator { op, detail })) => {
+            assert_eq!(op, "FusedMatMul");
+            assert!(detail.contains("fused_matmul_0"), "{detail}");
         }
         other => panic!("{other:?}"),
     }
