@@ -609,3 +609,175 @@ pub(crate) mod tests {
         assert!(r3.latency_us >= 1_000_000);
     }
 }
+
+#[cfg(test)]
+mod named_tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::infer::{InferError, InferRequest, InputValues, NamedInput};
+    use crate::runtime::Runtime;
+    use drover_protocol::Timestamp;
+    use drover_protocol::manifest::{DType, TensorSpec};
+    use drover_protocol::testkit;
+
+    fn spec(name: &str, shape: Vec<Option<u64>>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+        }
+    }
+
+    /// The LSTM stream of the conformance fixtures: `input` [time, batch, 16],
+    /// states `h`, `c` [1, batch, 32] in; `output`, `hn`, `cn` out.
+    fn lstm() -> (Vec<u8>, ModelManifest) {
+        let bytes = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fixtures/conformance/lstm_stream/model.onnx"),
+        )
+        .unwrap();
+        let mut m = testkit::manifest("stream", 1, &bytes, Timestamp(0));
+        m.inputs = vec![
+            spec("input", vec![None, None, Some(16)]),
+            spec("h", vec![Some(1), None, Some(32)]),
+            spec("c", vec![Some(1), None, Some(32)]),
+        ];
+        m.outputs = vec![
+            spec("output", vec![None, None, Some(2)]),
+            spec("hn", vec![Some(1), None, Some(32)]),
+            spec("cn", vec![Some(1), None, Some(32)]),
+        ];
+        m.task = Task::Regression {
+            output: "output".into(),
+        };
+        m.health_checks.samples.clear();
+        m.reference = Default::default();
+        (bytes, m)
+    }
+
+    fn named(name: &str, shape: &[usize], v: Vec<f32>) -> NamedInput {
+        NamedInput {
+            name: name.into(),
+            shape: Some(shape.to_vec()),
+            values: InputValues::F32(v),
+        }
+    }
+
+    #[test]
+    fn a_stateful_stream_passes_its_state_back_by_name() {
+        let (bytes, m) = lstm();
+        let rt = Runtime::new(Clock::new());
+        let lm = Arc::new(LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap());
+        rt.set_active(Some(lm));
+        let reference = Model::load(&bytes, &LoadOptions::default()).unwrap();
+        let chunk: Vec<f32> = (0..3 * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut h, mut c) = (vec![0.0f32; 32], vec![0.0f32; 32]);
+        let mut outputs = vec![];
+        for _ in 0..3 {
+            let r = rt
+                .infer(InferRequest::named(vec![
+                    named("input", &[3, 1, 16], chunk.clone()),
+                    named("h", &[1, 1, 32], h.clone()),
+                    named("c", &[1, 1, 32], c.clone()),
+                ]))
+                .unwrap();
+            let by = |n: &str| {
+                r.outputs
+                    .iter()
+                    .find(|o| o.name() == n)
+                    .unwrap()
+                    .as_f32()
+                    .unwrap()
+                    .to_vec()
+            };
+            // The same step run directly through drover-onnx.
+            let t = |s: &[usize], v: &[f32]| Tensor::from_shape(s, v).unwrap();
+            let want = reference
+                .run(vec![
+                    ("input".into(), t(&[3, 1, 16], &chunk)),
+                    ("h".into(), t(&[1, 1, 32], &h)),
+                    ("c".into(), t(&[1, 1, 32], &c)),
+                ])
+                .unwrap();
+            let want0 = want[0]
+                .1
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec();
+            assert_eq!(by("output"), want0);
+            outputs.push(by("output"));
+            h = by("hn");
+            c = by("cn");
+        }
+        // The same chunk answers differently as the state carries over.
+        assert_ne!(outputs[0], outputs[1]);
+        assert_ne!(outputs[1], outputs[2]);
+    }
+
+    #[test]
+    fn named_inputs_are_checked_before_running() {
+        let (bytes, m) = lstm();
+        let rt = Runtime::new(Clock::new());
+        rt.set_active(Some(Arc::new(
+            LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap(),
+        )));
+        let code = |r: Result<_, InferError>| match r {
+            Err(InferError::BadInput { code, .. }) => code,
+            other => panic!("{other:?}"),
+        };
+        let ok_h = named("h", &[1, 1, 32], vec![0.0; 32]);
+        let ok_c = named("c", &[1, 1, 32], vec![0.0; 32]);
+        let input = named("input", &[1, 1, 16], vec![0.5; 16]);
+        // One-input form on a three-input model.
+        assert_eq!(
+            code(rt.infer(InferRequest::new(vec![0.0; 16]))),
+            "missing_input"
+        );
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![input.clone(), ok_h.clone()]))),
+            "missing_input"
+        );
+        let mut nope = ok_c.clone();
+        nope.name = "nope".into();
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![input.clone(), ok_h.clone(), nope]))),
+            "unknown_input"
+        );
+        let mut no_shape = input.clone();
+        no_shape.shape = None;
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![
+                no_shape,
+                ok_h.clone(),
+                ok_c.clone()
+            ]))),
+            "shape_required"
+        );
+        let wide = named("input", &[1, 1, 17], vec![0.5; 17]);
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![wide, ok_h.clone(), ok_c.clone()]))),
+            "bad_shape"
+        );
+        let nan = named("input", &[1, 1, 16], vec![f32::NAN; 16]);
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![nan, ok_h.clone(), ok_c.clone()]))),
+            "non_finite_input"
+        );
+        let text = NamedInput {
+            name: "input".into(),
+            shape: Some(vec![1, 1, 16]),
+            values: InputValues::String(vec!["x".into(); 16]),
+        };
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![text, ok_h.clone(), ok_c.clone()]))),
+            "wrong_type"
+        );
+        assert_eq!(rt.bad_input_count(), 7);
+        assert!(
+            rt.infer(InferRequest::named(vec![input, ok_h, ok_c]))
+                .is_ok()
+        );
+    }
+}
