@@ -167,7 +167,13 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         .name
         .clone()
         .ok_or_else(|| RegistryError::Invalid("a model name is required".into()))?;
-    let model = LoadedModel::load(&req.onnx)?;
+    let model = LoadedModel::load_with(&req.onnx, &req.load)?;
+    let tabular = model.inputs.len() == 1
+        && !matches!(model.inputs[0].dtype, DType::String | DType::Bool)
+        && model.features_per_row().is_some();
+    if !tabular {
+        return tensor_manifest(req, &model, name, now);
+    }
     let features = model.features_per_row().ok_or_else(|| {
         RegistryError::Invalid(format!(
             "input {:?} has shape {:?}; Drover needs static non-batch dimensions",
@@ -305,7 +311,116 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         },
         None => ReferenceProfile::default(),
     };
-    Ok(ModelManifest {
+    let manifest = assemble(
+        req,
+        &model,
+        name,
+        task,
+        reference,
+        health,
+        eval_metrics,
+        now,
+    );
+    fit_down_message(manifest)
+}
+
+/// The manifest of a model whose inputs are not one tabular row (several
+/// inputs, dynamic dims, strings): no reference profile and no health-check
+/// samples (yet), the task read from the outputs, class labels from the graph.
+fn tensor_manifest(
+    req: &PushRequest,
+    model: &LoadedModel,
+    name: ModelName,
+    now: Timestamp,
+) -> Result<ModelManifest, RegistryError> {
+    if req.reference_csv.is_some() {
+        return Err(RegistryError::Invalid(format!(
+            "a reference CSV describes one input row of static width; this model takes {:?} \
+             (push it without --reference)",
+            model
+                .inputs
+                .iter()
+                .map(|i| format!("{}{:?}", i.name, i.shape))
+                .collect::<Vec<_>>()
+        )));
+    }
+    let (mut task, classes) = infer_task(model)?;
+    if let (Task::Classification { labels, .. }, Some(classes)) = (&mut task, classes) {
+        let from_model = model
+            .class_labels()
+            .map(|l| l.to_strings())
+            .filter(|l| l.len() == classes);
+        *labels = match (&req.labels, from_model) {
+            (Some(given), _) if given.len() != classes => {
+                return Err(RegistryError::Invalid(format!(
+                    "--labels names {} classes but the model outputs {classes}",
+                    given.len()
+                )));
+            }
+            (Some(given), _) => given.clone(),
+            (None, Some(m)) => m,
+            (None, None) => (0..classes).map(|i| format!("class_{i}")).collect(),
+        };
+    }
+    let manifest = assemble(
+        req,
+        model,
+        name,
+        task,
+        ReferenceProfile::default(),
+        Vec::new(),
+        req.eval_metrics.clone(),
+        now,
+    );
+    fit_down_message(manifest)
+}
+
+/// Room left in a Down message for the manifest: the command around it, its
+/// signature and the envelope take well under this.
+pub const MANIFEST_BUDGET: usize = drover_protocol::limits::MAX_DOWN_PAYLOAD - 8 * 1024;
+
+/// Proves the manifest fits the Deploy command that will carry it: trims
+/// health-check samples from the end until it does (counted in the lineage's
+/// `health_samples_trimmed` metric), and
+/// refuses with the sizes when even none would fit. A push that succeeds can
+/// always be deployed.
+fn fit_down_message(mut m: ModelManifest) -> Result<ModelManifest, RegistryError> {
+    let size = |m: &ModelManifest| drover_protocol::codec::encode(m, usize::MAX).map(|b| b.len());
+    let mut len = size(&m).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let before = m.health_checks.samples.len();
+    while len > MANIFEST_BUDGET && !m.health_checks.samples.is_empty() {
+        m.health_checks.samples.pop();
+        len = size(&m).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    }
+    if len > MANIFEST_BUDGET {
+        return Err(RegistryError::Invalid(format!(
+            "the signed manifest would be {len} bytes without any health-check sample; a \
+             deploy command carries at most {MANIFEST_BUDGET} (the reference profile is too \
+             large)"
+        )));
+    }
+    let trimmed = before - m.health_checks.samples.len();
+    if trimmed > 0 {
+        m.lineage
+            .eval_metrics
+            .insert("health_samples_trimmed".into(), trimmed as f64);
+    }
+    Ok(m)
+}
+
+/// The manifest from its parts (version 0, unsigned).
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    req: &PushRequest,
+    model: &LoadedModel,
+    name: ModelName,
+    task: Task,
+    reference: ReferenceProfile,
+    health: Vec<drover_protocol::manifest::HealthSample>,
+    eval_metrics: BTreeMap<String, f64>,
+    now: Timestamp,
+) -> ModelManifest {
+    ModelManifest {
         name,
         version: Version(0),
         artifact: Artifact {
@@ -334,7 +449,7 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         expires_at: now.plus_ms(req.validity_ms.unwrap_or(DEFAULT_VALIDITY_MS)),
         min_agent_version: req.min_agent_version.unwrap_or(DEFAULT_MIN_AGENT_VERSION),
         load: req.load.clone(),
-    })
+    }
 }
 
 /// The probability column of each row's label: the label output holds the
