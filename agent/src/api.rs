@@ -178,7 +178,8 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, String> {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum JsonValues {
-    Numbers(Vec<f64>),
+    /// `null` is a missing value (NaN), what imputers expect.
+    Numbers(Vec<Option<f64>>),
     Bools(Vec<bool>),
     Strings(Vec<String>),
 }
@@ -260,7 +261,9 @@ fn parse_infer(
                             name,
                             shape: t.shape,
                             values: match t.data {
-                                JsonValues::Numbers(v) => InputValues::F64(v),
+                                JsonValues::Numbers(v) => InputValues::F64(
+                                    v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect(),
+                                ),
                                 JsonValues::Bools(v) => InputValues::Bool(v),
                                 JsonValues::Strings(v) => InputValues::String(v),
                             },
@@ -270,6 +273,7 @@ fn parse_infer(
                     // feeds the shadow candidate too).
                     if let [one] = named.as_slice()
                         && let InputValues::F64(v) = &one.values
+                        && v.iter().all(|x| x.is_finite())
                     {
                         return Ok(InferRequest {
                             data: v.iter().map(|x| *x as f32).collect(),

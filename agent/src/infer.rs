@@ -88,11 +88,15 @@ impl InputValues {
         self.len() == 0
     }
 
-    /// Whether some float value is NaN or infinite.
+    /// Whether some value is refused as non-finite: NaN or infinity in
+    /// f32 values; infinity (or beyond f32's range) in numbers. NaN among
+    /// numbers is a JSON `null`, a missing value an imputer fills in.
     pub fn has_non_finite(&self) -> bool {
         match self {
             InputValues::F32(v) => v.iter().any(|x| !x.is_finite()),
-            InputValues::F64(v) => v.iter().any(|x| !x.is_finite()),
+            InputValues::F64(v) => v
+                .iter()
+                .any(|x| x.is_infinite() || x.abs() > f64::from(f32::MAX)),
             _ => false,
         }
     }
@@ -268,6 +272,10 @@ impl Serialize for OutputTensor {
         } else if let Some(v) = self.as_f64() {
             st.serialize_field("data", v)?;
         } else if let Some(v) = self.as_i32() {
+            st.serialize_field("data", v)?;
+        } else if let Some(v) = self.slice::<String>() {
+            st.serialize_field("data", v)?;
+        } else if let Some(v) = self.slice::<bool>() {
             st.serialize_field("data", v)?;
         } else {
             st.serialize_field("data", &self.to_f32_vec())?;
