@@ -1,8 +1,11 @@
 //! The loopback HTTP API (axum) for local applications:
 //!
-//! - `POST /v1/infer`: JSON `{"inputs": {"NAME": {"shape": [..], "data": [..]}}}`
-//!   or `{"data": [..]}` (batch 1, shape from the manifest); or
-//!   `application/octet-stream`, the input as raw little-endian f32.
+//! - `POST /v1/infer`: JSON `{"inputs": {"NAME": {"shape": [..], "data": [..]}, ..}}`
+//!   (any number of inputs by name; numbers, booleans or strings) or
+//!   `{"data": [..]}` (one input, batch 1, shape from the manifest), read as
+//!   JSON whatever the content type; or `application/octet-stream`, a
+//!   one-input model's input as raw little-endian f32. NaN and infinite
+//!   inputs are refused (`non_finite_input`).
 //! - `POST /v1/feedback`: `{"request_id", "label"}` (class name or index) or
 //!   `{"request_id", "value"}`.
 //! - `GET /v1/status`, `GET /metrics` (Prometheus text).
@@ -26,7 +29,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::infer::{
-    FeedbackError, FeedbackLabel, InferError, InferRequest, InferResponse, OutputTensor,
+    FeedbackError, FeedbackLabel, InferError, InferRequest, InferResponse, InputValues, NamedInput,
+    OutputTensor,
 };
 use crate::shared::Shared;
 
@@ -149,14 +153,17 @@ async fn not_found(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 enum BodyKind {
-    Json,
+    /// JSON; `Some(type)` when the client declared another content type
+    /// (curl -d sends application/x-www-form-urlencoded): the body is still
+    /// read as JSON, and only refused with 415 when it does not parse.
+    Json(Option<String>),
     Binary,
 }
 
 fn body_kind(headers: &HeaderMap) -> Result<BodyKind, String> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         // curl without -H sends no type for --data-binary; JSON is the default.
-        return Ok(BodyKind::Json);
+        return Ok(BodyKind::Json(None));
     };
     let ct = ct
         .to_str()
@@ -168,12 +175,20 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, String> {
         .trim()
         .to_ascii_lowercase();
     match essence.as_str() {
-        "application/json" => Ok(BodyKind::Json),
+        "application/json" => Ok(BodyKind::Json(None)),
         "application/octet-stream" => Ok(BodyKind::Binary),
-        other => Err(format!(
-            "content type {other:?} is not supported; use application/json or application/octet-stream"
-        )),
+        other => Ok(BodyKind::Json(Some(other.to_string()))),
     }
+}
+
+/// JSON values of one input: numbers, booleans or strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonValues {
+    /// `null` is a missing value (NaN), what imputers expect.
+    Numbers(Vec<Option<f64>>),
+    Bools(Vec<bool>),
+    Strings(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -181,7 +196,7 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, String> {
 struct TensorBody {
     #[serde(default)]
     shape: Option<Vec<usize>>,
-    data: Vec<f32>,
+    data: JsonValues,
 }
 
 #[derive(Deserialize)]
@@ -224,30 +239,63 @@ fn parse_infer(
                 .collect();
             Ok(InferRequest::new(data))
         }
-        BodyKind::Json => {
-            let b: InferBody =
-                serde_json::from_slice(body).map_err(|e| Box::new(json_error(shared, &e)))?;
+        BodyKind::Json(declared) => {
+            let b: InferBody = serde_json::from_slice(body).map_err(|e| match &declared {
+                Some(other) => Box::new(error(
+                    shared,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!(
+                        "content type {other:?} with a body that is not JSON ({e}); send JSON \
+                         or application/octet-stream"
+                    ),
+                )),
+                None => Box::new(json_error(shared, &e)),
+            })?;
             match (b.inputs, b.data) {
                 (Some(inputs), None) if b.shape.is_none() => {
-                    let mut it = inputs.into_iter();
-                    match (it.next(), it.next()) {
-                        (Some((name, t)), None) => Ok(InferRequest {
-                            data: t.data,
-                            shape: t.shape,
-                            input: Some(name),
-                        }),
-                        _ => Err(Box::new(error(
+                    if inputs.is_empty() {
+                        return Err(Box::new(error(
                             shared,
                             StatusCode::BAD_REQUEST,
                             "bad_inputs",
-                            "\"inputs\" must name exactly one input",
-                        ))),
+                            "\"inputs\" names no input",
+                        )));
                     }
+                    let named = inputs
+                        .into_iter()
+                        .map(|(name, t)| NamedInput {
+                            name,
+                            shape: t.shape,
+                            values: match t.data {
+                                JsonValues::Numbers(v) => InputValues::F64(
+                                    v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect(),
+                                ),
+                                JsonValues::Bools(v) => InputValues::Bool(v),
+                                JsonValues::Strings(v) => InputValues::String(v),
+                            },
+                        })
+                        .collect::<Vec<_>>();
+                    // One f32 input by name keeps the one-input form (it
+                    // feeds the shadow candidate too).
+                    if let [one] = named.as_slice()
+                        && let InputValues::F64(v) = &one.values
+                        && v.iter().all(|x| x.is_finite())
+                    {
+                        return Ok(InferRequest {
+                            data: v.iter().map(|x| *x as f32).collect(),
+                            shape: one.shape.clone(),
+                            input: Some(one.name.clone()),
+                            inputs: vec![],
+                        });
+                    }
+                    Ok(InferRequest::named(named))
                 }
                 (None, Some(data)) => Ok(InferRequest {
                     data,
                     shape: b.shape,
                     input: None,
+                    inputs: vec![],
                 }),
                 _ => Err(Box::new(error(
                     shared,
@@ -368,7 +416,7 @@ async fn feedback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !matches!(body_kind(&headers), Ok(BodyKind::Json)) {
+    if !matches!(body_kind(&headers), Ok(BodyKind::Json(_))) {
         return error(
             &shared,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

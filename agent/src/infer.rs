@@ -9,15 +9,20 @@ use tract_onnx::prelude::{Datum, DatumType, Tensor};
 
 use drover_protocol::messages::{Reason, ReasonCode};
 
-/// One inference request for a one-input model, batch 1.
+/// One inference request: either one f32 input (`data`, batch 1, the
+/// one-input form), or any number of inputs by name (`inputs`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct InferRequest {
-    /// The input values, flattened row-major.
+    /// The (first) input's values, flattened row-major.
     pub data: Vec<f32>,
-    /// The input's shape, if the caller states it; checked against the model's.
+    /// The input's shape, if the caller states it; needed when the model's
+    /// input has dynamic dims other than the batch.
     pub shape: Option<Vec<usize>>,
     /// The input's name, if the caller states it; checked against the model's.
     pub input: Option<String>,
+    /// Inputs by name (multi-input models, non-f32 inputs); when non-empty,
+    /// `data`, `shape` and `input` must be empty.
+    pub inputs: Vec<NamedInput>,
 }
 
 impl InferRequest {
@@ -25,9 +30,147 @@ impl InferRequest {
     pub fn new(data: Vec<f32>) -> InferRequest {
         InferRequest {
             data,
-            shape: None,
-            input: None,
+            ..InferRequest::default()
         }
+    }
+
+    /// A request with inputs by name.
+    pub fn named(inputs: Vec<NamedInput>) -> InferRequest {
+        InferRequest {
+            inputs,
+            ..InferRequest::default()
+        }
+    }
+}
+
+/// One input given by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedInput {
+    /// The graph input's name.
+    pub name: String,
+    /// Its shape; when absent, the model's declared shape with batch 1
+    /// (refused if another dim is dynamic).
+    pub shape: Option<Vec<usize>>,
+    /// Its values, flattened row-major; converted to the input's element type.
+    pub values: InputValues,
+}
+
+/// The values of one input. Numbers convert to the input's element type
+/// (integers must be whole; bool takes 0 and 1).
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputValues {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// Numbers as JSON carries them.
+    F64(Vec<f64>),
+    /// Integers.
+    I64(Vec<i64>),
+    /// Booleans.
+    Bool(Vec<bool>),
+    /// Strings.
+    String(Vec<String>),
+}
+
+impl InputValues {
+    /// How many values.
+    pub fn len(&self) -> usize {
+        match self {
+            InputValues::F32(v) => v.len(),
+            InputValues::F64(v) => v.len(),
+            InputValues::I64(v) => v.len(),
+            InputValues::Bool(v) => v.len(),
+            InputValues::String(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether some value is refused as non-finite: NaN or infinity in
+    /// f32 values; infinity (or beyond f32's range) in numbers. NaN among
+    /// numbers is a JSON `null`, a missing value an imputer fills in.
+    pub fn has_non_finite(&self) -> bool {
+        match self {
+            InputValues::F32(v) => v.iter().any(|x| !x.is_finite()),
+            InputValues::F64(v) => v
+                .iter()
+                .any(|x| x.is_infinite() || x.abs() > f64::from(f32::MAX)),
+            _ => false,
+        }
+    }
+
+    /// The values as f32, when numeric (telemetry's feature row).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        match self {
+            InputValues::F32(v) => Some(v.clone()),
+            InputValues::F64(v) => Some(v.iter().map(|x| *x as f32).collect()),
+            _ => None,
+        }
+    }
+
+    /// A tensor of `element` type and `shape`; `Err` says why not.
+    pub fn to_tensor(&self, element: DatumType, shape: &[usize]) -> Result<Tensor, String> {
+        let err = |e: tract_onnx::prelude::TractError| e.to_string();
+        let whole = |x: f64| -> Result<i64, String> {
+            if x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 {
+                Ok(x as i64)
+            } else {
+                Err(format!("{x} is not an integer"))
+            }
+        };
+        let t = match (self, element) {
+            (InputValues::String(v), DatumType::String) => {
+                tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())
+                    .map_err(|e| e.to_string())?
+                    .into()
+            }
+            (InputValues::String(_), _) => {
+                return Err(format!("strings given, the input takes {element:?}"));
+            }
+            (_, DatumType::String) => return Err("the input takes strings".into()),
+            (InputValues::Bool(v), DatumType::Bool) => Tensor::from_shape(shape, v).map_err(err)?,
+            (InputValues::Bool(_), _) => {
+                return Err(format!("booleans given, the input takes {element:?}"));
+            }
+            (InputValues::F32(v), dt) if dt.is_float() => {
+                Tensor::from_shape(shape, v).map_err(err)?
+            }
+            (InputValues::F64(v), dt) if dt.is_float() => {
+                Tensor::from_shape(shape, v).map_err(err)?
+            }
+            (InputValues::I64(v), _) => Tensor::from_shape(shape, v).map_err(err)?,
+            (InputValues::F32(v), _) => {
+                let ints = v
+                    .iter()
+                    .map(|x| whole(f64::from(*x)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Tensor::from_shape(shape, &ints).map_err(err)?
+            }
+            (InputValues::F64(v), _) => {
+                let ints = v.iter().map(|x| whole(*x)).collect::<Result<Vec<_>, _>>()?;
+                Tensor::from_shape(shape, &ints).map_err(err)?
+            }
+        };
+        if t.datum_type() == element {
+            return Ok(t);
+        }
+        if element == DatumType::Bool {
+            let v = t.cast_to::<i64>().map_err(err)?;
+            let v = v.try_as_plain_ram().map_err(err)?;
+            let v = v.as_slice::<i64>().map_err(err)?;
+            let b = v
+                .iter()
+                .map(|x| match x {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    _ => Err(format!("{x} is not a boolean (0 or 1)")),
+                })
+                .collect::<Result<Vec<bool>, _>>()?;
+            return Tensor::from_shape(shape, &b).map_err(err);
+        }
+        Ok(t.cast_to_dt(element).map_err(err)?.into_owned())
     }
 }
 
@@ -130,6 +273,10 @@ impl Serialize for OutputTensor {
             st.serialize_field("data", v)?;
         } else if let Some(v) = self.as_i32() {
             st.serialize_field("data", v)?;
+        } else if let Some(v) = self.slice::<String>() {
+            st.serialize_field("data", v)?;
+        } else if let Some(v) = self.slice::<bool>() {
+            st.serialize_field("data", v)?;
         } else {
             st.serialize_field("data", &self.to_f32_vec())?;
         }
@@ -178,11 +325,12 @@ pub enum InferError {
 /// Why a model could not be loaded or run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
-    /// The bytes are not an ONNX model tract can parse.
+    /// The bytes are not an ONNX model.
     #[error("not an ONNX model: {0}")]
     NotOnnx(String),
-    /// The graph uses an operator tract does not implement.
-    #[error("unsupported ONNX operator {0}")]
+    /// The graph uses an operator neither tract nor Drover implements
+    /// (the detail names the operator and its node).
+    #[error("{0}")]
     UnsupportedOperator(String),
     /// The model and its manifest disagree, or the model has a shape or
     /// element type Drover does not serve.

@@ -1,17 +1,20 @@
-//! A model loaded by tract: parsed once into an optimized plan shaped by the
-//! manifest (batch 1, f32 input), run with pooled execution states, health
-//! checks, and the predictions the telemetry recorder needs.
+//! A model loaded through drover-onnx (the loader the registry uses too, so
+//! the controller never accepts a model the agent loads differently), with
+//! health checks and the predictions the telemetry recorder needs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tract_onnx::prelude::*;
+use drover_onnx::{ClassLabels, LoadOptions, Model, OnnxError, Tensor};
 
-use drover_protocol::manifest::{DType, ModelManifest, Task};
+use drover_protocol::manifest::{ModelManifest, Task};
 use drover_protocol::messages::{Reason, ReasonCode};
 use drover_protocol::{ModelRef, Sha256};
 
 use crate::core::window::{Prediction, Recorder, RecorderConfig, WindowSpec};
 use crate::infer::{OutputTensor, RuntimeError};
+
+/// Outputs of one run, by name, in graph order.
+pub type RunOutputs = drover_onnx::Outputs;
 
 /// µs of `d` without a u128 division (this is on the hot path).
 #[inline]
@@ -21,47 +24,39 @@ pub(crate) fn micros(d: std::time::Duration) -> u64 {
         .saturating_add(u64::from(d.subsec_micros()))
 }
 
-/// Finds `Unimplemented(Op)` in tract's error chain.
-fn unimplemented_op(chain: &str) -> Option<String> {
-    let start = chain.find("Unimplemented(")? + "Unimplemented(".len();
-    let rest = chain.get(start..)?;
-    let end = rest.find(')')?;
-    let op = rest.get(..end)?.trim().trim_matches('"');
-    (!op.is_empty()).then(|| op.to_string())
-}
-
-fn classify(e: &TractError) -> RuntimeError {
-    let chain = format!("{e:?}");
-    match unimplemented_op(&chain) {
-        Some(op) => RuntimeError::UnsupportedOperator(op),
-        None => RuntimeError::Tract(format!("{e:#}")),
+impl From<OnnxError> for RuntimeError {
+    fn from(e: OnnxError) -> Self {
+        match e {
+            OnnxError::NotOnnx(s) => RuntimeError::NotOnnx(s),
+            OnnxError::UnsupportedOperator { .. } => {
+                RuntimeError::UnsupportedOperator(e.to_string())
+            }
+            OnnxError::InvalidNode(_)
+            | OnnxError::UnsupportedType { .. }
+            | OnnxError::BadOption(_) => RuntimeError::Unsupported(e.to_string()),
+            OnnxError::Plan(_) | OnnxError::Input(_) | OnnxError::Run(_) => {
+                RuntimeError::Tract(e.to_string())
+            }
+        }
     }
 }
 
-/// Execution states kept per model: one per concurrently running thread.
-const MAX_POOLED_STATES: usize = 16;
-
-#[derive(Debug)]
-struct OutputSlot {
-    name: Arc<str>,
-}
-
-/// A model loaded by tract with everything the hot path needs precomputed.
+/// A loaded model with everything the hot path needs precomputed.
 pub struct LoadedModel {
     model: Arc<ModelRef>,
     manifest: Arc<ModelManifest>,
     sha256: Sha256,
-    plan: Arc<TypedRunnableModel>,
-    /// Execution states ready for reuse: spawning one per run costs more
-    /// than a small model's whole inference (allocations per node).
-    states: Mutex<Vec<TypedSimpleState>>,
+    onnx: Model,
     input_name: String,
     input_shape: Vec<usize>,
     input_len: usize,
-    outputs: Vec<OutputSlot>,
     primary: usize,
     label_output: Option<usize>,
+    /// The classes as the graph declares them, in probability-column order:
+    /// the label output holds these values, not column indices.
+    model_labels: Option<ClassLabels>,
     labels: Vec<Arc<str>>,
+    output_names: Vec<Arc<str>>,
     classifier: bool,
     tolerance: f32,
     recorder: Recorder,
@@ -77,74 +72,67 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 fn dims(spec_shape: &[Option<u64>]) -> Vec<usize> {
-    // Symbolic dimensions (the batch) are fixed to 1: the plan is optimised
-    // for exactly the shape the device serves.
+    // Symbolic dimensions (the batch) are fixed to 1: the device serves
+    // one row per request.
     spec_shape
         .iter()
         .map(|d| d.map_or(1, |v| usize::try_from(v).unwrap_or(usize::MAX)))
         .collect()
 }
 
+/// Load options the manifest pins (`--fix-input`, `--input-shape` at push).
+pub fn load_options(manifest: &ModelManifest) -> Result<LoadOptions, RuntimeError> {
+    let mut o = LoadOptions::default();
+    for arg in &manifest.load.fix_inputs {
+        o.fix_input(arg)?;
+    }
+    for arg in &manifest.load.input_shapes {
+        o.input_shape(arg)?;
+    }
+    Ok(o)
+}
+
 impl LoadedModel {
-    /// Parses, types and optimises `bytes` for the manifest's input (batch 1).
+    /// Loads `bytes` with drover-onnx and checks it against the manifest.
     pub fn load(
         bytes: &[u8],
         manifest: ModelManifest,
         recorder: RecorderConfig,
     ) -> Result<LoadedModel, RuntimeError> {
-        let [input] = manifest.inputs.as_slice() else {
-            return Err(RuntimeError::Unsupported(format!(
-                "{} inputs; Drover serves one-input models",
-                manifest.inputs.len()
-            )));
+        let onnx = Model::load(bytes, &load_options(&manifest)?)?;
+        let Some(input) = manifest.inputs.first() else {
+            return Err(RuntimeError::Unsupported(
+                "the manifest lists no input".into(),
+            ));
         };
-        if input.dtype != DType::F32 {
-            return Err(RuntimeError::Unsupported(format!(
-                "input {:?} is {:?}; Drover feeds f32",
-                input.name, input.dtype
-            )));
-        }
         let input_shape = dims(&input.shape);
         let input_len: usize = input_shape.iter().product();
-        if input_shape.is_empty() || input_len == 0 {
+        let schema = onnx.schema();
+        if schema.inputs.len() != manifest.inputs.len()
+            || schema
+                .inputs
+                .iter()
+                .zip(&manifest.inputs)
+                .any(|(a, b)| a.name != b.name)
+        {
             return Err(RuntimeError::Unsupported(format!(
-                "input shape {:?} has no elements",
-                input.shape
+                "the graph's inputs {:?} are not the manifest's {:?}",
+                schema.inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
+                manifest.inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
             )));
         }
-        let model =
-            tract_onnx::onnx()
-                .model_for_read(&mut &bytes[..])
-                .map_err(|e| match classify(&e) {
-                    RuntimeError::Tract(s) => RuntimeError::NotOnnx(s),
-                    other => other,
-                })?;
-        let plan = model
-            .with_input_fact(0, f32::fact(&input_shape).into())
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| classify(&e))?;
-        let n_out = plan.model().outputs.len();
-        if n_out != manifest.outputs.len() {
+        if schema.outputs.len() != manifest.outputs.len()
+            || schema
+                .outputs
+                .iter()
+                .zip(&manifest.outputs)
+                .any(|(a, b)| a.spec.name != b.name)
+        {
             return Err(RuntimeError::Unsupported(format!(
-                "the graph has {n_out} outputs, the manifest lists {}",
+                "the graph has {} outputs, the manifest lists {}",
+                schema.outputs.len(),
                 manifest.outputs.len()
             )));
-        }
-        for (i, o) in plan.model().outputs.iter().enumerate() {
-            let dt = plan
-                .model()
-                .outlet_fact(*o)
-                .map_err(|e| classify(&e))?
-                .datum_type;
-            if !matches!(
-                dt,
-                DatumType::F32 | DatumType::F64 | DatumType::I32 | DatumType::I64
-            ) {
-                return Err(RuntimeError::Unsupported(format!(
-                    "output {i} has element type {dt:?}"
-                )));
-            }
         }
         let position = |name: &str| manifest.outputs.iter().position(|o| o.name == name);
         let primary_name = manifest.task.primary_output();
@@ -163,18 +151,16 @@ impl LoadedModel {
         Ok(LoadedModel {
             model: Arc::new(manifest.model_ref()),
             sha256: manifest.artifact.sha256,
-            plan,
-            states: Mutex::new(Vec::new()),
+            model_labels: onnx.class_labels().cloned(),
+            output_names: manifest
+                .outputs
+                .iter()
+                .map(|o| Arc::from(o.name.as_str()))
+                .collect(),
+            onnx,
             input_name: input.name.clone(),
             input_shape,
             input_len,
-            outputs: manifest
-                .outputs
-                .iter()
-                .map(|o| OutputSlot {
-                    name: Arc::from(o.name.as_str()),
-                })
-                .collect(),
             primary,
             label_output,
             labels,
@@ -190,7 +176,7 @@ impl LoadedModel {
         &self.model
     }
 
-    /// Values in one input row.
+    /// Values in one row of the first input.
     pub(crate) fn input_len(&self) -> usize {
         self.input_len
     }
@@ -210,14 +196,19 @@ impl LoadedModel {
         self.sha256
     }
 
-    /// The input shape served (batch 1).
+    /// The first input's shape served (batch 1).
     pub fn input_shape(&self) -> &[usize] {
         &self.input_shape
     }
 
-    /// The input's name.
+    /// The first input's name.
     pub fn input_name(&self) -> &str {
         &self.input_name
+    }
+
+    /// The loaded graph (schema, class labels, runs by name).
+    pub fn onnx(&self) -> &Model {
+        &self.onnx
     }
 
     /// Class names (classifiers).
@@ -240,8 +231,9 @@ impl LoadedModel {
         &self.recorder
     }
 
-    /// Runs one input (exactly `input_shape` elements).
-    pub fn run(&self, input: &[f32]) -> Result<TVec<TValue>, RuntimeError> {
+    /// Runs one row of the first input (exactly `input_shape` elements);
+    /// the model must have no other inputs.
+    pub fn run(&self, input: &[f32]) -> Result<RunOutputs, RuntimeError> {
         if input.len() != self.input_len {
             return Err(RuntimeError::Unsupported(format!(
                 "input has {} values, the model takes {}",
@@ -249,52 +241,64 @@ impl LoadedModel {
                 self.input_len
             )));
         }
-        let t = Tensor::from_shape(&self.input_shape, input).map_err(|e| classify(&e))?;
-        let pooled = self.states.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut state = match pooled {
-            Some(s) => s,
-            None => self.plan.spawn().map_err(|e| classify(&e))?,
-        };
-        // A state is reset after every run, so reuse gives the same answers.
-        let out = state.run(tvec!(t.into())).map_err(|e| classify(&e))?;
-        let mut pool = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < MAX_POOLED_STATES {
-            pool.push(state);
-        }
-        Ok(out)
+        let t = Tensor::from_shape(&self.input_shape, input)
+            .map_err(|e| RuntimeError::Tract(e.to_string()))?;
+        self.run_named(vec![(self.input_name.clone(), t)])
     }
 
-    fn f32_values(t: &Tensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-        if t.datum_type() == DatumType::F32 {
-            let view = t.try_as_plain_ram().ok()?;
-            return view.as_slice::<f32>().ok().map(std::borrow::Cow::Borrowed);
-        }
+    /// Runs tensors by input name.
+    pub fn run_named(&self, inputs: Vec<(String, Tensor)>) -> Result<RunOutputs, RuntimeError> {
+        Ok(self.onnx.run(inputs)?)
+    }
+
+    fn f32_values(t: &Tensor) -> Option<Vec<f32>> {
         let cast = t.cast_to::<f32>().ok()?;
         let view = cast.try_as_plain_ram().ok()?;
-        Some(std::borrow::Cow::Owned(
-            view.as_slice::<f32>().ok()?.to_vec(),
-        ))
+        Some(view.as_slice::<f32>().ok()?.to_vec())
     }
 
     /// The primary output of a run, as f32.
-    pub fn primary_values(&self, outs: &TVec<TValue>) -> Option<Vec<f32>> {
-        let t = outs.get(self.primary)?;
-        Self::f32_values(t).map(|c| c.into_owned())
+    pub fn primary_values(&self, outs: &RunOutputs) -> Option<Vec<f32>> {
+        Self::f32_values(&outs.get(self.primary)?.1)
+    }
+
+    /// The probability column of the label a run's label output holds: the
+    /// graph's class list maps label values to columns (an int-labelled
+    /// classifier's labels need not be 0..C).
+    fn label_column(&self, t: &Tensor) -> Option<u32> {
+        let text: String = if t.datum_type() == tract_onnx::prelude::DatumType::String {
+            t.try_as_plain_ram()
+                .ok()?
+                .as_slice::<String>()
+                .ok()?
+                .first()?
+                .clone()
+        } else {
+            let v = t.cast_to::<i64>().ok()?;
+            let first = *v.try_as_plain_ram().ok()?.as_slice::<i64>().ok()?.first()?;
+            match &self.model_labels {
+                None => return u32::try_from(first).ok(),
+                Some(_) => first.to_string(),
+            }
+        };
+        let pos = self
+            .model_labels
+            .as_ref()?
+            .to_strings()
+            .iter()
+            .position(|l| *l == text)?;
+        u32::try_from(pos).ok()
     }
 
     /// What a run predicted (class and confidence, or value).
-    pub fn predict(&self, outs: &TVec<TValue>) -> Option<Prediction> {
-        let primary = Self::f32_values(outs.get(self.primary)?)?;
+    pub fn predict(&self, outs: &RunOutputs) -> Option<Prediction> {
+        let primary = Self::f32_values(&outs.get(self.primary)?.1)?;
         if !self.classifier {
             return primary.first().copied().map(Prediction::Value);
         }
-        let from_label = self.label_output.and_then(|i| {
-            let t = outs.get(i)?;
-            let v = t.cast_to::<i64>().ok()?;
-            let view = v.try_as_plain_ram().ok()?;
-            let first = *view.as_slice::<i64>().ok()?.first()?;
-            u32::try_from(first).ok()
-        });
+        let from_label = self
+            .label_output
+            .and_then(|i| self.label_column(&outs.get(i)?.1));
         let index = match from_label {
             Some(i) => i,
             None => {
@@ -311,12 +315,12 @@ impl LoadedModel {
         Some(Prediction::Class { index, confidence })
     }
 
-    pub(crate) fn to_outputs(&self, outs: TVec<TValue>) -> Vec<OutputTensor> {
+    pub(crate) fn to_outputs(&self, outs: RunOutputs) -> Vec<OutputTensor> {
         outs.into_iter()
-            .zip(&self.outputs)
-            .map(|(t, slot)| OutputTensor {
-                name: slot.name.clone(),
-                tensor: t.into_arc_tensor(),
+            .zip(&self.output_names)
+            .map(|((_, t), name)| OutputTensor {
+                name: name.clone(),
+                tensor: Arc::new(t),
             })
             .collect()
     }
@@ -374,7 +378,7 @@ pub(crate) mod tests {
     use crate::infer::{InferError, InferRequest};
     use crate::runtime::Runtime;
     use drover_protocol::Timestamp;
-    use drover_protocol::manifest::{HealthSample, TensorSpec};
+    use drover_protocol::manifest::{DType, HealthSample, TensorSpec};
     use drover_protocol::testkit;
 
     pub(crate) fn fixture(name: &str) -> Vec<u8> {
@@ -426,15 +430,6 @@ pub(crate) mod tests {
         let bytes = fixture("sensor_clf_v1.onnx");
         let m = classifier_manifest("sensor_clf_v1.onnx", 1);
         let lm = LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap();
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .unwrap()
-            .with_input_fact(0, f32::fact([1, 4]).into())
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
         let rows = [
             [60.0, 2.4, 12.0, 50.0],
             [40.0, 9.0, 3.0, 10.0],
@@ -443,9 +438,12 @@ pub(crate) mod tests {
         for _ in 0..3 {
             for r in &rows {
                 let got = lm.primary_values(&lm.run(r).unwrap()).unwrap();
+                // A fresh load: new plan, new state.
+                let plan = Model::load(&bytes, &LoadOptions::default()).unwrap();
                 let t = Tensor::from_shape(&[1, 4], r).unwrap();
-                let fresh = plan.run(tvec!(t.into())).unwrap();
+                let fresh = plan.run(vec![("input".into(), t)]).unwrap();
                 let want = fresh[1]
+                    .1
                     .try_as_plain_ram()
                     .unwrap()
                     .as_slice::<f32>()
@@ -469,7 +467,7 @@ pub(crate) mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        assert!(lm.states.lock().unwrap().len() <= MAX_POOLED_STATES);
+        assert_eq!(lm.onnx().cached_plans(), 1);
     }
 
     #[test]
@@ -487,12 +485,18 @@ pub(crate) mod tests {
     fn unsupported_operator_and_garbage_are_typed_errors() {
         let m = classifier_manifest("sensor_clf_v1.onnx", 1);
         let e = LoadedModel::load(
-            &fixture("unsupported_op.onnx"),
+            &fixture("unknown_op.onnx"),
             m.clone(),
             RecorderConfig::default(),
         )
         .unwrap_err();
-        assert_eq!(e, RuntimeError::UnsupportedOperator("Scaler".into()));
+        let RuntimeError::UnsupportedOperator(detail) = &e else {
+            panic!("{e:?}");
+        };
+        assert!(
+            detail.contains("`FusedMatMul`") && detail.contains("fused_matmul_0"),
+            "{detail}"
+        );
         assert_eq!(e.reason().code, ReasonCode::UnsupportedOperator);
         let e = LoadedModel::load(b"not onnx at all", m.clone(), RecorderConfig::default())
             .unwrap_err();
@@ -603,5 +607,177 @@ pub(crate) mod tests {
             .infer(InferRequest::new(vec![60.0, 2.4, 12.0, 50.0]))
             .unwrap();
         assert!(r3.latency_us >= 1_000_000);
+    }
+}
+
+#[cfg(test)]
+mod named_tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::infer::{InferError, InferRequest, InputValues, NamedInput};
+    use crate::runtime::Runtime;
+    use drover_protocol::Timestamp;
+    use drover_protocol::manifest::{DType, TensorSpec};
+    use drover_protocol::testkit;
+
+    fn spec(name: &str, shape: Vec<Option<u64>>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+        }
+    }
+
+    /// The LSTM stream of the conformance fixtures: `input` [time, batch, 16],
+    /// states `h`, `c` [1, batch, 32] in; `output`, `hn`, `cn` out.
+    fn lstm() -> (Vec<u8>, ModelManifest) {
+        let bytes = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fixtures/conformance/lstm_stream/model.onnx"),
+        )
+        .unwrap();
+        let mut m = testkit::manifest("stream", 1, &bytes, Timestamp(0));
+        m.inputs = vec![
+            spec("input", vec![None, None, Some(16)]),
+            spec("h", vec![Some(1), None, Some(32)]),
+            spec("c", vec![Some(1), None, Some(32)]),
+        ];
+        m.outputs = vec![
+            spec("output", vec![None, None, Some(2)]),
+            spec("hn", vec![Some(1), None, Some(32)]),
+            spec("cn", vec![Some(1), None, Some(32)]),
+        ];
+        m.task = Task::Regression {
+            output: "output".into(),
+        };
+        m.health_checks.samples.clear();
+        m.reference = Default::default();
+        (bytes, m)
+    }
+
+    fn named(name: &str, shape: &[usize], v: Vec<f32>) -> NamedInput {
+        NamedInput {
+            name: name.into(),
+            shape: Some(shape.to_vec()),
+            values: InputValues::F32(v),
+        }
+    }
+
+    #[test]
+    fn a_stateful_stream_passes_its_state_back_by_name() {
+        let (bytes, m) = lstm();
+        let rt = Runtime::new(Clock::new());
+        let lm = Arc::new(LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap());
+        rt.set_active(Some(lm));
+        let reference = Model::load(&bytes, &LoadOptions::default()).unwrap();
+        let chunk: Vec<f32> = (0..3 * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut h, mut c) = (vec![0.0f32; 32], vec![0.0f32; 32]);
+        let mut outputs = vec![];
+        for _ in 0..3 {
+            let r = rt
+                .infer(InferRequest::named(vec![
+                    named("input", &[3, 1, 16], chunk.clone()),
+                    named("h", &[1, 1, 32], h.clone()),
+                    named("c", &[1, 1, 32], c.clone()),
+                ]))
+                .unwrap();
+            let by = |n: &str| {
+                r.outputs
+                    .iter()
+                    .find(|o| o.name() == n)
+                    .unwrap()
+                    .as_f32()
+                    .unwrap()
+                    .to_vec()
+            };
+            // The same step run directly through drover-onnx.
+            let t = |s: &[usize], v: &[f32]| Tensor::from_shape(s, v).unwrap();
+            let want = reference
+                .run(vec![
+                    ("input".into(), t(&[3, 1, 16], &chunk)),
+                    ("h".into(), t(&[1, 1, 32], &h)),
+                    ("c".into(), t(&[1, 1, 32], &c)),
+                ])
+                .unwrap();
+            let want0 = want[0]
+                .1
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec();
+            assert_eq!(by("output"), want0);
+            outputs.push(by("output"));
+            h = by("hn");
+            c = by("cn");
+        }
+        // The same chunk answers differently as the state carries over.
+        assert_ne!(outputs[0], outputs[1]);
+        assert_ne!(outputs[1], outputs[2]);
+    }
+
+    #[test]
+    fn named_inputs_are_checked_before_running() {
+        let (bytes, m) = lstm();
+        let rt = Runtime::new(Clock::new());
+        rt.set_active(Some(Arc::new(
+            LoadedModel::load(&bytes, m, RecorderConfig::default()).unwrap(),
+        )));
+        let code = |r: Result<_, InferError>| match r {
+            Err(InferError::BadInput { code, .. }) => code,
+            other => panic!("{other:?}"),
+        };
+        let ok_h = named("h", &[1, 1, 32], vec![0.0; 32]);
+        let ok_c = named("c", &[1, 1, 32], vec![0.0; 32]);
+        let input = named("input", &[1, 1, 16], vec![0.5; 16]);
+        // One-input form on a three-input model.
+        assert_eq!(
+            code(rt.infer(InferRequest::new(vec![0.0; 16]))),
+            "missing_input"
+        );
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![input.clone(), ok_h.clone()]))),
+            "missing_input"
+        );
+        let mut nope = ok_c.clone();
+        nope.name = "nope".into();
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![input.clone(), ok_h.clone(), nope]))),
+            "unknown_input"
+        );
+        let mut no_shape = input.clone();
+        no_shape.shape = None;
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![
+                no_shape,
+                ok_h.clone(),
+                ok_c.clone()
+            ]))),
+            "shape_required"
+        );
+        let wide = named("input", &[1, 1, 17], vec![0.5; 17]);
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![wide, ok_h.clone(), ok_c.clone()]))),
+            "bad_shape"
+        );
+        let nan = named("input", &[1, 1, 16], vec![f32::NAN; 16]);
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![nan, ok_h.clone(), ok_c.clone()]))),
+            "non_finite_input"
+        );
+        let text = NamedInput {
+            name: "input".into(),
+            shape: Some(vec![1, 1, 16]),
+            values: InputValues::String(vec!["x".into(); 16]),
+        };
+        assert_eq!(
+            code(rt.infer(InferRequest::named(vec![text, ok_h.clone(), ok_c.clone()]))),
+            "wrong_type"
+        );
+        assert_eq!(rt.bad_input_count(), 7);
+        assert!(
+            rt.infer(InferRequest::named(vec![input, ok_h, ok_c]))
+                .is_ok()
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::clock::Clock;
 use crate::core::window::{Prediction, Record};
 pub use crate::infer::RuntimeError;
-use crate::infer::{InferError, InferRequest, InferResponse};
+use crate::infer::{InferError, InferRequest, InferResponse, InputValues, NamedInput};
 pub use crate::model::LoadedModel;
 use crate::model::micros;
 use crate::shadow::Shadow;
@@ -115,6 +115,47 @@ impl Runtime {
             self.no_model.fetch_add(1, Ordering::Relaxed);
             return Err(InferError::NoModel);
         };
+        if !req.inputs.is_empty() {
+            if !req.data.is_empty() || req.shape.is_some() || req.input.is_some() {
+                return Err(self.bad_input(
+                    "bad_request",
+                    "give either inputs by name or one input's data".into(),
+                ));
+            }
+            return self.infer_named(&model, req.inputs);
+        }
+        if req.data.iter().any(|x| !x.is_finite()) {
+            return Err(self.bad_input(
+                "non_finite_input",
+                "inputs must be finite numbers (no NaN or infinity)".into(),
+            ));
+        }
+        let schema = model.onnx().schema();
+        let other_form = schema.inputs.len() != 1
+            || schema.inputs[0].element != drover_onnx::ElementType::F32
+            || req
+                .shape
+                .as_ref()
+                .is_some_and(|s| s.as_slice() != model.input_shape());
+        if other_form {
+            if schema.inputs.len() != 1 {
+                let names: Vec<&str> = schema.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(self.bad_input(
+                    "missing_input",
+                    format!(
+                        "the model takes {} inputs {names:?}: give them by name",
+                        names.len()
+                    ),
+                ));
+            }
+            let name = req.input.unwrap_or_else(|| model.input_name().to_string());
+            let one = NamedInput {
+                name,
+                shape: req.shape,
+                values: InputValues::F32(req.data),
+            };
+            return self.infer_named(&model, vec![one]);
+        }
         if let Some(name) = &req.input
             && name != model.input_name()
         {
@@ -182,6 +223,140 @@ impl Runtime {
         {
             shadow.offer(&req.data, prediction);
         }
+        Ok(self.response(&model, request_id, outs, latency_us, prediction))
+    }
+
+    /// The multi-input (and dynamic-shape, non-f32) path: tensors by name.
+    /// Telemetry records the first input when it is numeric (drift is
+    /// watched on it alone); the shadow candidate is not fed.
+    fn infer_named(
+        &self,
+        model: &Arc<LoadedModel>,
+        inputs: Vec<NamedInput>,
+    ) -> Result<InferResponse, InferError> {
+        let schema = model.onnx().schema();
+        let mut tensors = Vec::with_capacity(inputs.len());
+        let mut row: Vec<f32> = Vec::new();
+        for input in &inputs {
+            let Some(spec) = schema.inputs.iter().find(|s| s.name == input.name) else {
+                let names: Vec<&str> = schema.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(self.bad_input(
+                    "unknown_input",
+                    format!(
+                        "the model has no input {:?} (inputs: {names:?})",
+                        input.name
+                    ),
+                ));
+            };
+            if input.values.has_non_finite() {
+                return Err(self.bad_input(
+                    "non_finite_input",
+                    format!(
+                        "input {:?}: values must be finite (no NaN or infinity)",
+                        input.name
+                    ),
+                ));
+            }
+            let declared = spec.shape.as_deref().unwrap_or(&[]);
+            let shape: Vec<usize> = match &input.shape {
+                Some(s) => s.clone(),
+                None => {
+                    let mut dims = Vec::with_capacity(declared.len());
+                    for (i, d) in declared.iter().enumerate() {
+                        match d {
+                            drover_onnx::Dim::Fixed(n) => dims.push(*n),
+                            drover_onnx::Dim::Symbol(_) if i == 0 => dims.push(1),
+                            drover_onnx::Dim::Symbol(s) => {
+                                return Err(self.bad_input(
+                                    "shape_required",
+                                    format!(
+                                        "input {:?} has dynamic dim {s:?}: give its \"shape\"",
+                                        input.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    dims
+                }
+            };
+            let fits = spec.shape.is_none()
+                || declared.len() == shape.len()
+                    && declared
+                        .iter()
+                        .zip(&shape)
+                        .all(|(d, n)| !matches!(d, drover_onnx::Dim::Fixed(f) if f != n));
+            let count: usize = shape.iter().product();
+            if !fits || count != input.values.len() {
+                return Err(self.bad_input(
+                    "bad_shape",
+                    format!(
+                        "input {:?}: {} values with shape {shape:?}; the model takes {declared:?}",
+                        input.name,
+                        input.values.len()
+                    ),
+                ));
+            }
+            let t = input
+                .values
+                .to_tensor(spec.element.datum_type(), &shape)
+                .map_err(|e| {
+                    self.bad_input("wrong_type", format!("input {:?}: {e}", input.name))
+                })?;
+            if schema.inputs.first().is_some_and(|f| f.name == input.name) {
+                row = input.values.to_f32().unwrap_or_default();
+            }
+            tensors.push((input.name.clone(), t));
+        }
+        if let Some(missing) = schema
+            .inputs
+            .iter()
+            .find(|s| !inputs.iter().any(|i| i.name == s.name))
+        {
+            return Err(self.bad_input(
+                "missing_input",
+                format!("input {:?} is missing", missing.name),
+            ));
+        }
+        let t0 = Instant::now();
+        let result = model.run_named(tensors);
+        let t1 = Instant::now();
+        let latency_us = micros(t1.duration_since(t0))
+            .saturating_add(self.extra_latency_us.load(Ordering::Relaxed));
+        let at_ms = self.clock.at(t1).0;
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let outs = match result {
+            Ok(o) => o,
+            Err(e) => {
+                model.recorder().record(&Record {
+                    request_id: 0,
+                    at_ms,
+                    latency_us,
+                    row: &row,
+                    prediction: None,
+                });
+                return Err(InferError::Model(e));
+            }
+        };
+        let prediction = model.predict(&outs);
+        model.recorder().record(&Record {
+            request_id,
+            at_ms,
+            latency_us,
+            row: &row,
+            prediction,
+        });
+        Ok(self.response(model, request_id, outs, latency_us, prediction))
+    }
+
+    fn response(
+        &self,
+        model: &LoadedModel,
+        request_id: u64,
+        outs: crate::model::RunOutputs,
+        latency_us: u64,
+        prediction: Option<Prediction>,
+    ) -> InferResponse {
         let (label, score, value) = match prediction {
             Some(Prediction::Class { index, confidence }) => (
                 model.labels().get(index as usize).cloned(),
@@ -191,7 +366,7 @@ impl Runtime {
             Some(Prediction::Value(v)) => (None, None, Some(v)),
             None => (None, None, None),
         };
-        Ok(InferResponse {
+        InferResponse {
             request_id,
             model: model.shared_ref(),
             outputs: model.to_outputs(outs),
@@ -199,7 +374,7 @@ impl Runtime {
             label,
             score,
             value,
-        })
+        }
     }
 
     /// The agent's clock.

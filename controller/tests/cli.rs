@@ -255,8 +255,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             &["not_onnx", "not an ONNX model"],
         ),
         (
-            &[&path("models/unsupported_op.onnx")],
-            &["unsupported_operator", "Scaler"],
+            &[&path("models/unknown_op.onnx")],
+            &["unsupported_operator", "FusedMatMul", "fused_matmul_0"],
         ),
         (
             &[

@@ -37,6 +37,18 @@ pub struct ModelManifest {
     pub expires_at: Timestamp,
     /// Oldest agent that can run this model, `major.minor.patch`.
     pub min_agent_version: AgentVersion,
+    /// How to load the graph (fixed inputs, pinned shapes), as at push, so
+    /// the agent plans exactly what the registry checked.
+    pub load: LoadSpec,
+}
+
+/// Load options recorded at push and replayed by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LoadSpec {
+    /// `NAME=VALUE`: inputs the deployment fixes (constant-folded).
+    pub fix_inputs: Vec<String>,
+    /// `NAME=D0,D1,...`: shapes pinned for inputs with dynamic dims.
+    pub input_shapes: Vec<String>,
 }
 
 impl SignedPayload for ModelManifest {
@@ -83,6 +95,10 @@ pub enum DType {
     I32,
     /// 64-bit signed integer.
     I64,
+    /// Boolean.
+    Bool,
+    /// UTF-8 string.
+    String,
 }
 
 /// Name, type and shape of a model input or output.

@@ -132,6 +132,7 @@ pub fn manifest(name: &str, version: u64, artifact: &[u8], now: Timestamp) -> Mo
         created_at: now,
         expires_at: now.plus_ms(365 * 24 * 3600 * 1000),
         min_agent_version: AgentVersion::default(),
+        load: Default::default(),
     }
 }
 

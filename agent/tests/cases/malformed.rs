@@ -96,6 +96,33 @@ async fn malformed_http_bodies_are_refused_and_counted() {
         "bad_shape",
     )
     .await;
+    // Non-finite inputs: refused, not run (binary NaN; JSON 1e39 overflows f32).
+    let nan: Vec<u8> = [f32::NAN, 1.0, 2.0, 3.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    expect(
+        infer()
+            .header("content-type", "application/octet-stream")
+            .body(nan),
+        400,
+        "non_finite_input",
+    )
+    .await;
+    expect(
+        json_body("{\"data\": [1e39, 2, 3, 4]}"),
+        400,
+        "non_finite_input",
+    )
+    .await;
+    // What `curl -d '{...}'` sends: form encoding, JSON body. Served.
+    let r = infer()
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(json!({"data": ROWS[0]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let fb = || http.post(format!("{api}/v1/feedback"));
     expect(
         fb().header("content-type", "application/json").body("{"),
@@ -155,6 +182,7 @@ async fn malformed_http_bodies_are_refused_and_counted() {
         "drover_agent_http_errors_total{error=\"body_too_large\"} 1",
         "drover_agent_http_errors_total{error=\"unsupported_media_type\"} 1",
         "drover_agent_http_errors_total{error=\"no_model\"} 1",
+        "drover_agent_http_errors_total{error=\"non_finite_input\"} 2",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }

@@ -155,8 +155,8 @@ async fn refusals_leave_the_old_model_serving() {
     );
     serving("a failing health check");
 
-    // An operator tract does not implement.
-    let unsupported = fixture("unsupported_op.onnx");
+    // An operator neither tract nor Drover implements.
+    let unsupported = fixture("unknown_op.onnx");
     let mut m = testkit::manifest("sensor", 4, &unsupported, now());
     m.health_checks.samples.clear();
     s.peer.add_artifact(&unsupported);
@@ -164,7 +164,8 @@ async fn refusals_leave_the_old_model_serving() {
     match s.peer.outcome(seq).await {
         DeployPhase::Failed(r) => {
             assert_eq!(r.code, ReasonCode::UnsupportedOperator);
-            assert!(r.detail.contains("Scaler"), "{}", r.detail);
+            assert!(r.detail.contains("FusedMatMul"), "{}", r.detail);
+            assert!(r.detail.contains("fused_matmul_0"), "{}", r.detail);
         }
         other => panic!("{other:?}"),
     }

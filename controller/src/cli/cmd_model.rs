@@ -35,6 +35,14 @@ pub enum ModelCmd {
         /// Point this alias at the new version.
         #[arg(long)]
         alias: Option<String>,
+        /// NAME=VALUE: an input the deployment fixes, folded into the graph
+        /// (an `If` on it disappears), e.g. `--fix-input sr=16000`. Repeatable.
+        #[arg(long = "fix-input", value_name = "NAME=VALUE")]
+        fix_inputs: Vec<String>,
+        /// NAME=D0,D1,...: pin an input's dynamic dims, e.g.
+        /// `--input-shape image=1,3,640,640`. Repeatable.
+        #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+        input_shapes: Vec<String>,
     },
     /// List every version.
     List,
@@ -75,6 +83,8 @@ pub(crate) async fn run(cmd: ModelCmd, ctx: &Ctx) -> anyhow::Result<()> {
             latency_budget_ms,
             parent,
             alias,
+            fix_inputs,
+            input_shapes,
         } => {
             let onnx =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -91,6 +101,8 @@ pub(crate) async fn run(cmd: ModelCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 latency_budget_ms,
                 parent,
                 alias,
+                fix_inputs,
+                input_shapes,
                 ..PushBody::default()
             };
             let pb = spinner(&format!(

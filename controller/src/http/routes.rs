@@ -119,6 +119,13 @@ pub struct PushBody {
     /// Extra evaluation metrics.
     #[serde(default)]
     pub eval_metrics: BTreeMap<String, f64>,
+    /// `NAME=VALUE`: inputs the deployment fixes (constant-folded at load,
+    /// so an `If` on them disappears), e.g. `sr=16000`.
+    #[serde(default)]
+    pub fix_inputs: Vec<String>,
+    /// `NAME=D0,D1,...`: shapes pinned for inputs with dynamic dims.
+    #[serde(default)]
+    pub input_shapes: Vec<String>,
 }
 
 pub(crate) async fn push_model(State(c): State<Controller>, body: Bytes) -> ApiResult<Response> {
@@ -138,6 +145,10 @@ pub(crate) async fn push_model(State(c): State<Controller>, body: Bytes) -> ApiR
         training_run: body.training_run,
         retrain_job: body.retrain_job,
         eval_metrics: body.eval_metrics,
+        load: drover_protocol::manifest::LoadSpec {
+            fix_inputs: body.fix_inputs,
+            input_shapes: body.input_shapes,
+        },
         ..PushRequest::default()
     };
     let stored = c.push_model(req).await?;

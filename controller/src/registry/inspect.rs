@@ -1,9 +1,10 @@
-//! Loading an ONNX file with tract: refuse what is not ONNX or what tract
-//! cannot run (naming the operator), read the IO schema, run rows through it.
+//! Loading an ONNX file through drover-onnx, the loader the agent uses too
+//! (so the registry never accepts a model the agent loads differently):
+//! refuse what is not ONNX or cannot run (naming the operator and node), read
+//! the IO schema and class labels, run rows through it.
 
-use std::sync::Arc;
-
-use drover_protocol::manifest::{DType, TensorSpec};
+use drover_onnx::{ClassLabels, Dim, ElementType, LoadOptions, Model, OnnxError, Tensor};
+use drover_protocol::manifest::{DType, LoadSpec, TensorSpec};
 use tract_onnx::prelude::*;
 
 /// Why a model file was refused.
@@ -12,26 +13,39 @@ pub enum InspectError {
     /// The bytes are not an ONNX protobuf with a graph.
     #[error("not an ONNX model: {0}")]
     NotOnnx(String),
-    /// The graph uses an operator tract does not implement.
-    #[error("unsupported ONNX operator {op}: tract cannot run this model")]
+    /// The graph uses an operator neither tract nor Drover implements.
+    #[error("{detail}")]
     UnsupportedOperator {
         /// The operator type, e.g. `Scaler`.
         op: String,
-        /// tract's full error chain.
+        /// The whole refusal: operator, domain and node.
         detail: String,
     },
-    /// tract loaded the graph but could not type, optimise or run it, or its
-    /// inputs and outputs are not something Drover can serve.
+    /// The graph loaded but cannot be typed, planned or run, or its inputs
+    /// and outputs are not something Drover can serve.
     #[error("model cannot be used: {0}")]
     Invalid(String),
 }
 
-/// A model loaded and optimised by tract, with its IO schema.
+impl From<OnnxError> for InspectError {
+    fn from(e: OnnxError) -> Self {
+        match &e {
+            OnnxError::NotOnnx(s) => InspectError::NotOnnx(s.clone()),
+            OnnxError::UnsupportedOperator { op, .. } => InspectError::UnsupportedOperator {
+                op: op.clone(),
+                detail: e.to_string(),
+            },
+            _ => InspectError::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// A model loaded by drover-onnx, with its IO schema in manifest terms.
 pub struct LoadedModel {
-    plan: Arc<TypedRunnableModel>,
-    /// Inputs, in graph order.
+    model: Model,
+    /// Inputs a caller provides (fixed ones left out), in graph order.
     pub inputs: Vec<TensorSpec>,
-    /// Outputs, in graph order.
+    /// Outputs, in graph order (a ZipMap as its probabilities tensor).
     pub outputs: Vec<TensorSpec>,
 }
 
@@ -44,170 +58,94 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
-/// Finds `Unimplemented(Op)` in tract's error chain.
-fn unimplemented_op(chain: &str) -> Option<String> {
-    let start = chain.find("Unimplemented(")? + "Unimplemented(".len();
-    let rest = chain.get(start..)?;
-    let end = rest.find(')')?;
-    let op = rest.get(..end)?.trim().trim_matches('"');
-    (!op.is_empty()).then(|| op.to_string())
-}
-
-fn classify(err: &TractError) -> InspectError {
-    let chain = format!("{err:?}");
-    match unimplemented_op(&chain) {
-        Some(op) => InspectError::UnsupportedOperator { op, detail: chain },
-        None => InspectError::Invalid(format!("{err:#}")),
-    }
-}
-
-fn dtype_of(dt: DatumType, what: &str) -> Result<DType, InspectError> {
-    match dt {
-        DatumType::F32 => Ok(DType::F32),
-        DatumType::F64 => Ok(DType::F64),
-        DatumType::I32 => Ok(DType::I32),
-        DatumType::I64 => Ok(DType::I64),
-        other => Err(InspectError::Invalid(format!(
-            "{what} has element type {other:?}; Drover serves f32, f64, i32 and i64 tensors \
-             (export sklearn classifiers with zipmap disabled)"
-        ))),
-    }
-}
-
-fn spec(
-    model: &TypedModel,
-    outlet: OutletId,
-    fallback: &str,
-    what: &str,
-) -> Result<TensorSpec, InspectError> {
-    let fact = model.outlet_fact(outlet).map_err(|e| classify(&e))?;
-    // The graph's own names come first: tract does not label every outlet.
-    let name = if fallback.is_empty() {
-        model.outlet_label(outlet).unwrap_or_default().to_string()
-    } else {
-        fallback.to_string()
-    };
-    let shape = fact
-        .shape
-        .iter()
-        .map(|d| d.as_i64().and_then(|v| u64::try_from(v).ok()))
-        .collect();
-    Ok(TensorSpec {
-        dtype: dtype_of(fact.datum_type, &format!("{what} {name:?}"))?,
-        name,
-        shape,
+/// The manifest's element type for one drover-onnx serves.
+pub fn dtype_of(e: ElementType, what: &str) -> Result<DType, InspectError> {
+    Ok(match e {
+        ElementType::F32 => DType::F32,
+        ElementType::F64 => DType::F64,
+        ElementType::I32 => DType::I32,
+        ElementType::I64 => DType::I64,
+        ElementType::Bool => DType::Bool,
+        ElementType::String => DType::String,
+        other => {
+            return Err(InspectError::Invalid(format!(
+                "{what} has element type {other:?}; Drover serves f32, f64, i64, i32, bool \
+                 and string tensors"
+            )));
+        }
     })
 }
 
-/// The first input's fact with a named batch dimension, from the graph's
-/// declared shape, when that shape has an anonymous first dimension and
-/// static others.
-fn symbolic_batch_fact(
-    graph: &tract_onnx::pb::GraphProto,
-    model: &InferenceModel,
-) -> Option<InferenceFact> {
-    use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
-    use tract_onnx::pb::type_proto::Value as Type;
-    let input = graph.input.first()?;
-    let Some(Type::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else {
-        return None;
-    };
-    const ONNX_FLOAT: i32 = 1;
-    if t.elem_type != ONNX_FLOAT {
-        return None;
+fn manifest_spec(s: &drover_onnx::TensorSpec, what: &str) -> Result<TensorSpec, InspectError> {
+    Ok(TensorSpec {
+        name: s.name.clone(),
+        dtype: dtype_of(s.element, &format!("{what} {:?}", s.name))?,
+        shape: s
+            .shape
+            .iter()
+            .flatten()
+            .map(|d| match d {
+                Dim::Fixed(n) => Some(*n as u64),
+                Dim::Symbol(_) => None,
+            })
+            .collect(),
+    })
+}
+
+/// drover-onnx's options for a manifest's load spec.
+pub fn load_options(spec: &LoadSpec) -> Result<LoadOptions, InspectError> {
+    let mut o = LoadOptions::default();
+    for arg in &spec.fix_inputs {
+        o.fix_input(arg)?;
     }
-    let dims = &t.shape.as_ref()?.dim;
-    if dims.first()?.value.is_some() {
-        return None;
+    for arg in &spec.input_shapes {
+        o.input_shape(arg)?;
     }
-    let mut shape: Vec<TDim> = vec![model.symbols.sym("N").to_dim()];
-    for d in dims.iter().skip(1) {
-        match d.value {
-            Some(Dim::DimValue(v)) if v > 0 => shape.push((v as usize).to_dim()),
-            _ => return None,
-        }
-    }
-    Some(f32::fact(&shape).into())
+    Ok(o)
 }
 
 impl LoadedModel {
-    /// Loads, types and optimises `bytes`.
+    /// Loads `bytes` with default options.
     pub fn load(bytes: &[u8]) -> Result<LoadedModel, InspectError> {
-        let onnx = tract_onnx::onnx();
-        let proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| InspectError::NotOnnx(format!("protobuf decode failed: {e}")))?;
-        let graph = proto
-            .graph
-            .as_ref()
-            .filter(|g| !g.node.is_empty() && !g.output.is_empty())
-            .ok_or_else(|| InspectError::NotOnnx("the file holds no ONNX graph".into()))?;
-        let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-        let initializers: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let input_names: Vec<String> = graph
-            .input
+        LoadedModel::load_with(bytes, &LoadSpec::default())
+    }
+
+    /// Loads `bytes` with fixed inputs and pinned shapes.
+    pub fn load_with(bytes: &[u8], spec: &LoadSpec) -> Result<LoadedModel, InspectError> {
+        let model = Model::load(bytes, &load_options(spec)?)?;
+        let inputs = model
+            .schema()
+            .inputs
             .iter()
-            .filter(|i| !initializers.contains(i.name.as_str()))
-            .map(|i| i.name.clone())
-            .collect();
-        let inference = onnx
-            .model_for_proto_model(&proto)
-            .map_err(|e| classify(&e))?;
-        let typed = match inference.clone().into_typed() {
-            Ok(t) => t,
-            Err(first) => {
-                // Raw skl2onnx exports leave the batch dimension anonymous,
-                // which tract cannot type; name it and try once more.
-                let Some(fact) = symbolic_batch_fact(graph, &inference) else {
-                    return Err(classify(&first));
-                };
-                let mut m = inference;
-                m.set_input_fact(0, fact).map_err(|e| classify(&e))?;
-                m.into_typed().map_err(|_| classify(&first))?
-            }
-        };
-        let inputs = typed
-            .input_outlets()
-            .map_err(|e| classify(&e))?
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let name = input_names.get(i).cloned().unwrap_or(format!("input_{i}"));
-                spec(&typed, *o, &name, "input")
-            })
+            .map(|i| manifest_spec(i, "input"))
             .collect::<Result<Vec<_>, _>>()?;
-        let outputs = typed
-            .output_outlets()
-            .map_err(|e| classify(&e))?
+        let outputs = model
+            .schema()
+            .outputs
             .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let fallback = output_names
-                    .get(i)
-                    .cloned()
-                    .unwrap_or(format!("output_{i}"));
-                spec(&typed, *o, &fallback, "output")
-            })
+            .map(|o| manifest_spec(&o.spec, "output"))
             .collect::<Result<Vec<_>, _>>()?;
-        if inputs.len() != 1 {
-            return Err(InspectError::Invalid(format!(
-                "the model has {} inputs; Drover models take exactly one",
-                inputs.len()
-            )));
+        if inputs.is_empty() {
+            return Err(InspectError::Invalid("the model has no inputs".into()));
         }
-        let plan = typed
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| classify(&e))?;
         Ok(LoadedModel {
-            plan,
+            model,
             inputs,
             outputs,
         })
     }
 
-    /// Scalars per row of the (single) input, if its non-batch dims are static.
+    /// The class labels the graph declares (classifiers).
+    pub fn class_labels(&self) -> Option<&ClassLabels> {
+        self.model.class_labels()
+    }
+
+    /// The loaded graph.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Scalars per row of the first input, if its non-batch dims are static.
     pub fn features_per_row(&self) -> Option<usize> {
         let input = self.inputs.first()?;
         if input.shape.is_empty() {
@@ -220,13 +158,19 @@ impl LoadedModel {
             .try_fold(1usize, |acc, d| d.map(|d| acc.saturating_mul(d as usize)))
     }
 
-    /// Runs `rows` (each `features_per_row` long) as one batch; returns every
-    /// output as a tensor.
+    /// Runs `rows` (each `features_per_row` long) of the first (only) input
+    /// as one batch; returns every output as a tensor.
     pub fn run(&self, rows: &[Vec<f32>]) -> Result<Vec<Tensor>, InspectError> {
         let input = self
             .inputs
             .first()
             .ok_or_else(|| InspectError::Invalid("no input".into()))?;
+        if self.inputs.len() != 1 {
+            return Err(InspectError::Invalid(format!(
+                "the model has {} inputs; rows feed a one-input model",
+                self.inputs.len()
+            )));
+        }
         let per_row = self
             .features_per_row()
             .ok_or_else(|| InspectError::Invalid("input shape is not static".into()))?;
@@ -244,31 +188,34 @@ impl LoadedModel {
         }
         let tensor = Tensor::from_shape(&shape, &flat).map_err(|e| classify(&e))?;
         let tensor = match input.dtype {
-            DType::F32 => tensor,
-            DType::F64 => tensor
-                .cast_to::<f64>()
-                .map_err(|e| classify(&e))?
-                .into_owned(),
-            DType::I32 => tensor
-                .cast_to::<i32>()
-                .map_err(|e| classify(&e))?
-                .into_owned(),
-            DType::I64 => tensor
+            DType::F32 | DType::F64 => tensor,
+            DType::I32 | DType::I64 => tensor
                 .cast_to::<i64>()
                 .map_err(|e| classify(&e))?
                 .into_owned(),
+            DType::Bool => tensor
+                .cast_to::<bool>()
+                .map_err(|e| classify(&e))?
+                .into_owned(),
+            DType::String => {
+                return Err(InspectError::Invalid(format!(
+                    "input {:?} takes strings; numeric rows cannot feed it",
+                    input.name
+                )));
+            }
         };
-        let out = self
-            .plan
-            .run(tvec!(tensor.into()))
-            .map_err(|e| classify(&e))?;
-        Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+        let out = self.model.run(vec![(input.name.clone(), tensor)])?;
+        Ok(out.into_iter().map(|(_, t)| t).collect())
     }
 
     /// Index of the output called `name`.
     pub fn output_index(&self, name: &str) -> Option<usize> {
         self.outputs.iter().position(|o| o.name == name)
     }
+}
+
+fn classify(err: &TractError) -> InspectError {
+    InspectError::Invalid(format!("{err:#}"))
 }
 
 /// A tensor's values as f32.
@@ -287,6 +234,17 @@ pub fn tensor_i64(t: &Tensor) -> Result<Vec<i64>, InspectError> {
         .to_plain_array_view::<i64>()
         .map_err(|e| classify(&e))?;
     Ok(view.iter().copied().collect())
+}
+
+/// A tensor's values as text (string labels as they are, numbers printed).
+pub fn tensor_strings(t: &Tensor) -> Result<Vec<String>, InspectError> {
+    if t.datum_type() == DatumType::String {
+        let view = t
+            .to_plain_array_view::<String>()
+            .map_err(|e| classify(&e))?;
+        return Ok(view.iter().cloned().collect());
+    }
+    Ok(tensor_i64(t)?.into_iter().map(|v| v.to_string()).collect())
 }
 
 #[cfg(test)]
@@ -323,11 +281,10 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_operator_is_named() {
-        match LoadedModel::load(&fixture("unsupported_op.onnx")) {
-            Err(InspectError::UnsupportedOperator { op, .. }) => assert_eq!(op, "Scaler"),
-            other => panic!("expected UnsupportedOperator, got {other:?}"),
-        }
+    fn a_scaler_pipeline_now_loads() {
+        // tract lacks Scaler; drover-onnx registers its own.
+        let m = LoadedModel::load(&fixture("unsupported_op.onnx")).unwrap();
+        assert!(!m.outputs.is_empty());
     }
 
     #[test]
@@ -361,11 +318,19 @@ mod tests {
     }
 
     #[test]
-    fn op_name_extraction() {
-        assert_eq!(
-            unimplemented_op("x Unimplemented(Scaler) y").as_deref(),
-            Some("Scaler")
-        );
-        assert_eq!(unimplemented_op("nothing"), None);
+    fn unknown_operator_refusal_names_op_and_node() {
+        use prost::Message as _;
+        let mut proto =
+            tract_onnx::pb::ModelProto::decode(&fixture("sensor_clf_v1.onnx")[..]).unwrap();
+        let node = &mut proto.graph.as_mut().unwrap().node[0];
+        node.op_type = "NoSuchOp".into();
+        node.name = "the_node".into();
+        match LoadedModel::load(&proto.encode_to_vec()) {
+            Err(InspectError::UnsupportedOperator { op, detail }) => {
+                assert_eq!(op, "NoSuchOp");
+                assert!(detail.contains("the_node"), "{detail}");
+            }
+            other => panic!("expected UnsupportedOperator, got {other:?}"),
+        }
     }
 }

@@ -15,12 +15,13 @@ pub mod store;
 use std::collections::BTreeMap;
 
 use drover_protocol::manifest::{
-    AgentVersion, Artifact, BinnedProfile, DType, HealthChecks, Lineage, ReferenceProfile, Task,
+    AgentVersion, Artifact, BinnedProfile, DType, HealthChecks, Lineage, LoadSpec,
+    ReferenceProfile, Task,
 };
 use drover_protocol::{ModelManifest, ModelName, Sha256, Timestamp, Version};
 use serde::{Deserialize, Serialize};
 
-use inspect::{InspectError, LoadedModel, tensor_f32, tensor_i64};
+use inspect::{InspectError, LoadedModel, tensor_f32, tensor_strings};
 use profile::CsvError;
 
 /// Manifests expire this long after signing unless asked otherwise (1 year).
@@ -90,6 +91,9 @@ pub struct PushRequest {
     pub min_agent_version: Option<AgentVersion>,
     /// Manifest validity; default [`DEFAULT_VALIDITY_MS`].
     pub validity_ms: Option<u64>,
+    /// `--fix-input` / `--input-shape`: how to load the graph (recorded in
+    /// the manifest so the agent loads it the same way).
+    pub load: LoadSpec,
 }
 
 /// Infers the task from the output schema: an int64 `[N]` output plus a
@@ -100,7 +104,7 @@ fn infer_task(model: &LoadedModel) -> Result<(Task, Option<usize>), RegistryErro
     let label = model
         .outputs
         .iter()
-        .find(|o| matches!(o.dtype, DType::I64 | DType::I32) && o.shape.len() == 1);
+        .find(|o| matches!(o.dtype, DType::I64 | DType::I32 | DType::String) && o.shape.len() == 1);
     let probs = model
         .outputs
         .iter()
@@ -163,7 +167,13 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         .name
         .clone()
         .ok_or_else(|| RegistryError::Invalid("a model name is required".into()))?;
-    let model = LoadedModel::load(&req.onnx)?;
+    let model = LoadedModel::load_with(&req.onnx, &req.load)?;
+    let tabular = model.inputs.len() == 1
+        && !matches!(model.inputs[0].dtype, DType::String | DType::Bool)
+        && model.features_per_row().is_some();
+    if !tabular {
+        return tensor_manifest(req, &model, name, now);
+    }
     let features = model.features_per_row().ok_or_else(|| {
         RegistryError::Invalid(format!(
             "input {:?} has shape {:?}; Drover needs static non-batch dimensions",
@@ -171,6 +181,12 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         ))
     })?;
     let (mut task, classes) = infer_task(&model)?;
+    // The graph's own class list (skl2onnx writes it), in probability-column
+    // order: the label output holds these values.
+    let model_labels: Option<Vec<String>> = model
+        .class_labels()
+        .map(|l| l.to_strings())
+        .filter(|l| Some(l.len()) == classes);
     let data = req
         .reference_csv
         .as_deref()
@@ -188,6 +204,13 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
                 }
                 given.clone()
             }
+            (None, Some(values))
+                if model_labels
+                    .as_ref()
+                    .is_some_and(|m| values.iter().all(|v| m.contains(v))) =>
+            {
+                model_labels.clone().unwrap_or_default()
+            }
             (None, Some(values)) => {
                 let distinct: std::collections::BTreeSet<&String> = values.iter().collect();
                 let numeric = distinct.iter().all(|v| v.parse::<usize>().is_ok());
@@ -204,7 +227,9 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
                     distinct.into_iter().cloned().collect()
                 }
             }
-            (None, None) => (0..classes).map(|i| format!("class_{i}")).collect(),
+            (None, None) => model_labels
+                .clone()
+                .unwrap_or_else(|| (0..classes).map(|i| format!("class_{i}")).collect()),
         };
     } else if req.labels.is_some() {
         return Err(RegistryError::Invalid(
@@ -233,12 +258,12 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
                 .and_then(|l| model.output_index(l))
                 .and_then(|i| outputs.get(i));
             let predicted: Vec<usize> = match label_out {
-                Some(t) => tensor_i64(t)?
-                    .into_iter()
-                    .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
-                    .collect(),
+                Some(t) => label_columns(t, model_labels.as_deref())?,
                 None => primary_rows.iter().map(|p| argmax(p)).collect(),
             };
+            if label_out.is_some() {
+                check_label_argmax(&predicted, &primary_rows)?;
+            }
             if let Some(truth) = data.as_ref().and_then(|d| d.labels.as_ref()) {
                 let idx = profile::label_indices(truth, labels).map_err(|bad| {
                     RegistryError::Invalid(format!(
@@ -286,7 +311,116 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         },
         None => ReferenceProfile::default(),
     };
-    Ok(ModelManifest {
+    let manifest = assemble(
+        req,
+        &model,
+        name,
+        task,
+        reference,
+        health,
+        eval_metrics,
+        now,
+    );
+    fit_down_message(manifest)
+}
+
+/// The manifest of a model whose inputs are not one tabular row (several
+/// inputs, dynamic dims, strings): no reference profile and no health-check
+/// samples (yet), the task read from the outputs, class labels from the graph.
+fn tensor_manifest(
+    req: &PushRequest,
+    model: &LoadedModel,
+    name: ModelName,
+    now: Timestamp,
+) -> Result<ModelManifest, RegistryError> {
+    if req.reference_csv.is_some() {
+        return Err(RegistryError::Invalid(format!(
+            "a reference CSV describes one input row of static width; this model takes {:?} \
+             (push it without --reference)",
+            model
+                .inputs
+                .iter()
+                .map(|i| format!("{}{:?}", i.name, i.shape))
+                .collect::<Vec<_>>()
+        )));
+    }
+    let (mut task, classes) = infer_task(model)?;
+    if let (Task::Classification { labels, .. }, Some(classes)) = (&mut task, classes) {
+        let from_model = model
+            .class_labels()
+            .map(|l| l.to_strings())
+            .filter(|l| l.len() == classes);
+        *labels = match (&req.labels, from_model) {
+            (Some(given), _) if given.len() != classes => {
+                return Err(RegistryError::Invalid(format!(
+                    "--labels names {} classes but the model outputs {classes}",
+                    given.len()
+                )));
+            }
+            (Some(given), _) => given.clone(),
+            (None, Some(m)) => m,
+            (None, None) => (0..classes).map(|i| format!("class_{i}")).collect(),
+        };
+    }
+    let manifest = assemble(
+        req,
+        model,
+        name,
+        task,
+        ReferenceProfile::default(),
+        Vec::new(),
+        req.eval_metrics.clone(),
+        now,
+    );
+    fit_down_message(manifest)
+}
+
+/// Room left in a Down message for the manifest: the command around it, its
+/// signature and the envelope take well under this.
+pub const MANIFEST_BUDGET: usize = drover_protocol::limits::MAX_DOWN_PAYLOAD - 8 * 1024;
+
+/// Proves the manifest fits the Deploy command that will carry it: trims
+/// health-check samples from the end until it does (counted in the lineage's
+/// `health_samples_trimmed` metric), and
+/// refuses with the sizes when even none would fit. A push that succeeds can
+/// always be deployed.
+fn fit_down_message(mut m: ModelManifest) -> Result<ModelManifest, RegistryError> {
+    let size = |m: &ModelManifest| drover_protocol::codec::encode(m, usize::MAX).map(|b| b.len());
+    let mut len = size(&m).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let before = m.health_checks.samples.len();
+    while len > MANIFEST_BUDGET && !m.health_checks.samples.is_empty() {
+        m.health_checks.samples.pop();
+        len = size(&m).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    }
+    if len > MANIFEST_BUDGET {
+        return Err(RegistryError::Invalid(format!(
+            "the signed manifest would be {len} bytes without any health-check sample; a \
+             deploy command carries at most {MANIFEST_BUDGET} (the reference profile is too \
+             large)"
+        )));
+    }
+    let trimmed = before - m.health_checks.samples.len();
+    if trimmed > 0 {
+        m.lineage
+            .eval_metrics
+            .insert("health_samples_trimmed".into(), trimmed as f64);
+    }
+    Ok(m)
+}
+
+/// The manifest from its parts (version 0, unsigned).
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    req: &PushRequest,
+    model: &LoadedModel,
+    name: ModelName,
+    task: Task,
+    reference: ReferenceProfile,
+    health: Vec<drover_protocol::manifest::HealthSample>,
+    eval_metrics: BTreeMap<String, f64>,
+    now: Timestamp,
+) -> ModelManifest {
+    ModelManifest {
         name,
         version: Version(0),
         artifact: Artifact {
@@ -314,7 +448,63 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         created_at: now,
         expires_at: now.plus_ms(req.validity_ms.unwrap_or(DEFAULT_VALIDITY_MS)),
         min_agent_version: req.min_agent_version.unwrap_or(DEFAULT_MIN_AGENT_VERSION),
-    })
+        load: req.load.clone(),
+    }
+}
+
+/// The probability column of each row's label: the label output holds the
+/// graph's class values (not necessarily `0..C`), so they are looked up in
+/// its class list; without one, a value is its column.
+fn label_columns(
+    t: &tract_onnx::prelude::Tensor,
+    classes: Option<&[String]>,
+) -> Result<Vec<usize>, RegistryError> {
+    let values = tensor_strings(t)?;
+    Ok(values
+        .iter()
+        .map(|v| match classes {
+            Some(c) => c.iter().position(|l| l == v).unwrap_or(usize::MAX),
+            None => v.parse::<usize>().unwrap_or(usize::MAX),
+        })
+        .collect())
+}
+
+/// Largest share of reference rows whose label may differ from the argmax of
+/// their probabilities. A classifier's label is its probabilities' argmax
+/// except where the model computes them separately: SVC(probability=True)
+/// takes the label from the decision function and the probabilities from
+/// Platt scaling, which disagree on a few rows near the boundary (1 of 12
+/// rows in the SVC conformance fixtures, as onnxruntime computes them too).
+/// A systematic disagreement (a binary forest whose label is always 0) is
+/// far above this. Up to [`LABEL_ARGMAX_SLACK_ROWS`] rows are always
+/// tolerated, so a tiny reference set is not refused for one row.
+pub const MAX_LABEL_ARGMAX_DISAGREEMENT: f64 = 0.10;
+/// Disagreeing rows tolerated whatever the share.
+pub const LABEL_ARGMAX_SLACK_ROWS: usize = 2;
+
+/// Refuses a model whose label output systematically disagrees with its
+/// probabilities on the reference rows.
+fn check_label_argmax(predicted: &[usize], probs: &[Vec<f32>]) -> Result<(), RegistryError> {
+    let n = predicted.len().min(probs.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let bad = predicted
+        .iter()
+        .zip(probs)
+        .filter(|(l, p)| **l != argmax(p))
+        .count();
+    let share = bad as f64 / n as f64;
+    if bad > LABEL_ARGMAX_SLACK_ROWS && share > MAX_LABEL_ARGMAX_DISAGREEMENT {
+        return Err(RegistryError::Invalid(format!(
+            "the model's label output disagrees with the argmax of its probabilities on \
+             {bad} of {n} reference rows ({:.0}%, more than the {:.0}% a calibrated \
+             classifier may show): the graph computes labels wrongly",
+            share * 100.0,
+            MAX_LABEL_ARGMAX_DISAGREEMENT * 100.0
+        )));
+    }
+    Ok(())
 }
 
 fn argmax(v: &[f32]) -> usize {

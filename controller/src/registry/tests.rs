@@ -162,16 +162,20 @@ fn labels_flag_and_mismatch() {
     let mut no_csv = push_req("models/sensor_clf_v1.onnx", None);
     no_csv.labels = None;
     let m = build_manifest(&no_csv, NOW).unwrap();
+    // The graph's own int64 class labels, not made-up names.
     assert!(
-        matches!(&m.task, Task::Classification { labels, .. } if labels == &["class_0", "class_1", "class_2"])
+        matches!(&m.task, Task::Classification { labels, .. } if labels == &["0", "1", "2"]),
+        "{:?}",
+        m.task
     );
 }
 
 #[test]
 fn bad_inputs_are_refused_with_specific_errors() {
-    match build_manifest(&push_req("models/unsupported_op.onnx", None), NOW) {
-        Err(RegistryError::Model(InspectError::UnsupportedOperator { op, .. })) => {
-            assert_eq!(op, "Scaler")
+    match build_manifest(&push_req("models/unknown_op.onnx", None), NOW) {
+        Err(RegistryError::Model(InspectError::UnsupportedOperator { op, detail })) => {
+            assert_eq!(op, "FusedMatMul");
+            assert!(detail.contains("fused_matmul_0"), "{detail}");
         }
         other => panic!("{other:?}"),
     }
@@ -279,4 +283,79 @@ fn versions_increase_aliases_move_and_artifacts_are_content_addressed() {
     let again = s.get(&name, Version(1)).unwrap().unwrap();
     assert_eq!(again.signed.body, a.signed.body);
     assert!(again.signed.verify(&fresh.public_key()).is_ok());
+}
+
+#[test]
+fn a_stateful_multi_input_model_pushes_without_reference() {
+    let req = push_req("conformance/lstm_stream/model.onnx", None);
+    let m = build_manifest(&req, NOW).unwrap();
+    let names: Vec<_> = m.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["input", "h", "c"]);
+    assert_eq!(m.inputs[0].shape, vec![None, None, Some(16)]);
+    assert!(matches!(&m.task, Task::Regression { output } if output == "output"));
+    assert!(m.health_checks.samples.is_empty());
+    // A CSV cannot describe these inputs: refused, saying why.
+    let mut with_csv = req;
+    with_csv.reference_csv = Some(read("data/sensor_reference.csv"));
+    let e = build_manifest(&with_csv, NOW).unwrap_err().to_string();
+    assert!(e.contains("without --reference"), "{e}");
+}
+
+#[test]
+fn fixed_inputs_leave_the_schema_and_are_recorded() {
+    let mut req = push_req("conformance/vad_if_sr16k/model.onnx", None);
+    let m = build_manifest(&req, NOW).unwrap();
+    assert!(m.inputs.iter().any(|i| i.name == "sr"));
+    req.load.fix_inputs = vec!["sr=16000".into()];
+    let m = build_manifest(&req, NOW).unwrap();
+    let names: Vec<_> = m.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["input", "state"]);
+    assert_eq!(m.load.fix_inputs, ["sr=16000"]);
+    req.load.fix_inputs = vec!["rate=16000".into()];
+    match build_manifest(&req, NOW) {
+        Err(RegistryError::Model(InspectError::Invalid(e))) => assert!(e.contains("rate"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_manifest_always_fits_a_deploy_command() {
+    let bytes = read("models/sensor_clf_v1.onnx");
+    let mut m = drover_protocol::testkit::manifest("big", 1, &bytes, NOW);
+    // 8 samples of 20,000 floats: ~640 KB, far over one Down message.
+    m.health_checks.samples = (0..8)
+        .map(|i| drover_protocol::manifest::HealthSample {
+            input: vec![i as f32; 20_000],
+            expected: vec![0.5; 3],
+        })
+        .collect();
+    let fitted = fit_down_message(m.clone()).unwrap();
+    let kept = fitted.health_checks.samples.len();
+    assert!((1..8).contains(&kept), "{kept}");
+    assert_eq!(
+        fitted.lineage.eval_metrics["health_samples_trimmed"],
+        (8 - kept) as f64
+    );
+    // Signed and wrapped in a Deploy command it still encodes as a Down message.
+    let key = Ed25519Signer::from_seed([7; 32]);
+    let signed = drover_protocol::Signed::sign(&fitted, &key).unwrap();
+    let device = drover_protocol::DeviceId::new("dev-1").unwrap();
+    let cmd = drover_protocol::testkit::command(
+        &device,
+        1,
+        NOW,
+        drover_protocol::Action::Deploy { manifest: signed },
+    );
+    let cmd = drover_protocol::Signed::sign(&cmd, &key).unwrap();
+    drover_protocol::codec::encode_down(&drover_protocol::messages::Down::Command(cmd)).unwrap();
+    // A reference profile too large on its own: refused with the sizes.
+    m.health_checks.samples.clear();
+    m.reference.features = (0..40_000)
+        .map(|i| drover_protocol::manifest::FeatureProfile {
+            name: format!("feature_{i}"),
+            bins: Default::default(),
+        })
+        .collect();
+    let e = fit_down_message(m).unwrap_err().to_string();
+    assert!(e.contains("without any health-check sample"), "{e}");
 }

@@ -83,10 +83,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::registry::inspect::LoadedModel;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
-use tract_onnx::prelude::*;
 
 use crate::core::retraining::config::{BuiltinHook, ExecHook, HookConfig, WebhookHook};
 use crate::core::retraining::dataset::labelled_only;
@@ -706,7 +706,7 @@ pub(crate) struct ModelCheck {
 }
 
 /// Checks a hook's output: exists, non-empty, at most [`MAX_MODEL_BYTES`],
-/// loads in tract with `features` inputs per row, runs one row, and (when
+/// loads through the registry's loader (drover-onnx) with `features` inputs per row, runs one row, and (when
 /// `classes` is given) has a `[N, classes]` output.
 pub(crate) fn validate_model(
     path: &Path,
@@ -730,54 +730,27 @@ pub(crate) fn validate_model(
 }
 
 fn check_onnx(bytes: &[u8], features: usize, classes: Option<usize>) -> Result<ModelCheck, String> {
-    let onnx = tract_onnx::onnx();
-    let proto = onnx
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| format!("not an ONNX file: {e}"))?;
-    let graph = proto
-        .graph
-        .as_ref()
-        .filter(|g| !g.node.is_empty())
-        .ok_or("the file holds no ONNX graph")?;
-    let initializers: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<_> = graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains(i.name.as_str()))
-        .collect();
-    let [input] = inputs.as_slice() else {
+    // The registry's loader, so a model that passes here pushes too.
+    let model = LoadedModel::load(bytes).map_err(|e| e.to_string())?;
+    let [input] = model.inputs.as_slice() else {
         return Err(format!(
-            "the model has {} inputs; Drover models take exactly one",
-            inputs.len()
+            "the model has {} inputs; a retrained model takes the base model's one input",
+            model.inputs.len()
         ));
     };
-    // Catch a wrong width with a clear message before tract's shape errors.
-    if let Some(declared) = declared_width(input) {
-        if declared != features {
-            return Err(format!(
-                "input `{}` takes {declared} features per row; the base model takes {features}",
-                input.name
-            ));
-        }
+    // Catch a wrong width with a clear message before a shape error.
+    if input.shape.len() == 2
+        && let Some(Some(declared)) = input.shape.get(1)
+        && *declared as usize != features
+    {
+        return Err(format!(
+            "input `{}` takes {declared} features per row; the base model takes {features}",
+            input.name
+        ));
     }
-    let mut model = onnx
-        .model_for_proto_model(&proto)
-        .map_err(|e| format!("{e:#}"))?;
-    // An explicit fact: skl2onnx leaves the batch dim anonymous, which
-    // tract cannot type on its own.
-    let batch = model.symbols.sym("N");
-    model
-        .set_input_fact(0, f32::fact([batch.to_dim(), features.to_dim()]).into())
-        .map_err(|e| format!("{e:#}"))?;
-    let plan = model
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| format!("{e:#}"))?;
-    let row = Tensor::zero::<f32>(&[1, features]).map_err(|e| format!("{e:#}"))?;
-    let outputs = plan
-        .run(tvec!(row.into()))
-        .map_err(|e| format!("running one row failed: {e:#}"))?;
+    let outputs = model
+        .run(&[vec![0.0; features]])
+        .map_err(|e| format!("running one row failed: {e}"))?;
     let output_widths: Vec<usize> = outputs
         .iter()
         .filter(|t| t.rank() == 2)
@@ -795,18 +768,4 @@ fn check_onnx(bytes: &[u8], features: usize, classes: Option<usize>) -> Result<M
         bytes: bytes.len() as u64,
         output_widths,
     })
-}
-
-fn declared_width(input: &tract_onnx::pb::ValueInfoProto) -> Option<usize> {
-    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
-    use tract_onnx::pb::type_proto::Value as TypeValue;
-    let TypeValue::TensorType(t) = input.r#type.as_ref()?.value.as_ref()?;
-    let dims = &t.shape.as_ref()?.dim;
-    if dims.len() != 2 {
-        return None;
-    }
-    match dims.get(1)?.value.as_ref()? {
-        Value::DimValue(v) => usize::try_from(*v).ok(),
-        Value::DimParam(_) => None,
-    }
 }

@@ -853,9 +853,9 @@ async fn invalid_models_fail_the_job() {
         (
             &*format!(
                 "cp '{}' \"$DROVER_OUTPUT\"",
-                fixtures().join("models/unsupported_op.onnx").display()
+                fixtures().join("models/unknown_op.onnx").display()
             ),
-            "invalid model",
+            "unsupported operator `FusedMatMul`",
         ),
     ];
     for (script, expected) in cases {

@@ -49,11 +49,17 @@ pub fn admit(
             ),
         ));
     }
-    if m.inputs.len() != 1 || m.features_per_row().is_none() {
+    // Any number of named inputs with any dims is served; the manifest must
+    // name at least one, each once.
+    let mut names: Vec<&str> = m.inputs.iter().map(|i| i.name.as_str()).collect();
+    names.sort_unstable();
+    let before = names.len();
+    names.dedup();
+    if before == 0 || names.len() != before {
         return Err(Reason::new(
             ReasonCode::UnsupportedModel,
             format!(
-                "{} must have exactly one input with static non-batch dimensions",
+                "{} must list at least one input, each name once",
                 m.model_ref()
             ),
         ));

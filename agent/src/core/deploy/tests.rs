@@ -414,4 +414,13 @@ fn admission_checks_version_size_disk_and_shape() {
         admit(&two, v, &limits, 0).unwrap_err().code,
         ReasonCode::UnsupportedModel
     );
+    let mut none = m.clone();
+    none.inputs.clear();
+    assert_eq!(
+        admit(&none, v, &limits, 0).unwrap_err().code,
+        ReasonCode::UnsupportedModel
+    );
+    let mut renamed = two;
+    renamed.inputs[1].name = "state".into();
+    assert!(admit(&renamed, v, &limits, 0).is_ok());
 }
