@@ -515,6 +515,64 @@ mod tests {
     }
 
     #[test]
+    fn exported_root_leaves_only_its_public_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let init = store.init().unwrap();
+        let out = dir.path().join("offline-root.key");
+        let public = store.export_root(&out).unwrap();
+        assert_eq!(public.to_hex(), init.root_public_key);
+        assert!(!store.path("root").exists());
+        assert_eq!(Ed25519Signer::load(&out).unwrap().public_key(), public);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // init again must not mint a new root key next to the offline one.
+        let again = store.init().unwrap();
+        assert!(!again.created);
+        assert!(!store.path("root").exists());
+        let keys = store.load().unwrap();
+        assert!(keys.root.is_none());
+        assert_eq!(keys.root_public, public);
+        assert!(matches!(
+            sign_key_list(&keys, 2, Timestamp(1)),
+            Err(KeyError::RootOffline)
+        ));
+        // A second export finds nothing to export and keeps the file.
+        assert!(store.export_root(&dir.path().join("again.key")).is_err());
+        assert!(out.exists());
+    }
+
+    #[test]
+    fn rotation_lists_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        store.init().unwrap();
+        let root = Ed25519Signer::load(&store.path("root")).unwrap();
+        store.export_root(&dir.path().join("root.out")).unwrap();
+        let keys = store.load().unwrap();
+        let fresh = store.stage(Role::Models).unwrap().public_key();
+        let now = Timestamp(1_000);
+        let list = build_key_list(fresh, keys.commands.public_key(), 4, now);
+        let good = Signed::sign(&list, &root).unwrap();
+        assert!(check_rotation_list(&good, &keys, Role::Models, fresh, 3, now).is_ok());
+        // Wrong version, wrong role, wrong signer, expired.
+        assert!(check_rotation_list(&good, &keys, Role::Models, fresh, 4, now).is_err());
+        assert!(check_rotation_list(&good, &keys, Role::Commands, fresh, 3, now).is_err());
+        let other = Ed25519Signer::generate().unwrap();
+        let forged = Signed::sign(&list, &other).unwrap();
+        assert!(check_rotation_list(&forged, &keys, Role::Models, fresh, 3, now).is_err());
+        let late = Timestamp(list.expires_at.0 + 1);
+        assert!(check_rotation_list(&good, &keys, Role::Models, fresh, 3, late).is_err());
+        let wrong = build_key_list(keys.models.public_key(), keys.commands.public_key(), 4, now);
+        let wrong = Signed::sign(&wrong, &root).unwrap();
+        assert!(check_rotation_list(&wrong, &keys, Role::Models, fresh, 3, now).is_err());
+    }
+
+    #[test]
     fn missing_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let err = KeyStore::new(dir.path()).load().unwrap_err();
