@@ -501,7 +501,7 @@ mod tests {
         let after = store.load().unwrap();
         assert_ne!(before.models.public_key(), after.models.public_key());
         assert_eq!(fresh.public_key(), after.models.public_key());
-        assert_eq!(before.root.public_key(), after.root.public_key());
+        assert_eq!(before.root_public, after.root_public);
         assert_eq!(before.commands.public_key(), after.commands.public_key());
         let retired = dir.path().join("keys/retired").join(format!(
             "models-{}.key",
@@ -509,7 +509,7 @@ mod tests {
         ));
         assert!(retired.exists());
         let list = sign_key_list(&after, 2, Timestamp(1)).unwrap();
-        let decoded = list.verify(&after.root.public_key()).unwrap();
+        let decoded = list.verify(&after.root_public).unwrap();
         assert!(key_list_matches(&decoded, &after));
         assert!(!key_list_matches(&decoded, &before));
     }
