@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use drover_protocol::codec::{self, CodecError};
 use drover_protocol::messages::{CommandAck, DeployStatus, Down, Hello};
 use drover_protocol::topic::Topic;
-use drover_protocol::trust::{KeyList, Role};
+use drover_protocol::trust::KeyList;
 use drover_protocol::{
     DeviceId, FleetId, ModelManifest, ModelName, Sign, Signed, Timestamp, Version,
 };
@@ -238,45 +238,12 @@ pub struct KeysInfo {
     pub key_list_expires_at: u64,
 }
 
-fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn latest_key_list(db: &Db) -> Result<Option<(u64, Signed<KeyList>)>, DbError> {
-    let row: Option<(i64, Vec<u8>)> = db
-        .lock()
-        .query_row(
-            "SELECT version, signed FROM key_lists ORDER BY version DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    row.map(|(v, bytes)| {
-        codec::decode(&bytes, usize::MAX)
-            .map(|s| (v as u64, s))
-            .map_err(|e| DbError::Corrupt(format!("key list: {e}")))
-    })
-    .transpose()
-}
-
-fn store_key_list(
-    db: &Db,
-    version: u64,
-    list: &Signed<KeyList>,
-    now: Timestamp,
-) -> Result<(), ControllerError> {
-    let bytes = codec::encode(list, usize::MAX)?;
-    db.lock()
-        .execute(
-            "INSERT INTO key_lists (version, signed, created_at) VALUES (?1, ?2, ?3)",
-            params![version as i64, bytes, now.0 as i64],
-        )
-        .map_err(DbError::from)?;
-    Ok(())
 }
 
 impl Controller {
@@ -301,33 +268,7 @@ impl Controller {
             );
         }
         let keys = key_store.load()?;
-        let now = clock.now();
-        let (version, key_list) = match latest_key_list(&db)? {
-            Some((v, signed)) => {
-                let fresh = signed
-                    .verify(&keys.root.public_key())
-                    .ok()
-                    .filter(|l| keys::key_list_matches(l, &keys))
-                    .filter(|l| l.expires_at.ms_since(now) > keys::KEY_LIST_RENEW_BEFORE_MS);
-                match fresh {
-                    Some(_) => (v, signed),
-                    None => {
-                        let list = keys::sign_key_list(&keys, v + 1, now)?;
-                        store_key_list(&db, v + 1, &list, now)?;
-                        tracing::info!(
-                            version = v + 1,
-                            "issued a new key list (keys changed or list expiring)"
-                        );
-                        (v + 1, list)
-                    }
-                }
-            }
-            None => {
-                let list = keys::sign_key_list(&keys, 1, now)?;
-                store_key_list(&db, 1, &list, now)?;
-                (1, list)
-            }
-        };
+        let (version, key_list) = keys::current_key_list(&db, &keys, clock.now())?;
         let store = ModelStore::new(db.clone(), &cfg.data_dir)?;
         let (events, _) = broadcast::channel(4096);
         Ok(Controller {
@@ -464,7 +405,7 @@ impl Controller {
             .map(|l| l.expires_at.0)
             .unwrap_or_default();
         KeysInfo {
-            root_public_key: k.keys.root.public_key().to_hex(),
+            root_public_key: k.keys.root_public.to_hex(),
             models_public_key: k.keys.models.public_key().to_hex(),
             commands_public_key: k.keys.commands.public_key().to_hex(),
             key_list_version: k.version,
@@ -482,62 +423,6 @@ impl Controller {
     pub fn key_list(&self) -> (u64, Signed<KeyList>) {
         let k = lock_read(&self.inner.keys);
         (k.version, k.key_list.clone())
-    }
-
-    /// Rotates the `role` key: new key file (old one retired), a new
-    /// root-signed key list (version + 1) pushed to every known device, and
-    /// for the models role every manifest re-signed.
-    pub async fn rotate_key(&self, role: Role) -> Result<RotateOutcome, ControllerError> {
-        let this = self.clone();
-        let (outcome, list) = tokio::task::spawn_blocking(move || -> Result<_, ControllerError> {
-            let inner = &this.inner;
-            let fresh = inner.key_store.rotate(role)?;
-            let mut k = lock_write(&inner.keys);
-            match role {
-                Role::Models => k.keys.models = fresh.clone(),
-                Role::Commands => k.keys.commands = fresh.clone(),
-            }
-            let version = k.version + 1;
-            let now = inner.clock.now();
-            let list = keys::sign_key_list(&k.keys, version, now)?;
-            store_key_list(&inner.db, version, &list, now)?;
-            k.key_list = list.clone();
-            k.version = version;
-            let resigned = match role {
-                Role::Models => inner.store.resign_all(fresh.as_ref())?,
-                Role::Commands => 0,
-            };
-            Ok((
-                RotateOutcome {
-                    role: role.to_string(),
-                    public_key: fresh.public_key().to_hex(),
-                    key_list_version: version,
-                    devices_notified: 0,
-                    manifests_resigned: resigned,
-                },
-                list,
-            ))
-        })
-        .await
-        .map_err(|e| ControllerError::Task(e.to_string()))??;
-        let mut outcome = outcome;
-        let devices = self.devices(&Selector::default()).await?;
-        for d in devices {
-            let Ok(id) = DeviceId::new(d.id) else {
-                continue;
-            };
-            match self.publish_down(&id, &Down::KeyList(list.clone())).await {
-                Ok(()) => {
-                    outcome.devices_notified += 1;
-                    crate::metrics::inc(&self.inner.metrics.key_lists_sent);
-                }
-                Err(e) => {
-                    tracing::warn!(device = %id, error = %e, "pushing the new key list failed")
-                }
-            }
-        }
-        tracing::info!(role = %role, version = outcome.key_list_version, "rotated key");
-        Ok(outcome)
     }
 
     pub(crate) fn models_signer(&self) -> Arc<drover_protocol::Ed25519Signer> {

@@ -40,6 +40,7 @@ pub(crate) mod csv_table;
 pub(crate) mod db;
 pub mod fleet;
 pub mod http;
+pub(crate) mod key_rotation;
 pub(crate) mod keys;
 pub(crate) mod metrics;
 pub mod registry;

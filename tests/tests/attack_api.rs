@@ -133,6 +133,7 @@ fn body_for(method: &str, path: &str) -> Value {
         ("POST", "/v1/tokens") => json!({"name": "evil", "role": "admin"}),
         ("POST", "/v1/devices") => json!({"id": "evil-1"}),
         ("POST", "/v1/keys/rotate") => json!({"role": "models"}),
+        ("POST", "/v1/keys/rotate/prepare") => json!({"role": "models"}),
         ("PUT", _) => json!({"version": 1}),
         ("POST", "/v1/deploy") => json!({"model": "sensor@1", "device": "dev-1"}),
         ("POST", "/v1/retrain") => json!({"model": "sensor"}),

@@ -89,6 +89,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/keys", Role(Viewer)),
     rule("POST", "/v1/keys/init", Role(Admin)),
     rule("POST", "/v1/keys/rotate", Role(Admin)),
+    rule("POST", "/v1/keys/rotate/prepare", Role(Admin)),
     rule("POST", "/v1/models", Role(Operator)),
     rule("GET", "/v1/models", Role(Viewer)),
     rule("GET", "/v1/models/{name}/{version}", Role(Viewer)),

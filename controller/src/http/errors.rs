@@ -83,6 +83,12 @@ impl From<ControllerError> for ApiError {
             ControllerError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ControllerError::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "not_connected"),
             ControllerError::Publish(_) => (StatusCode::BAD_GATEWAY, "publish_failed"),
+            ControllerError::Keys(crate::keys::KeyError::RootOffline) => {
+                (StatusCode::CONFLICT, "root_key_offline")
+            }
+            ControllerError::Keys(crate::keys::KeyError::BadKeyList(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_key_list")
+            }
             ControllerError::Db(_)
             | ControllerError::Keys(_)
             | ControllerError::Codec(_)

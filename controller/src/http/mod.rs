@@ -30,6 +30,7 @@ pub fn router(controller: Controller) -> Router {
         .route("/v1/keys", get(routes::keys))
         .route("/v1/keys/init", post(routes::keys_init))
         .route("/v1/keys/rotate", post(routes::keys_rotate))
+        .route("/v1/keys/rotate/prepare", post(routes::keys_rotate_prepare))
         .route(
             "/v1/models",
             post(routes::push_model).get(routes::list_models),

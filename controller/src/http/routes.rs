@@ -61,11 +61,28 @@ pub(crate) async fn keys_init(
     Ok(Json(c.keys_init()?))
 }
 
-/// `POST /v1/keys/rotate` body.
+/// `POST /v1/keys/rotate` and `/v1/keys/rotate/prepare` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateBody {
     /// `models` or `commands`.
     pub role: String,
+    /// With the root key offline: the prepared key list signed by the root
+    /// key (codec-encoded `Signed<KeyList>`, standard base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_key_list: Option<String>,
+}
+
+fn rotate_role(body: &RotateBody) -> Result<Role, ApiError> {
+    match body.role.as_str() {
+        "models" => Ok(Role::Models),
+        "commands" => Ok(Role::Commands),
+        other => Err(ApiError::bad_request(
+            "bad_role",
+            format!(
+                "role {other:?}: expected models or commands (the root key is rotated offline)"
+            ),
+        )),
+    }
 }
 
 pub(crate) async fn keys_rotate(
@@ -73,19 +90,32 @@ pub(crate) async fn keys_rotate(
     body: Bytes,
 ) -> ApiResult<Json<crate::controller::RotateOutcome>> {
     let body: RotateBody = parse_body(&body)?;
-    let role = match body.role.as_str() {
-        "models" => Role::Models,
-        "commands" => Role::Commands,
-        other => {
-            return Err(ApiError::bad_request(
-                "bad_role",
-                format!(
-                    "role {other:?}: expected models or commands (the root key is rotated offline)"
-                ),
-            ));
-        }
+    let role = rotate_role(&body)?;
+    let Some(signed) = &body.signed_key_list else {
+        return Ok(Json(c.rotate_key(role).await?));
     };
-    Ok(Json(c.rotate_key(role).await?))
+    let signed = base64::engine::general_purpose::STANDARD
+        .decode(signed)
+        .ok()
+        .and_then(|b| {
+            drover_protocol::codec::decode(&b, drover_protocol::limits::MAX_DOWN_PAYLOAD).ok()
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_key_list",
+                "signed_key_list: expected a base64 codec-encoded signed key list",
+            )
+        })?;
+    Ok(Json(c.commit_rotation(role, signed).await?))
+}
+
+pub(crate) async fn keys_rotate_prepare(
+    State(c): State<Controller>,
+    body: Bytes,
+) -> ApiResult<Json<crate::key_rotation::RotationPrepared>> {
+    let body: RotateBody = parse_body(&body)?;
+    let role = rotate_role(&body)?;
+    Ok(Json(c.prepare_rotation(role).await?))
 }
 
 /// `POST /v1/models` body: the ONNX file base64-encoded, the reference CSV as text.
