@@ -97,6 +97,10 @@ async fn wait_deploy(
     .expect("deploy status did not arrive in time")
 }
 
+/// Cases push refuses on purpose, with the reason it gives.
+const KNOWN_REFUSALS: &[(&str, &str)] =
+    &[("label_encoder_strings", "the model has no float output")];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_conformance_case_serves_onnxruntimes_outputs_through_push_and_deploy() {
     let index: Vec<Value> =
@@ -175,6 +179,24 @@ async fn every_conformance_case_serves_onnxruntimes_outputs_through_push_and_dep
                 ..PushRequest::default()
             })
             .await;
+        // Known limitation, asserted so it cannot change unnoticed: a model
+        // with no float output (a bare string->int LabelEncoder) has neither
+        // a classifier's nor a regressor's outputs, so push refuses it with
+        // that reason instead of serving it. Drover serves classifiers and
+        // regressors; such a preprocessing-only graph is not a model it rolls out.
+        if let Some(reason) = KNOWN_REFUSALS
+            .iter()
+            .find_map(|(case, reason)| (*case == name).then_some(*reason))
+        {
+            match pushed {
+                Err(e) if e.to_string().contains(reason) => {}
+                other => failures.push(format!(
+                    "{name}: expected push to be refused with {reason:?}, got {:?}",
+                    other.map(|s| s.manifest.model_ref())
+                )),
+            }
+            continue;
+        }
         let stored = match pushed {
             Ok(s) => s,
             Err(e) => {
