@@ -222,6 +222,7 @@ impl Agent {
                 device: config.device_id.clone(),
                 username: config.username.clone(),
                 password: config.password.clone(),
+                device_key: config.device_signer()?.map(Arc::new),
                 keep_alive: config.keep_alive(),
                 reconnect_min: Duration::from_millis(config.reconnect_min_ms),
                 reconnect_max: Duration::from_millis(config.reconnect_max_ms),

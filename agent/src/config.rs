@@ -85,6 +85,11 @@ pub struct AgentConfig {
     /// MQTT password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// This device's ed25519 signing key (64 hex characters of its seed),
+    /// written by `drover device add`. Every `up` message is signed with it;
+    /// the controller refuses unsigned uplinks from registered devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<String>,
     /// Operator labels (region, site, ...) reported in Hello.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -276,6 +281,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("username", Kind::Str, "MQTT username (optional)."),
     ("password", Kind::Str, "MQTT password (optional)."),
     (
+        "device_key",
+        Kind::Str,
+        "Device signing key (hex seed) from `drover device add`.",
+    ),
+    (
         "labels",
         Kind::Labels,
         "Operator labels reported in Hello (env: k=v,k2=v2).",
@@ -463,6 +473,7 @@ impl AgentConfig {
             data_dir: data_dir.into(),
             username: None,
             password: None,
+            device_key: None,
             labels: BTreeMap::new(),
             hardware: defaults::hardware(),
             api: None,
@@ -545,6 +556,17 @@ impl AgentConfig {
         Ok(c)
     }
 
+    /// The device signing key, if configured.
+    pub fn device_signer(&self) -> Result<Option<drover_protocol::Ed25519Signer>, ConfigError> {
+        let Some(hex_seed) = &self.device_key else {
+            return Ok(None);
+        };
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(hex_seed.trim(), &mut seed)
+            .map_err(|_| invalid("device_key", "must be 64 hex characters (an ed25519 seed)"))?;
+        Ok(Some(drover_protocol::Ed25519Signer::from_seed(seed)))
+    }
+
     /// Checks every value is usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_broker(&self.broker)?;
@@ -563,6 +585,7 @@ impl AgentConfig {
         }
         drover_protocol::labels::check_labels(&self.labels)
             .map_err(|e| invalid("labels", e.to_string()))?;
+        self.device_signer()?;
         let positive: [(&'static str, u64); 12] = [
             ("max_body_bytes", self.max_body_bytes as u64),
             ("outbox_capacity", self.outbox_capacity as u64),

@@ -3,7 +3,9 @@
 //! client, re-subscribes and announces itself (retained Online status, Hello)
 //! on every ConnAck, hands publishes to rumqttc with `try_publish` only, and
 //! keeps reports (acks, deploy status, captures) until the broker
-//! acknowledges them, re-sending them after a reconnect. Reconnects back off
+//! acknowledges them, re-sending them after a reconnect. Every `up` payload
+//! is sealed with the device key as it is handed over (a fresh counter per
+//! publish); retained messages on `down`/`chunk` are ignored. Reconnects back off
 //! exponentially with jitter. The last will marks the device Offline.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -20,7 +22,8 @@ use tokio::task::JoinHandle;
 use drover_protocol::codec::{self, MAX_PAYLOAD};
 use drover_protocol::messages::{Hello, Status, Up};
 use drover_protocol::topic::{Channel, Topic};
-use drover_protocol::{DeviceId, FleetId, ModelRef};
+use drover_protocol::uplink::{self, Counter};
+use drover_protocol::{DeviceId, Ed25519Signer, FleetId, ModelRef, Timestamp};
 
 use crate::metrics::Metrics;
 
@@ -38,6 +41,9 @@ pub(crate) struct LinkConfig {
     pub(crate) device: DeviceId,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
+    /// Signs every `up` message (None: sent unsigned, which a controller
+    /// refuses for a registered device).
+    pub(crate) device_key: Option<Arc<Ed25519Signer>>,
     pub(crate) keep_alive: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
@@ -120,7 +126,11 @@ impl Link {
 #[derive(Debug)]
 enum Polled {
     ConnAck,
-    Publish { topic: String, payload: Vec<u8> },
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        retained: bool,
+    },
     PubAck(u16),
     Published(u16),
     Closed,
@@ -202,6 +212,12 @@ pub(crate) fn spawn(
         hello,
         events,
         metrics,
+        sealer: cfg.device_key.clone().map(|key| Sealer {
+            key,
+            fleet: cfg.fleet.clone(),
+            device: cfg.device.clone(),
+            counter: Counter::new(0),
+        }),
     };
     tokio::spawn(manager.run(poll_rx, rx, poller));
     Link { tx }
@@ -218,6 +234,7 @@ async fn poll_loop(mut el: EventLoop, tx: mpsc::Sender<Polled>, min: Duration, m
             Ok(Event::Incoming(Packet::Publish(p))) => Polled::Publish {
                 topic: p.topic,
                 payload: p.payload.to_vec(),
+                retained: p.retain,
             },
             Ok(Event::Incoming(Packet::PubAck(a))) => Polled::PubAck(a.pkid),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Polled::Published(pkid),
@@ -271,6 +288,33 @@ struct Manager {
     hello: watch::Receiver<Hello>,
     events: mpsc::Sender<LinkEvent>,
     metrics: Arc<Metrics>,
+    sealer: Option<Sealer>,
+}
+
+/// Seals `up` payloads with the device key as they are handed to the
+/// broker, so a report re-sent after a reconnect gets a fresh counter (the
+/// controller refuses a counter it has seen).
+struct Sealer {
+    key: Arc<Ed25519Signer>,
+    fleet: FleetId,
+    device: DeviceId,
+    counter: Counter,
+}
+
+impl Sealer {
+    fn seal(&mut self, body: Vec<u8>) -> Option<Vec<u8>> {
+        let now_us = Timestamp::from_system(std::time::SystemTime::now())
+            .0
+            .saturating_mul(1000);
+        let counter = self.counter.next(now_us);
+        match uplink::seal(self.key.as_ref(), &self.fleet, &self.device, counter, body) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot seal an up message; dropped");
+                None
+            }
+        }
+    }
 }
 
 impl Manager {
@@ -323,16 +367,26 @@ impl Manager {
         }
         while let Some(o) = self.queue.front() {
             let topic = if o.status_topic {
-                &self.topics.status
+                self.topics.status.clone()
             } else {
-                &self.topics.up
+                self.topics.up.clone()
             };
-            match self.client.try_publish(
-                topic.clone(),
-                QoS::AtLeastOnce,
-                o.retain,
-                o.payload.clone(),
-            ) {
+            let (retain, status_topic) = (o.retain, o.status_topic);
+            let mut payload = o.payload.clone();
+            if !status_topic && let Some(sealer) = self.sealer.as_mut() {
+                match sealer.seal(payload) {
+                    Some(p) => payload = p,
+                    None => {
+                        self.queue.pop_front();
+                        self.metrics.link_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            }
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            {
                 Ok(()) => {
                     if let Some(mut o) = self.queue.pop_front() {
                         if o.delivery == Delivery::BestEffort {
@@ -407,7 +461,19 @@ impl Manager {
             Polled::PubAck(pkid) => {
                 self.inflight.remove(&pkid);
             }
-            Polled::Publish { topic, payload } => {
+            Polled::Publish {
+                topic,
+                payload,
+                retained,
+            } => {
+                // Retained messages on `down` or `chunk` were stored by the
+                // broker for whoever subscribes next: the controller never
+                // retains, so they come from someone else. Ignored, counted.
+                if retained {
+                    self.metrics.malformed("retained_down");
+                    tracing::warn!(%topic, "ignored a retained message on a device topic");
+                    return;
+                }
                 let channel = if topic == self.topics.down {
                     Channel::Down
                 } else if topic == self.topics.chunk {

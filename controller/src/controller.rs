@@ -146,6 +146,8 @@ pub struct ControllerConfig {
     pub controller_password: Option<String>,
     /// Commands expire this long after issue.
     pub command_validity_ms: u64,
+    /// Replay window, clock skew and per-device rate limits of uplinks.
+    pub uplink_policy: crate::core::uplink::UplinkPolicy,
 }
 
 impl ControllerConfig {
@@ -158,6 +160,7 @@ impl ControllerConfig {
             controller_username: "drover-controller".into(),
             controller_password: None,
             command_validity_ms: 3_600_000,
+            uplink_policy: Default::default(),
         }
     }
 }
@@ -187,6 +190,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) outbound: RwLock<Outbound>,
     pub(crate) capture_sink: RwLock<Option<CaptureSink>>,
+    pub(crate) identity: crate::fleet::uplink::Identity,
 }
 
 /// Receives `Up::Capture` uploads (the retraining runner).
@@ -270,6 +274,8 @@ impl Controller {
         let keys = key_store.load()?;
         let (version, key_list) = keys::current_key_list(&db, &keys, clock.now())?;
         let store = ModelStore::new(db.clone(), &cfg.data_dir)?;
+        let identity =
+            crate::fleet::uplink::Identity::load(&db.lock(), cfg.uplink_policy, clock.now())?;
         let (events, _) = broadcast::channel(4096);
         Ok(Controller {
             inner: Arc::new(Inner {
@@ -287,6 +293,7 @@ impl Controller {
                 metrics: Arc::new(Metrics::default()),
                 outbound: RwLock::new(Outbound::None),
                 capture_sink: RwLock::new(None),
+                identity,
             }),
         })
     }
@@ -564,13 +571,42 @@ impl Controller {
 
     // ---- devices ----
 
-    /// Devices matching `selector`, by id.
+    /// Registered devices matching `selector` (on their registry labels), by
+    /// id. Devices only seen on the broker are never selected: see
+    /// [`Controller::unregistered_devices`].
     pub async fn devices(&self, selector: &Selector) -> Result<Vec<DeviceInfo>, ControllerError> {
         let all = self.inner.db.call(|c| devices::load_all(c)).await?;
         Ok(all
             .into_iter()
-            .filter(|d| selector.matches(&d.labels))
+            .filter(|d| d.registered && selector.matches(&d.labels))
             .collect())
+    }
+
+    /// Replaces the registry labels of a registered device (what selectors,
+    /// rollouts and cohorts match on; agents cannot change them).
+    pub async fn set_device_labels(
+        &self,
+        id: &DeviceId,
+        labels: BTreeMap<String, String>,
+    ) -> Result<DeviceInfo, ControllerError> {
+        let id_s = id.to_string();
+        let json =
+            serde_json::to_string(&labels).map_err(|e| ControllerError::Task(e.to_string()))?;
+        let found = self
+            .inner
+            .db
+            .call(move |c| {
+                let n = c.execute(
+                    "UPDATE devices SET reg_labels = ?2 WHERE id = ?1 AND registered = 1",
+                    params![id_s, json],
+                )?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                devices::load_one(c, &id_s)
+            })
+            .await?;
+        found.ok_or_else(|| ControllerError::UnknownDevice(id.to_string()))
     }
 
     /// One device.
@@ -600,7 +636,12 @@ impl Controller {
             devices::generate_password().map_err(|e| ControllerError::Task(e.to_string()))?;
         let hash =
             devices::mosquitto_hash(&password).map_err(|e| ControllerError::Task(e.to_string()))?;
-        let bundle = devices::bundle(
+        // The device key: its private half goes only into the bundle (shown
+        // once, like the password); the controller keeps the public half.
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| ControllerError::Task(e.to_string()))?;
+        let device_public = drover_protocol::Ed25519Signer::from_seed(seed).public_key();
+        let mut bundle = devices::bundle(
             id,
             self.fleet(),
             &self.inner.cfg.broker_url,
@@ -609,6 +650,9 @@ impl Controller {
             labels.clone(),
         )
         .map_err(|e| ControllerError::Task(e.to_string()))?;
+        devices::add_device_key(&mut bundle, &hex::encode(seed))
+            .map_err(|e| ControllerError::Task(e.to_string()))?;
+        let key_hex = device_public.to_hex();
         let now = self.now();
         let id_s = id.to_string();
         let labels_json = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into());
@@ -616,24 +660,35 @@ impl Controller {
             .db
             .call(move |c| {
                 let tx = c.transaction()?;
-                let registered: Option<i64> = tx
-                    .query_row("SELECT registered FROM devices WHERE id = ?1", params![id_s], |r| r.get(0))
+                // A device registered before device keys existed may be
+                // enrolled again to get one.
+                let registered: Option<(i64, Option<String>)> = tx
+                    .query_row(
+                        "SELECT registered, device_key FROM devices WHERE id = ?1",
+                        params![id_s],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
                     .optional()?;
-                if registered == Some(1) {
+                if matches!(registered, Some((1, Some(_)))) {
                     return Ok(false);
                 }
                 tx.execute(
-                    "INSERT INTO devices (id, registered, password_hash, reg_labels, created_at)
-                     VALUES (?1, 1, ?2, ?3, ?4)
+                    "INSERT INTO devices (id, registered, password_hash, reg_labels, device_key,
+                        uplink_counter, clock_offset_us, created_at)
+                     VALUES (?1, 1, ?2, ?3, ?4, 0, 0, ?5)
                      ON CONFLICT (id) DO UPDATE SET registered = 1, password_hash = excluded.password_hash,
-                        reg_labels = excluded.reg_labels",
-                    params![id_s, hash, labels_json, now.0 as i64],
+                        reg_labels = excluded.reg_labels, device_key = excluded.device_key,
+                        uplink_counter = 0, clock_offset_us = 0",
+                    params![id_s, hash, labels_json, key_hex, now.0 as i64],
                 )?;
                 tx.commit()?;
                 Ok(true)
             })
             .await?
-            .then_some(bundle)
+            .then(|| {
+                self.set_device_key(id, device_public);
+                bundle
+            })
             .ok_or_else(|| ControllerError::Conflict(format!("device {id} is already registered")))
     }
 

@@ -36,7 +36,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "rollout_service: rollouts and their audit trail",
         sql: crate::rollouts::store::MIGRATION,
     },
+    Migration {
+        name: "fleet: device keys and uplink counters",
+        sql: DEVICE_KEYS_V3,
+    },
 ];
+
+/// Device keys (public half, hex) and each device's uplink position: the
+/// last accepted counter and its clock offset (see `core::uplink`).
+// Here rather than in fleet/ (which imports this module): no import cycle.
+const DEVICE_KEYS_V3: &str = r#"
+ALTER TABLE devices ADD COLUMN device_key TEXT;
+ALTER TABLE devices ADD COLUMN uplink_counter INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN clock_offset_us INTEGER NOT NULL DEFAULT 0;
+"#;
 
 const CORE_V1: &str = r#"
 CREATE TABLE key_lists (

@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Key lists pushed to devices.
     pub key_lists_sent: AtomicU64,
     malformed: Mutex<BTreeMap<&'static str, u64>>,
+    uplinks_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Devices whose clock was re-synchronised from a signed Hello.
+    pub uplink_clock_resyncs: AtomicU64,
     rate: Mutex<RateWindow>,
 }
 
@@ -58,6 +61,32 @@ impl Metrics {
     pub fn malformed(&self, kind: &'static str) {
         let mut m = self.malformed.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(kind).or_default() += 1;
+    }
+
+    /// Counts an uplink refused on a device's word (unsigned, unregistered,
+    /// bad signature, replay, throttled, uncommanded report...), by kind.
+    pub fn uplink_refused(&self, kind: &'static str) {
+        let mut m = self
+            .uplinks_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *m.entry(kind).or_default() += 1;
+    }
+
+    /// Refused uplinks so far, by kind.
+    pub fn uplinks_refused_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.uplinks_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Refused uplinks of one kind.
+    pub fn uplinks_refused_of(&self, kind: &str) -> u64 {
+        self.uplinks_refused_counts()
+            .get(kind)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Malformed payloads so far, by kind.
@@ -186,6 +215,21 @@ impl Metrics {
                 "drover_malformed_payloads_total{{kind=\"{kind}\"}} {v}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP drover_uplinks_refused_total Device uplinks refused (signature, replay, \
+             registration, rate limit, uncommanded reports), by kind.\n\
+             # TYPE drover_uplinks_refused_total counter"
+        );
+        for (kind, v) in self.uplinks_refused_counts() {
+            let _ = writeln!(out, "drover_uplinks_refused_total{{kind=\"{kind}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP drover_uplink_clock_resyncs_total Device clock offsets re-learned from a signed Hello.\n\
+             # TYPE drover_uplink_clock_resyncs_total counter\ndrover_uplink_clock_resyncs_total {}",
+            get(&self.uplink_clock_resyncs)
+        );
         let _ = writeln!(
             out,
             "# HELP drover_chunk_bytes_per_second Artifact bytes sent during the last full second.\n\

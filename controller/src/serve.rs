@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub upload_budget_bytes: u64,
     /// An upload sending nothing for this long is cut off.
     pub upload_idle_timeout: Duration,
+    /// Replay window, clock skew and per-device rate limit of uplinks.
+    pub uplink_policy: crate::core::uplink::UplinkPolicy,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -104,6 +106,7 @@ impl ServeConfig {
             max_upload_bytes: crate::http::MAX_BODY_BYTES as u64,
             upload_budget_bytes: 1024 * 1024 * 1024,
             upload_idle_timeout: crate::http::limits::UPLOAD_IDLE_TIMEOUT,
+            uplink_policy: Default::default(),
         }
     }
 
@@ -317,6 +320,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         ccfg.controller_username = u.clone();
     }
     ccfg.controller_password = cfg.password.clone();
+    ccfg.uplink_policy = cfg.uplink_policy;
 
     // Phase 3: bind.
     let http = tokio::net::TcpListener::bind(cfg.http)

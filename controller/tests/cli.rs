@@ -139,6 +139,16 @@ async fn registry_device_and_broker_flows() {
     );
     assert_eq!(cfg["labels"]["site"].as_str(), Some("a"));
     assert!(cfg["password"].as_str().unwrap().len() >= 20);
+    // The device key: its private half only in the bundle, the public half
+    // registered with the controller.
+    let seed = cfg["device_key"].as_str().unwrap();
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(seed, &mut raw).unwrap();
+    use drover_protocol::Sign as _;
+    assert_eq!(
+        c.device_key(&drover_protocol::DeviceId::new("dev-1").unwrap()),
+        Some(drover_protocol::Ed25519Signer::from_seed(raw).public_key())
+    );
     assert!(
         std::fs::read_to_string(bundle_dir.join("README"))
             .unwrap()
@@ -501,7 +511,8 @@ async fn deploy_waits_for_the_device_and_reports_failures() {
         )
         .await;
         assert!(o.status.success(), "{}", stderr(&o));
-        let peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, dev).await;
+        let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, dev).await;
+        peer.set_key(&support::bundle_key(&out.path().join(dev)));
         peer.send_up(&Up::Hello(Hello {
             agent_version: "0.1.0".into(),
             key_list_version: 1,
@@ -588,12 +599,13 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     )
     .await;
     let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-1").await;
+    peer.set_key(&support::bundle_key(&t.dir.path().join("b")));
     // A recent window (retention prunes old ones at startup).
     let mut w = realistic_window(5);
     w.end = c.now();
     w.start = drover_protocol::Timestamp(w.end.0 - 10_000);
     peer.send_up(&Up::Telemetry(w)).await;
-    peer.wait_for(|d| matches!(d, Down::TelemetryAck(_)).then_some(()))
+    peer.wait_for(|d| matches!(d, Down::SignedTelemetryAck(_)).then_some(()))
         .await;
     let seq = c
         .send_command(&peer.device, Action::StopShadow)

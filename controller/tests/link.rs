@@ -19,6 +19,11 @@ use drover_protocol::topic::Channel;
 use drover_protocol::{ModelName, ModelRef, Sha256, Status, Version};
 use support::{Peer, STEP, TestController, fixture};
 
+/// The controller's commands key: it signs telemetry acks.
+fn commands_key(c: &drover_controller::Controller) -> drover_protocol::PublicKey {
+    drover_protocol::PublicKey::from_hex(&c.keys_info().commands_public_key).unwrap()
+}
+
 async fn wait_event(
     rx: &mut tokio::sync::broadcast::Receiver<DeviceEvent>,
     pick: impl Fn(&DeviceEvent) -> bool,
@@ -40,12 +45,20 @@ async fn hello_and_status_build_the_inventory() {
     let t = TestController::start().await;
     let c = t.running.handle();
     let mut events = c.subscribe();
+    // Registered with its labels; what the device says about itself is
+    // recorded but never selects it.
+    let id = drover_protocol::DeviceId::new("dev-1").unwrap();
+    let bundle = c
+        .register_device(&id, labels(&[("site", "a"), ("region", "eu")]))
+        .await
+        .unwrap();
     let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-1").await;
+    peer.set_key(&bundle.device_key);
     let hello = Hello {
         agent_version: "0.1.0".into(),
         arch: "aarch64".into(),
         hardware: "pi4".into(),
-        labels: labels(&[("site", "a"), ("region", "eu")]),
+        labels: labels(&[("site", "b")]),
         active: Some(ModelRef {
             name: ModelName::new("sensor").unwrap(),
             version: Version(2),
@@ -74,11 +87,20 @@ async fn hello_and_status_build_the_inventory() {
     assert_eq!(list, c.key_list().1);
 
     let d = c.device(&peer.device).await.unwrap().unwrap();
-    assert!(!d.registered, "seen on the broker but never added");
+    assert!(d.registered);
     assert!(d.online);
     assert_eq!(d.arch.as_deref(), Some("aarch64"));
     assert_eq!(d.agent_version.as_deref(), Some("0.1.0"));
-    assert_eq!(d.active.as_deref(), Some("sensor@2"));
+    assert_eq!(
+        d.active, None,
+        "sensor@2 was never pushed nor commanded: not taken on the device's word"
+    );
+    assert_eq!(
+        c.metrics().uplinks_refused_of("uncommanded_model"),
+        1,
+        "{:?}",
+        c.metrics().uplinks_refused_counts()
+    );
     assert_eq!((d.reported_seq, d.issued_seq, d.outbox_depth), (7, 7, 3));
     assert!(d.last_seen.is_some());
     let sel = Selector::parse("site=a").unwrap();
@@ -87,7 +109,8 @@ async fn hello_and_status_build_the_inventory() {
         c.devices(&Selector::parse("site=b").unwrap())
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "labels come from the registry, not from Hello"
     );
 
     peer.send_status(&Status::Offline).await;
@@ -109,13 +132,13 @@ async fn hello_and_status_build_the_inventory() {
 async fn telemetry_is_stored_once_and_acknowledged_every_time() {
     let t = TestController::start().await;
     let c = t.running.handle();
-    let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-2").await;
+    let mut peer = t.registered_peer("dev-2").await;
     let w = realistic_window(41);
     for _ in 0..2 {
         peer.send_up(&Up::Telemetry(w.clone())).await;
         let acked = peer
             .wait_for(|d| match d {
-                Down::TelemetryAck(a) => Some(a.seqs),
+                Down::SignedTelemetryAck(a) => Some(a.verify(&commands_key(&c)).unwrap().seqs),
                 _ => None,
             })
             .await;
@@ -167,7 +190,16 @@ async fn chunks_are_served_and_reassemble_to_the_artifact() {
         .unwrap();
     let sha = stored.manifest.artifact.sha256;
     let size = stored.manifest.artifact.size;
-    let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-3").await;
+    let mut peer = t.registered_peer("dev-3").await;
+    // Chunks are served only for a deploy in flight to the device.
+    c.send_command(
+        &peer.device,
+        drover_protocol::Action::Deploy {
+            manifest: stored.signed.clone(),
+        },
+    )
+    .await
+    .unwrap();
 
     // Refused: unknown artifact, offset past the end. Nothing comes back.
     peer.send_up(&Up::ChunkRequest(ChunkRequest {
@@ -224,7 +256,8 @@ async fn chunks_are_served_and_reassemble_to_the_artifact() {
     assert_eq!(got, onnx);
     let m = c.metrics();
     assert_eq!(m.chunk_bytes.load(Ordering::Relaxed), size);
-    assert_eq!(m.chunks_refused.load(Ordering::Relaxed), 2);
+    assert_eq!(m.chunks_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(m.uplinks_refused_of("chunk_not_in_flight"), 1);
     assert!(
         peer.quiet_for(Duration::from_millis(200)).await,
         "refused requests get no answer"
@@ -237,7 +270,7 @@ async fn malformed_payloads_are_counted_and_the_controller_lives_on() {
     let t = TestController::start().await;
     let c = t.running.handle();
     let mut events = c.subscribe();
-    let peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-4").await;
+    let peer = t.registered_peer("dev-4").await;
     let up = peer.topic(Channel::Up);
     let status = peer.topic(Channel::Status);
     peer.send_raw(&up, vec![]).await; // empty
@@ -314,7 +347,7 @@ async fn key_rotation_reaches_devices_and_manifests_follow() {
         })
         .await
         .unwrap();
-    let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-5").await;
+    let mut peer = t.registered_peer("dev-5").await;
     let mut events = c.subscribe();
     peer.send_up(&Up::Hello(Hello {
         key_list_version: 1,
@@ -373,7 +406,18 @@ async fn the_global_chunk_rate_cap_holds_across_devices() {
     let started = Instant::now();
     let mut fetchers = Vec::new();
     for i in 0..2 {
-        let mut peer = Peer::connect(running.mqtt_addr(), &fleet, &format!("cap-{i}")).await;
+        let id = drover_protocol::DeviceId::new(format!("cap-{i}")).unwrap();
+        let bundle = c.register_device(&id, Default::default()).await.unwrap();
+        c.send_command(
+            &id,
+            drover_protocol::Action::Deploy {
+                manifest: stored.signed.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        let mut peer = Peer::connect(running.mqtt_addr(), &fleet, id.as_str()).await;
+        peer.set_key(&bundle.device_key);
         fetchers.push(tokio::spawn(async move {
             let chunk = codec::MAX_CHUNK_DATA as u64;
             // Ask for everything at once: the controller queues and paces.
@@ -419,7 +463,7 @@ async fn the_global_chunk_rate_cap_holds_across_devices() {
 async fn a_burst_of_windows_is_stored_in_batches_and_fully_acknowledged() {
     let t = TestController::start().await;
     let c = t.running.handle();
-    let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "burst").await;
+    let mut peer = t.registered_peer("burst").await;
     let n = 1000u64;
     let template = realistic_window(0);
     let windows: Vec<_> = (1..=n)
@@ -438,7 +482,7 @@ async fn a_burst_of_windows_is_stored_in_batches_and_fully_acknowledged() {
     while (acked.len() as u64) < n {
         let seqs = peer
             .wait_for(|d| match d {
-                Down::TelemetryAck(a) => Some(a.seqs),
+                Down::SignedTelemetryAck(a) => Some(a.verify(&commands_key(&c)).unwrap().seqs),
                 _ => None,
             })
             .await;

@@ -13,11 +13,13 @@
 //! - [`signing`]: `Signed<T>`, the `Sign` trait, the ed25519 key-file signer.
 //! - [`keys`]: the root-signed `KeyList` of delegated keys and their roles.
 //! - [`trust`]: the pure `TrustState` that accepts or refuses what is signed.
+//! - [`uplink`]: sealing and opening device-signed `up` messages.
 //! - `testkit` (cargo feature `testkit`, for tests only): deterministic keys,
 //!   manifests, commands and windows.
 //!
 //! Imports point one way (`a` ← `b`: `b` imports `a`): `limits` ← `topic` ←
-//! `codec`; `reasons`, `keys` ← `messages` ← `trust`. No file imports one
+//! `codec`; `reasons`, `keys` ← `messages` ← `trust`;
+//! `messages`, `codec` ← `uplink`. No file imports one
 //! that imports it back (`scripts/check_layout.py` checks this).
 //!
 //! This crate does no network I/O and depends on no async runtime: both the
@@ -38,6 +40,7 @@ pub mod telemetry;
 pub mod testkit;
 pub mod topic;
 pub mod trust;
+pub mod uplink;
 
 pub use codec::CodecError;
 pub use ids::{DeviceId, FleetId, ModelName, ModelRef, Sha256, Timestamp, Version};

@@ -31,6 +31,24 @@ pub enum Up {
     ChunkRequest(ChunkRequest),
     /// Captured input samples, answering a Capture command.
     Capture(CaptureUpload),
+    /// Any of the above, signed with the device's own key (see
+    /// [`crate::uplink`]). Added last so the earlier variants keep their tags.
+    Signed(SealedUp),
+}
+
+/// An encoded [`Up`] sealed by the device key: who, a per-device strictly
+/// increasing counter (microseconds since the epoch on the device), the
+/// inner payload exactly as signed, and the ed25519 signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedUp {
+    /// The device that signed (must equal the topic's device).
+    pub device: DeviceId,
+    /// Strictly increasing per device; the controller refuses replays.
+    pub counter: u64,
+    /// The inner `up` payload (version byte + postcard), as signed.
+    pub body: Vec<u8>,
+    /// 64-byte ed25519 signature (see `uplink::signing_input`).
+    pub sig: Vec<u8>,
 }
 
 /// Retained on `drover/{fleet}/d/{device}/status`; the last will is `Offline`.
@@ -58,6 +76,10 @@ pub enum Down {
     Chunk(Chunk),
     /// A root-signed key list (key rotation).
     KeyList(Signed<KeyList>),
+    /// Telemetry windows the controller has persisted, bound to one device
+    /// and signed by a `commands` key. Agents act only on this form; the
+    /// unsigned [`Down::TelemetryAck`] is ignored (anyone could forge it).
+    SignedTelemetryAck(Signed<BoundTelemetryAck>),
 }
 
 /// What an agent says about itself on connect.
@@ -165,6 +187,21 @@ pub struct Chunk {
 pub struct TelemetryAck {
     /// Window sequences the controller stored (or had already stored).
     pub seqs: Vec<u64>,
+}
+
+/// A telemetry acknowledgement bound to its fleet and device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundTelemetryAck {
+    /// Fleet of the device.
+    pub fleet: FleetId,
+    /// The one device whose windows these are.
+    pub device: DeviceId,
+    /// Window sequences the controller stored (or had already stored).
+    pub seqs: Vec<u64>,
+}
+
+impl SignedPayload for BoundTelemetryAck {
+    const DOMAIN: &'static str = "telemetry_ack";
 }
 
 /// Ground truth attached to a captured sample.

@@ -300,6 +300,13 @@ impl Ed25519Signer {
     }
 }
 
+// Only the public half: a signer must never print its secret.
+impl fmt::Debug for Ed25519Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Ed25519Signer({})", self.public_key())
+    }
+}
+
 impl Sign for Ed25519Signer {
     fn public_key(&self) -> PublicKey {
         PublicKey(self.key.verifying_key().to_bytes())

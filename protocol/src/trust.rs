@@ -263,6 +263,16 @@ impl TrustState {
             .map_err(TrustError::Signature)
     }
 
+    /// Verifies something the controller signed with a listed `commands` key
+    /// (telemetry acknowledgements). Changes no state.
+    pub fn verify_controller<T: SignedPayload>(
+        &self,
+        signed: &Signed<T>,
+        now: Timestamp,
+    ) -> Result<T, TrustError> {
+        self.verify_delegated(signed, Role::Commands, now)
+    }
+
     /// Verifies a manifest: listed `models` key, good signature, unexpired.
     pub fn verify_manifest(
         &self,

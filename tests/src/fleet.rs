@@ -216,6 +216,7 @@ impl Fleet {
             );
             config.username = Some(bundle.username.clone());
             config.password = Some(bundle.password.clone());
+            config.device_key = Some(bundle.device_key.clone());
             config.labels = labels.clone();
             config.hardware = hw;
             config.api = None;

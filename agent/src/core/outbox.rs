@@ -153,7 +153,14 @@ impl Outbox {
         self.connected = false;
     }
 
-    /// The controller persisted these windows: returns those to delete.
+    /// Forgets a window the agent itself gave up on (it could not be
+    /// persisted, or its row is gone).
+    pub fn discard(&mut self, seq: u64) -> bool {
+        self.entries.remove(&seq).is_some()
+    }
+
+    /// The controller persisted these windows: returns those to delete
+    /// (only windows ever sent; the others stay).
     ///
     /// A window published strictly before an acknowledged one and still
     /// unacknowledged was lost on the way (typically flushed on reconnect
@@ -165,14 +172,17 @@ impl Outbox {
         let deleted: Vec<u64> = seqs
             .iter()
             .copied()
-            .filter(|s| match self.entries.remove(s) {
-                Some(e) => {
+            // Only windows this agent has handed to the link can have been
+            // stored by the controller; an ack naming others is wrong.
+            .filter(|s| match self.entries.get(s) {
+                Some(e) if e.ever_sent => {
                     if let State::Sent { at } = e.state {
                         latest = latest.max(Some(at));
                     }
+                    self.entries.remove(s);
                     true
                 }
-                None => false,
+                _ => false,
             })
             .collect();
         if let Some(latest) = latest {

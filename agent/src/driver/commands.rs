@@ -9,7 +9,9 @@ use drover_protocol::messages::{
     ReasonCode, Up,
 };
 use drover_protocol::topic::Channel;
-use drover_protocol::{Action, Command, ModelName, ModelRef, Signed, Timestamp, Version};
+use drover_protocol::{
+    Action, Command, ModelName, ModelRef, Signed, Timestamp, TrustError, Version,
+};
 
 use crate::core::deploy::{ChunkOutcome, JobKind};
 use crate::core::slots::Slot;
@@ -86,7 +88,25 @@ impl Driver {
         }
         match msg {
             Down::Command(signed) => self.handle_command(&signed, now).await,
-            Down::TelemetryAck(ack) => {
+            Down::TelemetryAck(_) => {
+                // Unsigned: any client of the broker could have sent it.
+                self.shared.metrics.malformed("unsigned_telemetry_ack");
+                tracing::warn!("ignored an unsigned telemetry ack");
+            }
+            Down::SignedTelemetryAck(signed) => {
+                let ack = match self.trust.verify_controller(&signed, now) {
+                    Ok(a) if a.device == self.cfg.device_id && a.fleet == self.cfg.fleet => a,
+                    Ok(_) => {
+                        self.shared.metrics.malformed("telemetry_ack_other_device");
+                        tracing::warn!("ignored a telemetry ack bound to another device");
+                        return;
+                    }
+                    Err(e) => {
+                        self.shared.metrics.malformed("telemetry_ack_refused");
+                        tracing::warn!(error = %e, "ignored a telemetry ack that does not verify");
+                        return;
+                    }
+                };
                 let deleted = self.outbox.handle_ack(&ack.seqs);
                 self.last_ack = Some(now);
                 if !deleted.is_empty() {
@@ -168,7 +188,22 @@ impl Driver {
         let cmd = match next.accept_command(signed, now) {
             Ok(c) => c,
             Err(e) => {
-                let seq = signed.decode_unverified().map(|c| c.seq).unwrap_or(0);
+                // Only a verified, fresh command of ours is answered with its
+                // sequence: a forged, foreign or replayed one is answered with
+                // 0, so a replay of captured commands can never turn a
+                // finished deployment into a failure.
+                let attributable = matches!(
+                    e,
+                    TrustError::CommandExpired { .. }
+                        | TrustError::ManifestExpired { .. }
+                        | TrustError::Downgrade { .. }
+                        | TrustError::ArtifactMismatch { .. }
+                );
+                let seq = if attributable {
+                    signed.decode_unverified().map(|c| c.seq).unwrap_or(0)
+                } else {
+                    0
+                };
                 tracing::warn!(seq, error = %e, "command refused");
                 self.shared.metrics.rejected_command(e.code().as_str());
                 self.link.send(

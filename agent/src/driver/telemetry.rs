@@ -83,7 +83,7 @@ impl Driver {
                 .await;
             if let Err(e) = r {
                 tracing::error!(seq, error = %e, "persisting a telemetry window; dropping it");
-                self.outbox.handle_ack(&[seq]);
+                self.outbox.discard(seq);
             }
         }
         for d in decisions {
@@ -159,7 +159,7 @@ impl Driver {
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         None => {
-                            self.outbox.handle_ack(&[seq]);
+                            self.outbox.discard(seq);
                         }
                     }
                 }

@@ -112,15 +112,36 @@ async fn refusals_leave_the_old_model_serving() {
     );
     cases.push(("manifest_expired", s.peer.keys.sign_command(&cmd)));
 
+    // Only a verified, fresh command is answered with its own sequence;
+    // forged, foreign and replayed ones are answered with 0 (the controller
+    // never maps those to a deployment, so a replay cannot fail one).
+    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
     for (code, signed) in cases {
         let seq = signed.decode_unverified().unwrap().seq;
+        let ack_seq = match code {
+            "command_expired" | "manifest_expired" => seq,
+            _ => 0,
+        };
+        let n = {
+            let e = seen.entry(code).or_default();
+            *e += 1;
+            *e
+        };
         s.peer.send_signed(signed).await;
         let reason = s
             .peer
             .wait(
                 &format!("refusal {code}"),
                 std::time::Duration::from_secs(20),
-                |st| st.acks(seq).iter().find_map(|a| a.result.clone().err()),
+                |st| {
+                    let of_code: Vec<_> = st
+                        .acks(ack_seq)
+                        .iter()
+                        .filter_map(|a| a.result.clone().err())
+                        .filter(|r| r.code.as_str() == code)
+                        .collect();
+                    (of_code.len() >= n).then(|| of_code[n - 1].clone())
+                },
             )
             .await;
         assert_eq!(reason.code.as_str(), code, "{}", reason.detail);

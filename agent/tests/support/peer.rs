@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use drover_protocol::codec;
 use drover_protocol::messages::{
-    Chunk, CommandAck, DeployPhase, DeployStatus, Down, Status, TelemetryAck, Up,
+    BoundTelemetryAck, Chunk, CommandAck, DeployPhase, DeployStatus, Down, Status, TelemetryAck, Up,
 };
 use drover_protocol::telemetry::TelemetryWindow;
 use drover_protocol::testkit::TestKeys;
@@ -99,7 +99,7 @@ impl PeerState {
 /// The scripted controller for one device.
 pub struct Peer {
     /// Signing keys.
-    pub keys: TestKeys,
+    pub keys: Arc<TestKeys>,
     /// The device's fleet.
     pub fleet: FleetId,
     /// The device.
@@ -140,6 +140,8 @@ impl Peer {
         let (st, nt, cl) = (state.clone(), notify.clone(), client.clone());
         let (f, d) = (fleet.clone(), device.clone());
         let key_list = keys.key_list(1, now().plus_ms(3_600_000));
+        let keys = Arc::new(keys);
+        let k = keys.clone();
         let task = tokio::spawn(async move {
             loop {
                 match el.poll().await {
@@ -163,7 +165,7 @@ impl Peer {
                         nt.notify_waiters();
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        handle(&cl, &st, &f, &d, &key_list, &p.topic, &p.payload);
+                        handle(&cl, &st, &f, &d, &key_list, &k, &p.topic, &p.payload);
                         nt.notify_waiters();
                     }
                     Ok(_) => {}
@@ -294,9 +296,16 @@ impl Peer {
         self.send_down(&Down::Command(signed)).await;
     }
 
-    /// Acknowledges windows.
+    /// Acknowledges windows the way the controller does: bound to the
+    /// device and signed with the commands key.
     pub async fn ack(&self, seqs: Vec<u64>) {
         self.state().acked.extend(seqs.iter().copied());
+        self.send_down(&signed_ack(&self.keys, &self.fleet, &self.device, seqs))
+            .await;
+    }
+
+    /// An unsigned (forgeable) acknowledgement, which agents ignore.
+    pub async fn unsigned_ack(&self, seqs: Vec<u64>) {
         self.send_down(&Down::TelemetryAck(TelemetryAck { seqs }))
             .await;
     }
@@ -335,12 +344,24 @@ impl Peer {
     }
 }
 
+/// A telemetry ack bound to `device` and signed with the commands key.
+pub fn signed_ack(keys: &TestKeys, fleet: &FleetId, device: &DeviceId, seqs: Vec<u64>) -> Down {
+    let ack = BoundTelemetryAck {
+        fleet: fleet.clone(),
+        device: device.clone(),
+        seqs,
+    };
+    Down::SignedTelemetryAck(Signed::sign(&ack, &keys.commands).unwrap())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn handle(
     client: &AsyncClient,
     st: &Mutex<PeerState>,
     fleet: &FleetId,
     device: &DeviceId,
     key_list: &Signed<drover_protocol::KeyList>,
+    keys: &TestKeys,
     t: &str,
     payload: &[u8],
 ) {
@@ -398,8 +419,7 @@ fn handle(
                 Up::Telemetry(w) if s.auto_ack => {
                     s.acked.insert(w.seq);
                     let msg =
-                        codec::encode_down(&Down::TelemetryAck(TelemetryAck { seqs: vec![w.seq] }))
-                            .unwrap();
+                        codec::encode_down(&signed_ack(keys, fleet, device, vec![w.seq])).unwrap();
                     let _ = client.try_publish(
                         topic(fleet, device, Channel::Down),
                         QoS::AtLeastOnce,

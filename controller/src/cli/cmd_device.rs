@@ -21,6 +21,14 @@ pub enum DeviceCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Replace a registered device's labels (what selectors and rollouts
+    /// match; a device's own Hello never changes them).
+    Label {
+        /// Device id.
+        id: String,
+        /// Labels, k=v,... (empty string: no labels).
+        labels: String,
+    },
 }
 
 /// `drover devices` flags.
@@ -29,11 +37,38 @@ pub struct DevicesArgs {
     /// Label selector, k=v,...
     #[arg(long)]
     pub selector: Option<String>,
+    /// List device ids seen on the broker that were never registered
+    /// (their messages are refused; they are never selected).
+    #[arg(long, conflicts_with = "selector")]
+    pub unregistered: bool,
 }
 
 /// Runs a device subcommand.
 pub(crate) async fn run(cmd: DeviceCmd, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
+        DeviceCmd::Label { id, labels } => {
+            let d: DeviceInfo = ctx
+                .client
+                .put(
+                    "device label",
+                    &format!("/v1/devices/{id}/labels"),
+                    &serde_json::json!({ "labels": labels }),
+                )
+                .await?;
+            if ctx.output == Output::Json {
+                return output::json(&d);
+            }
+            output::line(&format!(
+                "{}: {}",
+                d.id,
+                d.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+            Ok(())
+        }
         DeviceCmd::Add { id, labels, out } => {
             let bundle: DeviceBundle = ctx
                 .client
@@ -62,7 +97,7 @@ pub(crate) async fn run(cmd: DeviceCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 bundle.device_id, bundle.fleet
             ));
             output::line(&format!(
-                "wrote {} (holds the device's MQTT password; keep it private)",
+                "wrote {} (holds the device's MQTT password and signing key; keep it private)",
                 path.display()
             ));
             output::line(&format!(
@@ -92,6 +127,9 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 
 /// `drover devices`.
 pub(crate) async fn list(args: DevicesArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if args.unregistered {
+        return list_unregistered(ctx).await;
+    }
     let query = args
         .selector
         .map(|s| vec![("selector", s)])
@@ -134,6 +172,42 @@ pub(crate) async fn list(args: DevicesArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "PREVIOUS",
             "SHADOW",
             "REGISTERED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn list_unregistered(ctx: &Ctx) -> anyhow::Result<()> {
+    let seen: Vec<crate::fleet::uplink::UnregisteredDevice> = ctx
+        .client
+        .get(
+            "devices",
+            "/v1/devices",
+            &[("unregistered", "true".to_string())],
+        )
+        .await?;
+    if ctx.output == Output::Json {
+        return output::json(&seen);
+    }
+    let now = drover_protocol::Timestamp::from_system(std::time::SystemTime::now()).0;
+    let rows: Vec<Vec<String>> = seen
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                output::age(Some(d.first_seen), now),
+                output::age(Some(d.last_seen), now),
+                d.messages.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "UNREGISTERED DEVICE",
+            "FIRST SEEN",
+            "LAST SEEN",
+            "MESSAGES REFUSED",
         ],
         &rows,
     );

@@ -98,6 +98,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/devices", Role(Admin)),
     rule("GET", "/v1/devices", Role(Viewer)),
     rule("GET", "/v1/devices/{id}", Role(Viewer)),
+    rule("PUT", "/v1/devices/{id}/labels", Role(Admin)),
     rule("GET", "/v1/broker/acl", Role(Admin)),
     rule("POST", "/v1/deploy", Role(Operator)),
     rule("GET", "/v1/deployments/{id}", Role(Viewer)),

@@ -7,8 +7,10 @@
 //! - [`rollout`]: the staged-rollout state machine.
 //! - `drift`: PSI / Jensen-Shannon, drift reports, the `DriftPolicy`.
 //! - `retraining`: the retraining scheduler, job, capture and dataset cores.
+//! - [`uplink`]: device uplink counters, clock offsets, rate limits.
 
 pub mod auth;
 pub(crate) mod drift;
 pub(crate) mod retraining;
 pub mod rollout;
+pub mod uplink;

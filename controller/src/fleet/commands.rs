@@ -257,6 +257,78 @@ impl Controller {
             .await
     }
 
+    /// Whether a deploy report may change state: a model reported serving
+    /// or shadowing must be the registered model of the deploy or shadow
+    /// command with that sequence
+    /// (or, for the agent's own reports with sequence 0, a model commanded
+    /// to it earlier); a rollback must land on a commanded model or none.
+    async fn deploy_report_is_commanded(
+        &self,
+        device: &DeviceId,
+        status: &DeployStatus,
+    ) -> Result<bool, ControllerError> {
+        let serving = match &status.phase {
+            DeployPhase::Active | DeployPhase::Shadowing => Some(status.model.clone()),
+            DeployPhase::RolledBack { to, .. } => to.clone(),
+            _ => return Ok(true),
+        };
+        let Some(model) = serving else {
+            return Ok(true);
+        };
+        let id = device.to_string();
+        let seq = status.seq;
+        let by_seq =
+            matches!(status.phase, DeployPhase::Active | DeployPhase::Shadowing) && seq > 0;
+        Ok(self
+            .db()
+            .call(move |c| {
+                if by_seq {
+                    let found: Option<i64> = c
+                        .query_row(
+                            "SELECT 1 FROM commands c JOIN models m ON m.name = ?4 AND m.version = ?5
+                             WHERE c.device = ?1 AND c.seq = ?2 AND c.model = ?3
+                               AND c.kind IN ('deploy', 'shadow') LIMIT 1",
+                            params![id, seq as i64, model.to_string(), model.name.as_str(), model.version.0 as i64],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    Ok(found.is_some())
+                } else {
+                    devices::was_commanded(c, &id, &model)
+                }
+            })
+            .await?)
+    }
+
+    /// Whether `device` may download the artifact `sha`: a deploy or shadow
+    /// command for a model with that artifact was sent to it, and it does
+    /// not report that model as serving or shadowing yet.
+    pub(crate) async fn download_in_flight(
+        &self,
+        device: &DeviceId,
+        sha: drover_protocol::Sha256,
+    ) -> Result<bool, ControllerError> {
+        let id = device.to_string();
+        Ok(self
+            .db()
+            .call(move |c| {
+                let found: Option<i64> = c
+                    .query_row(
+                        "SELECT 1 FROM commands c
+                           JOIN models m ON c.model = m.name || '@' || m.version
+                           JOIN devices d ON d.id = c.device
+                         WHERE c.device = ?1 AND c.kind IN ('deploy', 'shadow') AND m.sha256 = ?2
+                           AND d.active IS NOT c.model AND d.shadow IS NOT c.model
+                         LIMIT 1",
+                        params![id, sha.to_hex()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                Ok(found.is_some())
+            })
+            .await?)
+    }
+
     /// Handles a Hello: inventory, sequence counter, key list catch-up.
     pub(crate) async fn handle_hello(
         &self,
@@ -265,9 +337,17 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let now = self.now();
         let (id, h) = (device.clone(), hello.clone());
-        self.db()
+        let refused = self
+            .db()
             .call(move |c| devices::apply_hello(c, &id, &h, now))
             .await?;
+        for _ in 0..refused {
+            self.refuse_uplink(
+                &device,
+                "uncommanded_model",
+                "Hello names a model never commanded to this device; slot left as it was",
+            );
+        }
         let (version, list) = self.key_list();
         if hello.key_list_version < version {
             self.publish_down(&device, &Down::KeyList(list)).await?;
@@ -288,10 +368,9 @@ impl Controller {
         let online = matches!(status, Status::Online { .. });
         self.db()
             .call(move |c| match &status {
-                Status::Online {
-                    agent_version,
-                    active,
-                } => devices::apply_status(c, &id, Some((agent_version, active.as_ref())), now),
+                Status::Online { agent_version, .. } => {
+                    devices::apply_status(c, &id, Some(agent_version), now)
+                }
                 Status::Offline => devices::apply_status(c, &id, None, now),
             })
             .await?;
@@ -337,11 +416,22 @@ impl Controller {
                 })
                 .await?
             }
+            // Sequence 0: the agent refused something it could not attribute
+            // to a fresh command of ours (a replay, a forgery, another
+            // device's command). Logged and counted; no deployment moves.
+            Err(reason) if ack.seq == 0 => {
+                inc(&self.inner.metrics.commands_rejected);
+                tracing::warn!(%device, %reason, "device refused a command that was not a fresh one of ours");
+            }
             Err(reason) => {
                 inc(&self.inner.metrics.commands_rejected);
                 tracing::warn!(%device, seq = ack.seq, %reason, "device rejected a command");
                 let reason = reason.to_string();
+                // A refusal never turns a finished deployment into a failure.
                 self.update_deployment(&device, ack.seq, move |d| {
+                    if d.done {
+                        return;
+                    }
                     d.state = "rejected".into();
                     d.reason = Some(reason);
                     d.done = true;
@@ -360,6 +450,17 @@ impl Controller {
         device: DeviceId,
         status: DeployStatus,
     ) -> Result<(), ControllerError> {
+        if !self.deploy_report_is_commanded(&device, &status).await? {
+            self.refuse_uplink(
+                &device,
+                "uncommanded_model",
+                format!(
+                    "deploy report for {} (seq {}) that was not commanded to this device",
+                    status.model, status.seq
+                ),
+            );
+            return Ok(());
+        }
         let (word, received, total, reason) = phase_word(&status.phase);
         let now = self.now();
         let report = DeployReport {
@@ -406,6 +507,10 @@ impl Controller {
         if status.seq > 0 {
             let reason2 = reason.clone();
             self.update_deployment(&device, status.seq, move |d| {
+                // A finished deployment stays as it finished.
+                if d.done {
+                    return;
+                }
                 d.state = word.to_string();
                 if word == "downloading" {
                     d.received = received;
@@ -619,6 +724,7 @@ mod tests {
 
         // An agent older than the manifest's minimum gets nothing.
         let old = DeviceId::new("old-1").unwrap();
+        c.register_device(&old, Default::default()).await.unwrap();
         c.handle_hello(
             old.clone(),
             Hello {

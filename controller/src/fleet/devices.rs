@@ -43,7 +43,8 @@ pub struct DeviceInfo {
     pub online: bool,
     /// Last message (ms since epoch).
     pub last_seen: Option<u64>,
-    /// Labels: registered labels, overridden by what the agent reports.
+    /// Labels from the registry (`drover device add --labels`, `drover
+    /// device label`); what the agent reports is never used.
     pub labels: BTreeMap<String, String>,
     /// Hardware class.
     pub hardware: Option<String>,
@@ -75,9 +76,7 @@ pub(crate) const DEVICE_COLUMNS: &str = "id, registered, reg_labels, labels, har
 
 pub(crate) fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceInfo> {
     let reg: String = r.get(2)?;
-    let reported: String = r.get(3)?;
-    let mut labels: BTreeMap<String, String> = serde_json::from_str(&reg).unwrap_or_default();
-    labels.extend(serde_json::from_str::<BTreeMap<String, String>>(&reported).unwrap_or_default());
+    let labels: BTreeMap<String, String> = serde_json::from_str(&reg).unwrap_or_default();
     let deploy: Option<String> = r.get(16)?;
     Ok(DeviceInfo {
         id: r.get(0)?,
@@ -122,59 +121,97 @@ pub(crate) fn load_one(
         .optional()?)
 }
 
-/// Records a Hello; returns the device's stored key-list version afterwards.
+/// True if `model` (`name@version`) exists in the registry and a deploy or
+/// shadow command for it was sent to `device`: the only models a device's
+/// report may name as serving.
+pub(crate) fn was_commanded(
+    conn: &rusqlite::Connection,
+    device: &str,
+    model: &ModelRef,
+) -> Result<bool, DbError> {
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM commands c JOIN models m ON m.name = ?3 AND m.version = ?4
+             WHERE c.device = ?1 AND c.model = ?2 AND c.kind IN ('deploy', 'shadow') LIMIT 1",
+            params![
+                device,
+                model.to_string(),
+                model.name.as_str(),
+                model.version.0 as i64
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(found.is_some())
+}
+
+/// Records a registered device's Hello. Its labels are kept apart (never
+/// matched by selectors), and a model slot is updated only to a model that
+/// was commanded to it; returns how many slots named a model that was not.
 pub(crate) fn apply_hello(
     conn: &rusqlite::Connection,
     id: &DeviceId,
     h: &Hello,
     now: Timestamp,
-) -> Result<(), DbError> {
-    let s = |m: &Option<ModelRef>| m.as_ref().map(ToString::to_string);
+) -> Result<u32, DbError> {
+    let mut refused = 0;
+    let mut slot = |m: &Option<ModelRef>| -> Result<Option<Option<String>>, DbError> {
+        match m {
+            None => Ok(Some(None)),
+            Some(m) if was_commanded(conn, id.as_str(), m)? => Ok(Some(Some(m.to_string()))),
+            Some(_) => {
+                refused += 1;
+                Ok(None)
+            }
+        }
+    };
+    let (active, previous, shadow) = (slot(&h.active)?, slot(&h.previous)?, slot(&h.shadow)?);
     conn.execute(
-        "INSERT INTO devices (id, created_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
-        params![id.as_str(), now.0 as i64],
-    )?;
-    conn.execute(
-        "UPDATE devices SET labels = ?2, hardware = ?3, arch = ?4, agent_version = ?5, active = ?6,
-            previous = ?7, shadow = ?8, reported_seq = ?9, issued_seq = MAX(issued_seq, ?9),
-            key_list_version = ?10, outbox_depth = ?11, online = 1, last_seen = ?12
-         WHERE id = ?1",
+        "UPDATE devices SET labels = ?2, hardware = ?3, arch = ?4, agent_version = ?5,
+            active = CASE WHEN ?6 THEN ?7 ELSE active END,
+            previous = CASE WHEN ?8 THEN ?9 ELSE previous END,
+            shadow = CASE WHEN ?10 THEN ?11 ELSE shadow END,
+            reported_seq = ?12, issued_seq = MAX(issued_seq, ?12),
+            key_list_version = ?13, outbox_depth = ?14, online = 1, last_seen = ?15
+         WHERE id = ?1 AND registered = 1",
         params![
             id.as_str(),
             serde_json::to_string(&h.labels).unwrap_or_else(|_| "{}".into()),
             h.hardware,
             h.arch,
             h.agent_version,
-            s(&h.active),
-            s(&h.previous),
-            s(&h.shadow),
+            active.is_some(),
+            active.flatten(),
+            previous.is_some(),
+            previous.flatten(),
+            shadow.is_some(),
+            shadow.flatten(),
             h.last_command_seq as i64,
             h.key_list_version as i64,
             h.outbox_depth as i64,
             now.0 as i64
         ],
     )?;
-    Ok(())
+    Ok(refused)
 }
 
-/// Records online/offline (and, when online, the reported version and model).
+/// Records online/offline of a registered device. The status topic is not
+/// signed (the broker publishes the last will), so it moves only the online
+/// flag and the agent version, never the serving model.
 pub(crate) fn apply_status(
     conn: &rusqlite::Connection,
     id: &DeviceId,
-    online: Option<(&str, Option<&ModelRef>)>,
+    online: Option<&str>,
     now: Timestamp,
 ) -> Result<(), DbError> {
-    conn.execute(
-        "INSERT INTO devices (id, created_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
-        params![id.as_str(), now.0 as i64],
-    )?;
     match online {
-        Some((version, active)) => conn.execute(
-            "UPDATE devices SET online = 1, agent_version = ?2, active = ?3, last_seen = ?4 WHERE id = ?1",
-            params![id.as_str(), version, active.map(ToString::to_string), now.0 as i64],
+        Some(version) => conn.execute(
+            "UPDATE devices SET online = 1, agent_version = ?2, last_seen = ?3
+             WHERE id = ?1 AND registered = 1",
+            params![id.as_str(), version, now.0 as i64],
         )?,
         None => conn.execute(
-            "UPDATE devices SET online = 0, last_seen = ?2 WHERE id = ?1",
+            "UPDATE devices SET online = 0, last_seen = ?2 WHERE id = ?1 AND registered = 1",
             params![id.as_str(), now.0 as i64],
         )?,
     };
@@ -222,6 +259,10 @@ pub struct DeviceBundle {
     pub root_key: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The device's ed25519 signing key (hex seed; shown once, the
+    /// controller keeps only the public half). Also in `agent_toml`.
+    #[serde(default)]
+    pub device_key: String,
     /// The agent config file, ready to write as `agent.toml`.
     pub agent_toml: String,
 }
@@ -277,8 +318,31 @@ pub fn bundle(
         password,
         root_key,
         labels,
+        device_key: String::new(),
         agent_toml,
     })
+}
+
+/// Puts the device's signing key (hex seed) into the bundle and its
+/// `agent.toml` (among the top-level keys, before any table).
+pub fn add_device_key(b: &mut DeviceBundle, seed_hex: &str) -> Result<(), toml::ser::Error> {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        device_key: &'a str,
+    }
+    let line = toml::to_string(&Key {
+        device_key: seed_hex,
+    })?;
+    let at = b
+        .agent_toml
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.len() + 1)
+        .sum::<usize>()
+        .min(b.agent_toml.len());
+    b.agent_toml.insert_str(at, &line);
+    b.device_key = seed_hex.to_string();
+    Ok(())
 }
 
 /// The Mosquitto password file and ACL for the registered devices.
@@ -408,7 +472,11 @@ mod tests {
             drover_protocol::labels::parse_labels("site=a").unwrap(),
         )
         .unwrap();
+        let mut b = b;
+        add_device_key(&mut b, &"cd".repeat(32)).unwrap();
         let v: toml::Value = toml::from_str(&b.agent_toml).unwrap();
+        assert_eq!(v["device_key"].as_str(), Some("cd".repeat(32).as_str()));
+        assert_eq!(b.device_key, "cd".repeat(32));
         assert_eq!(v["device_id"].as_str(), Some("dev-1"));
         assert_eq!(v["username"].as_str(), Some("dev-1"));
         assert_eq!(v["labels"]["site"].as_str(), Some("a"));

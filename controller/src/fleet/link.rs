@@ -5,7 +5,8 @@
 //! The poll loop never awaits anything that needs the poll loop itself to
 //! make progress: it hands messages on with `try_send` (counting drops) and
 //! subscribes with `try_subscribe_many`. The device id always comes from
-//! the topic, never from a payload.
+//! the topic, never from a payload, and an `up` message is routed only once
+//! `fleet::uplink` has opened it with that device's registered key.
 
 use std::time::Duration;
 
@@ -178,6 +179,12 @@ pub(crate) async fn dispatcher(
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
         let device = msg.device;
+        // Only registered devices are heard at all; the rest are counted
+        // and listed as unregistered.
+        if ctrl.device_key(&device).is_none() {
+            ctrl.seen_unregistered(&device);
+            continue;
+        }
         let result = match msg.channel {
             Channel::Status => match codec::decode_status(&msg.payload) {
                 Ok(status) => ctrl.handle_status(device.clone(), status).await,
@@ -187,33 +194,46 @@ pub(crate) async fn dispatcher(
                     continue;
                 }
             },
-            _ => match codec::decode_up(&msg.payload) {
-                Ok(Up::Hello(h)) => ctrl.handle_hello(device.clone(), h).await,
-                Ok(Up::Ack(a)) => ctrl.handle_ack(device.clone(), a).await,
-                Ok(Up::DeployStatus(s)) => ctrl.handle_deploy_status(device.clone(), s).await,
-                Ok(Up::Telemetry(w)) => {
+            _ => match ctrl.open_uplink(&device, &msg.payload).await {
+                None => continue,
+                Some(Up::Hello(h)) => ctrl.handle_hello(device.clone(), h).await,
+                Some(Up::Ack(a)) => ctrl.handle_ack(device.clone(), a).await,
+                Some(Up::DeployStatus(s)) => ctrl.handle_deploy_status(device.clone(), s).await,
+                Some(Up::Telemetry(w)) => {
                     if ingest.try_send((device.clone(), w)).is_err() {
                         inc(&metrics.ingest_dropped);
                     }
                     Ok(())
                 }
-                Ok(Up::ChunkRequest(r)) => {
-                    if chunks.try_send((device.clone(), r)).is_err() {
-                        inc(&metrics.chunk_requests_dropped);
+                Some(Up::ChunkRequest(r)) => match ctrl.download_in_flight(&device, r.sha256).await
+                {
+                    Ok(true) => {
+                        if chunks.try_send((device.clone(), r)).is_err() {
+                            inc(&metrics.chunk_requests_dropped);
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-                Ok(Up::Capture(c)) => {
+                    Ok(false) => {
+                        ctrl.refuse_uplink(
+                            &device,
+                            "chunk_not_in_flight",
+                            format!(
+                                "chunk request for {} with no deploy of it in flight",
+                                r.sha256
+                            ),
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Some(Up::Capture(c)) => {
                     if !ctrl.handle_capture(&device, &c) {
                         tracing::info!(%device, seq = c.seq, part = c.part, "capture upload with no retraining job waiting; dropped");
                     }
                     Ok(())
                 }
-                Err(e) => {
-                    metrics.malformed(codec_kind(&e));
-                    tracing::warn!(%device, error = %e, "malformed up payload");
-                    continue;
-                }
+                // `open_uplink` never returns a sealed message.
+                Some(Up::Signed(_)) => continue,
             },
         };
         if let Err(e) = result {

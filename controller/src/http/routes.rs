@@ -256,13 +256,38 @@ pub(crate) async fn add_device(State(c): State<Controller>, body: Bytes) -> ApiR
     Ok((StatusCode::CREATED, Json(bundle)).into_response())
 }
 
+/// `GET /v1/devices`: registered devices matching `?selector=`; with
+/// `?unregistered=true`, the device ids seen on the broker that were never
+/// registered (never selectable).
 pub(crate) async fn list_devices(
     State(c): State<Controller>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Vec<crate::fleet::devices::DeviceInfo>>> {
+) -> ApiResult<Response> {
+    if q.get("unregistered").map(String::as_str) == Some("true") {
+        return Ok(Json(c.unregistered_devices()).into_response());
+    }
     let selector = Selector::parse(q.get("selector").map(String::as_str).unwrap_or(""))
         .map_err(crate::controller::ControllerError::from)?;
-    Ok(Json(c.devices(&selector).await?))
+    Ok(Json(c.devices(&selector).await?).into_response())
+}
+
+/// `PUT /v1/devices/{id}/labels` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct DeviceLabelsBody {
+    /// Labels, `k=v,...` (replaces the device's registry labels).
+    pub labels: String,
+}
+
+pub(crate) async fn set_device_labels(
+    State(c): State<Controller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<crate::fleet::devices::DeviceInfo>> {
+    let id = device_id(&id)?;
+    let body: DeviceLabelsBody = parse_body(&body)?;
+    let labels = parse_labels(&body.labels)
+        .map_err(|e| ApiError::bad_request("bad_labels", e.to_string()))?;
+    Ok(Json(c.set_device_labels(&id, labels).await?))
 }
 
 pub(crate) async fn show_device(

@@ -1,13 +1,14 @@
 //! Telemetry ingest: windows from the MQTT dispatcher arrive on a bounded
 //! queue; a single writer stores them in batches (deduplicated by
 //! `(device, seq)` through the primary key), then acknowledges every window
-//! it holds — new or duplicate — with one `TelemetryAck` per device and
-//! batch. Retention prunes old windows.
+//! it holds — new or duplicate — with one signed, device-bound
+//! `SignedTelemetryAck` per device and batch. Retention prunes old windows.
 
 use std::collections::BTreeMap;
 
+use drover_protocol::Signed;
 use drover_protocol::codec;
-use drover_protocol::messages::{Down, TelemetryAck};
+use drover_protocol::messages::{BoundTelemetryAck, Down};
 use drover_protocol::telemetry::{ModelRole, TelemetryWindow};
 use drover_protocol::{DeviceId, Timestamp};
 use rusqlite::params;
@@ -125,9 +126,24 @@ async fn flush(ctrl: &Controller, batch: Vec<(DeviceId, TelemetryWindow)>) {
     metrics
         .windows_deduped
         .fetch_add(out.duplicates, std::sync::atomic::Ordering::Relaxed);
+    let signer = ctrl.commands_signer();
     for (device, seqs) in out.acks {
+        // Bound to the device and signed with the commands key the agent
+        // already trusts: no other client can make it drop windows.
+        let ack = BoundTelemetryAck {
+            fleet: ctrl.fleet().clone(),
+            device: device.clone(),
+            seqs,
+        };
+        let signed = match Signed::sign(&ack, signer.as_ref()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(%device, error = %e, "signing a telemetry ack failed");
+                continue;
+            }
+        };
         match ctrl
-            .publish_down(&device, &Down::TelemetryAck(TelemetryAck { seqs }))
+            .publish_down(&device, &Down::SignedTelemetryAck(signed))
             .await
         {
             Ok(()) => inc(&metrics.telemetry_acks_sent),

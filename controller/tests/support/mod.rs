@@ -12,7 +12,8 @@ use drover_controller::serve::{RunningController, ServeConfig, start};
 use drover_protocol::codec;
 use drover_protocol::messages::{Down, Up};
 use drover_protocol::topic::{Channel, Topic};
-use drover_protocol::{DeviceId, FleetId, Status};
+use drover_protocol::uplink::{self, Counter};
+use drover_protocol::{DeviceId, Ed25519Signer, FleetId, Status, Timestamp};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -77,6 +78,28 @@ impl TestController {
     pub fn url(&self) -> String {
         self.running.http_url()
     }
+
+    /// Registers `device` (no labels) and connects a peer signing with its
+    /// new device key.
+    pub async fn registered_peer(&self, device: &str) -> Peer {
+        let id = DeviceId::new(device).unwrap();
+        let bundle = self
+            .running
+            .handle()
+            .register_device(&id, Default::default())
+            .await
+            .unwrap();
+        let mut peer = Peer::connect(self.running.mqtt_addr(), &self.fleet, device).await;
+        peer.set_key(&bundle.device_key);
+        peer
+    }
+}
+
+/// The device key in a bundle directory written by `drover device add --out`.
+pub fn bundle_key(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("agent.toml")).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    v["device_key"].as_str().unwrap().to_string()
 }
 
 /// A scripted device: a rumqttc client subscribed to its own down/chunk.
@@ -85,6 +108,9 @@ pub struct Peer {
     pub fleet: FleetId,
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    /// The device key `send_up` signs with (none: unsigned, as an impostor).
+    key: Option<Ed25519Signer>,
+    counter: std::sync::Mutex<Counter>,
 }
 
 fn host_port(url: &str) -> (String, u16) {
@@ -146,7 +172,35 @@ impl Peer {
             fleet: fleet.clone(),
             client,
             rx,
+            key: None,
+            counter: std::sync::Mutex::new(Counter::new(0)),
         }
+    }
+
+    /// Signs every later `send_up` with this device key (hex seed, as in the
+    /// bundle).
+    pub fn set_key(&mut self, seed_hex: &str) {
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(seed_hex.trim(), &mut seed).unwrap();
+        self.key = Some(Ed25519Signer::from_seed(seed));
+    }
+
+    /// The next counter, microseconds of the system clock (what agents use).
+    pub fn next_counter(&self) -> u64 {
+        let now = Timestamp::from_system(std::time::SystemTime::now()).0 * 1000;
+        self.counter.lock().unwrap().next(now)
+    }
+
+    /// `msg` sealed with `key` and `counter` (for tests that forge or replay).
+    pub fn sealed_with(&self, key: &Ed25519Signer, counter: u64, msg: &Up) -> Vec<u8> {
+        uplink::seal(
+            key,
+            &self.fleet,
+            &self.device,
+            counter,
+            codec::encode_up(msg).unwrap(),
+        )
+        .unwrap()
     }
 
     pub fn topic(&self, channel: Channel) -> String {
@@ -160,9 +214,13 @@ impl Peer {
             .unwrap();
     }
 
+    /// Sends `msg`, sealed with the device key if the peer has one.
     pub async fn send_up(&self, msg: &Up) {
-        self.send_raw(&self.topic(Channel::Up), codec::encode_up(msg).unwrap())
-            .await;
+        let payload = match &self.key {
+            Some(k) => self.sealed_with(k, self.next_counter(), msg),
+            None => codec::encode_up(msg).unwrap(),
+        };
+        self.send_raw(&self.topic(Channel::Up), payload).await;
     }
 
     pub async fn send_status(&self, status: &Status) {
