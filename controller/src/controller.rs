@@ -146,6 +146,11 @@ pub struct ControllerConfig {
     pub controller_password: Option<String>,
     /// Commands expire this long after issue.
     pub command_validity_ms: u64,
+    /// PBKDF2-SHA512 iterations for device password hashes (`$7$`, shared
+    /// with Mosquitto); see `fleet::credentials`.
+    pub device_kdf_iterations: u32,
+    /// The CA (PEM) device bundles pin for an `mqtts://` broker.
+    pub broker_ca_pem: Option<String>,
 }
 
 impl ControllerConfig {
@@ -158,6 +163,8 @@ impl ControllerConfig {
             controller_username: "drover-controller".into(),
             controller_password: None,
             command_validity_ms: 3_600_000,
+            device_kdf_iterations: crate::fleet::credentials::DEFAULT_KDF_ITERATIONS,
+            broker_ca_pem: None,
         }
     }
 }
@@ -591,6 +598,17 @@ impl Controller {
         id: &DeviceId,
         labels: BTreeMap<String, String>,
     ) -> Result<DeviceBundle, ControllerError> {
+        self.enroll_device(id, labels, false).await
+    }
+
+    /// [`Controller::register_device`], with a client certificate (CN =
+    /// device id, from the fleet CA) in the bundle when `client_cert`.
+    pub async fn enroll_device(
+        &self,
+        id: &DeviceId,
+        labels: BTreeMap<String, String>,
+        client_cert: bool,
+    ) -> Result<DeviceBundle, ControllerError> {
         if id.as_str() == self.inner.cfg.controller_username {
             return Err(ControllerError::Invalid(format!(
                 "device id {id:?} is the controller's MQTT username"
@@ -598,8 +616,28 @@ impl Controller {
         }
         let password =
             devices::generate_password().map_err(|e| ControllerError::Task(e.to_string()))?;
-        let hash =
-            devices::mosquitto_hash(&password).map_err(|e| ControllerError::Task(e.to_string()))?;
+        let hash = {
+            let (pw, iterations) = (password.clone(), self.inner.cfg.device_kdf_iterations);
+            tokio::task::spawn_blocking(move || devices::mosquitto_hash(&pw, iterations))
+                .await
+                .map_err(|e| ControllerError::Task(e.to_string()))?
+                .map_err(|e| ControllerError::Task(e.to_string()))?
+        };
+        let mut tls = devices::BundleTls {
+            ca_pem: self.inner.cfg.broker_ca_pem.clone(),
+            ..Default::default()
+        };
+        if client_cert {
+            let (dir, cn) = (self.inner.cfg.data_dir.clone(), id.to_string());
+            let issued = tokio::task::spawn_blocking(move || {
+                crate::fleet::fleet_ca::FleetCa::open_or_create(&dir)?.client_cert(&cn)
+            })
+            .await
+            .map_err(|e| ControllerError::Task(e.to_string()))?
+            .map_err(|e| ControllerError::Task(e.to_string()))?;
+            tls.client_cert_pem = Some(issued.cert_pem);
+            tls.client_key_pem = Some(issued.key_pem);
+        }
         let bundle = devices::bundle(
             id,
             self.fleet(),
@@ -607,6 +645,7 @@ impl Controller {
             password,
             self.keys_info().root_public_key,
             labels.clone(),
+            tls,
         )
         .map_err(|e| ControllerError::Task(e.to_string()))?;
         let now = self.now();
@@ -654,7 +693,13 @@ impl Controller {
             .await?;
         let controller_hash = match &self.inner.cfg.controller_password {
             Some(p) => {
-                Some(devices::mosquitto_hash(p).map_err(|e| ControllerError::Task(e.to_string()))?)
+                let (pw, iterations) = (p.clone(), self.inner.cfg.device_kdf_iterations);
+                let hash =
+                    tokio::task::spawn_blocking(move || devices::mosquitto_hash(&pw, iterations))
+                        .await
+                        .map_err(|e| ControllerError::Task(e.to_string()))?
+                        .map_err(|e| ControllerError::Task(e.to_string()))?;
+                Some(hash)
             }
             None => None,
         };
