@@ -226,6 +226,7 @@ impl Agent {
                 keep_alive: config.keep_alive(),
                 reconnect_min: Duration::from_millis(config.reconnect_min_ms),
                 reconnect_max: Duration::from_millis(config.reconnect_max_ms),
+                tls: crate::tls::client_config(&config)?,
             },
             hello_rx,
             ev_tx,

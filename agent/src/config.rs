@@ -72,7 +72,8 @@ pub struct AgentConfig {
     pub device_id: DeviceId,
     /// The fleet this device belongs to.
     pub fleet: FleetId,
-    /// MQTT broker, `mqtt://HOST[:PORT]` (port 1883 by default).
+    /// MQTT broker, `mqtt://HOST[:PORT]` (port 1883 by default) or
+    /// `mqtts://HOST[:PORT]` (TLS, port 8883 by default; needs `ca_file`).
     pub broker: String,
     /// The pinned root public key (64 hex characters) that signs key lists.
     #[serde(with = "hex_key")]
@@ -90,6 +91,17 @@ pub struct AgentConfig {
     /// the controller refuses unsigned uplinks from registered devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_key: Option<String>,
+    /// PEM file of the CA that signed the broker's certificate (mqtts://),
+    /// pinned: no system roots. Relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for brokers that require one (with
+    /// `client_key_file`). Relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
     /// Operator labels (region, site, ...) reported in Hello.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -267,7 +279,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
         Kind::Str,
         "Fleet name; the second segment of every topic.",
     ),
-    ("broker", Kind::Str, "MQTT broker, mqtt://HOST[:PORT]."),
+    (
+        "broker",
+        Kind::Str,
+        "MQTT broker, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS).",
+    ),
     (
         "root_key",
         Kind::Str,
@@ -285,6 +301,17 @@ const KEYS: &[(&str, Kind, &str)] = &[
         Kind::Str,
         "Device signing key (hex seed) from `drover device add`.",
     ),
+    (
+        "ca_file",
+        Kind::Str,
+        "PEM CA pinned for an mqtts:// broker (relative: to this file).",
+    ),
+    (
+        "client_cert_file",
+        Kind::Str,
+        "PEM client certificate, if the broker requires one.",
+    ),
+    ("client_key_file", Kind::Str, "PEM key of client_cert_file."),
     (
         "labels",
         Kind::Labels,
@@ -409,26 +436,34 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ),
 ];
 
-/// A broker address parsed from `mqtt://HOST[:PORT]`.
+/// A broker address parsed from `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
     /// Host name or IP.
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// `mqtts://`: TLS with the pinned `ca_file`.
+    pub tls: bool,
 }
 
-/// Parses `mqtt://HOST[:PORT]` (also `tcp://`).
+/// Parses `mqtt://HOST[:PORT]` (also `tcp://`) or `mqtts://HOST[:PORT]`.
 pub fn parse_broker(url: &str) -> Result<BrokerAddr, ConfigError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| {
-            invalid(
-                "broker",
-                format!("{url:?} must start with mqtt:// (TLS is not built into this agent)"),
-            )
-        })?;
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true)
+    } else {
+        let r = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| {
+                invalid(
+                    "broker",
+                    format!("{url:?} must start with mqtt:// or mqtts://"),
+                )
+            })?;
+        (r, false)
+    };
+    let default_port = if tls { "8883" } else { "1883" };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || rest.contains('@') {
         return Err(invalid(
@@ -437,9 +472,9 @@ pub fn parse_broker(url: &str) -> Result<BrokerAddr, ConfigError> {
         ));
     }
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (rest, "1883"),
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (rest, default_port),
         Some((h, p)) => (h, p),
-        None => (rest, "1883"),
+        None => (rest, default_port),
     };
     let port: u16 = port
         .parse()
@@ -453,6 +488,7 @@ pub fn parse_broker(url: &str) -> Result<BrokerAddr, ConfigError> {
     Ok(BrokerAddr {
         host: host.to_string(),
         port,
+        tls,
     })
 }
 
@@ -474,6 +510,9 @@ impl AgentConfig {
             username: None,
             password: None,
             device_key: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             labels: BTreeMap::new(),
             hardware: defaults::hardware(),
             api: None,
@@ -510,13 +549,28 @@ impl AgentConfig {
         Ok(c)
     }
 
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file. Relative TLS file paths
+    /// are taken relative to the file's directory (a bundle is one directory).
     pub fn load(path: &std::path::Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text)
+        let mut c = Self::from_toml(&text)?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for f in [
+            &mut c.ca_file,
+            &mut c.client_cert_file,
+            &mut c.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+        Ok(c)
     }
 
     /// Applies `DROVER_AGENT_<KEY>` overrides found by `lookup`, then
@@ -569,7 +623,19 @@ impl AgentConfig {
 
     /// Checks every value is usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        parse_broker(&self.broker)?;
+        let broker = parse_broker(&self.broker)?;
+        if broker.tls && self.ca_file.is_none() {
+            return Err(invalid(
+                "ca_file",
+                "an mqtts:// broker needs ca_file (the fleet CA to pin)",
+            ));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(invalid(
+                "client_cert_file",
+                "client_cert_file and client_key_file go together",
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -794,13 +860,34 @@ mod tests {
     fn bad_values_are_refused_with_the_key() {
         assert!(parse_broker("mqtt://h:1").is_ok());
         assert_eq!(parse_broker("mqtt://[::1]:99").unwrap().host, "::1");
+        // mqtts:// is TLS on 8883 by default and needs the pinned CA.
+        let tls = parse_broker("mqtts://h").unwrap();
+        assert!(tls.tls && tls.port == 8883);
+        assert!(!parse_broker("mqtt://h").unwrap().tls);
+        let mut c = config();
+        c.broker = "mqtts://h".into();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid { key: "ca_file", .. })
+        ));
+        c.ca_file = Some("ca.pem".into());
+        assert!(c.validate().is_ok());
+        c.client_cert_file = Some("c.pem".into());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "client_cert_file",
+                ..
+            })
+        ));
         for bad in [
             "http://h",
             "mqtt://",
             "mqtt://h:0",
             "mqtt://h:x",
             "mqtt://u@h",
-            "mqtts://h",
+            "mqtts://",
+            "ws://h",
         ] {
             assert!(parse_broker(bad).is_err(), "{bad}");
         }

@@ -18,7 +18,8 @@
 //!   `commands` (payloads and signed commands), `jobs` (deploy and shadow
 //!   jobs, activation, rollback, disk hygiene), `telemetry` (windows, guard,
 //!   outbox), `files` (blocking file helpers).
-//! - `link`: the MQTT connection (rumqttc).
+//! - `link`: the MQTT connection (rumqttc); `tls`: its rustls config
+//!   (pinned CA, optional client certificate).
 //! - [`store`]: SQLite and the data directory layout.
 //! - [`model`]: a model loaded by tract (plan, health checks, predictions).
 //! - [`runtime`]: the atomically swapped serving slots and the inference hot
@@ -57,6 +58,7 @@ pub(crate) mod shadow;
 pub(crate) mod shared;
 pub mod status;
 pub mod store;
+pub(crate) mod tls;
 pub mod version;
 
 pub use agent::{Agent, AgentError};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -47,6 +48,8 @@ pub(crate) struct LinkConfig {
     pub(crate) keep_alive: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
+    /// TLS (mqtts://): the pinned CA and an optional client certificate.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What the link tells the driver.
@@ -184,6 +187,11 @@ pub(crate) fn spawn(
     }
     if let Some(u) = &cfg.username {
         opts.set_credentials(u.clone(), cfg.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL);
     let mut net = NetworkOptions::new();

@@ -148,6 +148,11 @@ pub struct ControllerConfig {
     pub command_validity_ms: u64,
     /// Replay window, clock skew and per-device rate limits of uplinks.
     pub uplink_policy: crate::core::uplink::UplinkPolicy,
+    /// PBKDF2-SHA512 iterations for device password hashes (`$7$`, shared
+    /// with Mosquitto); see `fleet::credentials`.
+    pub device_kdf_iterations: u32,
+    /// The CA (PEM) device bundles pin for an `mqtts://` broker.
+    pub broker_ca_pem: Option<String>,
 }
 
 impl ControllerConfig {
@@ -161,6 +166,8 @@ impl ControllerConfig {
             controller_password: None,
             command_validity_ms: 3_600_000,
             uplink_policy: Default::default(),
+            device_kdf_iterations: crate::fleet::credentials::DEFAULT_KDF_ITERATIONS,
+            broker_ca_pem: None,
         }
     }
 }
@@ -627,6 +634,17 @@ impl Controller {
         id: &DeviceId,
         labels: BTreeMap<String, String>,
     ) -> Result<DeviceBundle, ControllerError> {
+        self.enroll_device(id, labels, false).await
+    }
+
+    /// [`Controller::register_device`], with a client certificate (CN =
+    /// device id, from the fleet CA) in the bundle when `client_cert`.
+    pub async fn enroll_device(
+        &self,
+        id: &DeviceId,
+        labels: BTreeMap<String, String>,
+        client_cert: bool,
+    ) -> Result<DeviceBundle, ControllerError> {
         if id.as_str() == self.inner.cfg.controller_username {
             return Err(ControllerError::Invalid(format!(
                 "device id {id:?} is the controller's MQTT username"
@@ -634,8 +652,28 @@ impl Controller {
         }
         let password =
             devices::generate_password().map_err(|e| ControllerError::Task(e.to_string()))?;
-        let hash =
-            devices::mosquitto_hash(&password).map_err(|e| ControllerError::Task(e.to_string()))?;
+        let hash = {
+            let (pw, iterations) = (password.clone(), self.inner.cfg.device_kdf_iterations);
+            tokio::task::spawn_blocking(move || devices::mosquitto_hash(&pw, iterations))
+                .await
+                .map_err(|e| ControllerError::Task(e.to_string()))?
+                .map_err(|e| ControllerError::Task(e.to_string()))?
+        };
+        let mut tls = devices::BundleTls {
+            ca_pem: self.inner.cfg.broker_ca_pem.clone(),
+            ..Default::default()
+        };
+        if client_cert {
+            let (dir, cn) = (self.inner.cfg.data_dir.clone(), id.to_string());
+            let issued = tokio::task::spawn_blocking(move || {
+                crate::fleet::fleet_ca::FleetCa::open_or_create(&dir)?.client_cert(&cn)
+            })
+            .await
+            .map_err(|e| ControllerError::Task(e.to_string()))?
+            .map_err(|e| ControllerError::Task(e.to_string()))?;
+            tls.client_cert_pem = Some(issued.cert_pem);
+            tls.client_key_pem = Some(issued.key_pem);
+        }
         // The device key: its private half goes only into the bundle (shown
         // once, like the password); the controller keeps the public half.
         let mut seed = [0u8; 32];
@@ -648,6 +686,7 @@ impl Controller {
             password,
             self.keys_info().root_public_key,
             labels.clone(),
+            tls,
         )
         .map_err(|e| ControllerError::Task(e.to_string()))?;
         devices::add_device_key(&mut bundle, &hex::encode(seed))
@@ -709,7 +748,13 @@ impl Controller {
             .await?;
         let controller_hash = match &self.inner.cfg.controller_password {
             Some(p) => {
-                Some(devices::mosquitto_hash(p).map_err(|e| ControllerError::Task(e.to_string()))?)
+                let (pw, iterations) = (p.clone(), self.inner.cfg.device_kdf_iterations);
+                let hash =
+                    tokio::task::spawn_blocking(move || devices::mosquitto_hash(&pw, iterations))
+                        .await
+                        .map_err(|e| ControllerError::Task(e.to_string()))?
+                        .map_err(|e| ControllerError::Task(e.to_string()))?;
+                Some(hash)
             }
             None => None,
         };

@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use crate::clock::{SharedClock, SystemClock};
 use crate::controller::{Controller, ControllerConfig, ControllerError};
 use crate::fleet::artifacts::{self, ChunkConfig};
-use crate::fleet::broker::{self, BrokerChoice, BrokerError};
+use crate::fleet::broker::{self, BrokerChoice, BrokerError, InternalCredential};
+use crate::fleet::gate::{self, GateCounters};
 use crate::fleet::link::{self, LinkSettings};
 use crate::rollouts::RolloutService;
 
@@ -63,6 +64,25 @@ pub struct ServeConfig {
     pub upload_idle_timeout: Duration,
     /// Replay window, clock skew and per-device rate limit of uplinks.
     pub uplink_policy: crate::core::uplink::UplinkPolicy,
+    /// Allow the embedded broker to listen in plaintext on a non-loopback
+    /// address (`--insecure-mqtt`): device passwords then cross the network
+    /// in clear text.
+    pub insecure_mqtt: bool,
+    /// PBKDF2-SHA512 iterations for device password hashes.
+    pub device_kdf_iterations: u32,
+    /// The embedded broker's gate drops a client that has not sent its
+    /// CONNECT within this.
+    pub mqtt_connect_timeout: Duration,
+    /// The embedded broker speaks TLS (`mqtts://`) with a server certificate
+    /// from the fleet CA (`--mqtt-tls`).
+    pub mqtt_tls: bool,
+    /// Extra DNS names or IPs for that certificate (localhost, 127.0.0.1,
+    /// ::1 and the listen address are always in it).
+    pub mqtt_tls_names: Vec<String>,
+    /// PEM CA of an external `mqtts://` broker (also put into device bundles).
+    pub broker_ca: Option<PathBuf>,
+    /// PEM client certificate + key for an external broker that requires one.
+    pub broker_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -107,13 +127,23 @@ impl ServeConfig {
             upload_budget_bytes: 1024 * 1024 * 1024,
             upload_idle_timeout: crate::http::limits::UPLOAD_IDLE_TIMEOUT,
             uplink_policy: Default::default(),
+            insecure_mqtt: false,
+            device_kdf_iterations: crate::fleet::credentials::DEFAULT_KDF_ITERATIONS,
+            mqtt_connect_timeout: Duration::from_secs(10),
+            mqtt_tls: false,
+            mqtt_tls_names: Vec::new(),
+            broker_ca: None,
+            broker_cert: None,
         }
     }
 
-    /// For tests: free ports everywhere (HTTP and embedded broker on
-    /// 127.0.0.1:0).
+    /// For tests and simulations: free ports everywhere (HTTP and embedded
+    /// broker on 127.0.0.1:0) and a cheap device password KDF
+    /// ([`crate::fleet::credentials::SIMULATION_KDF_ITERATIONS`]): they
+    /// enroll hundreds of devices at once on one machine.
     pub fn ephemeral(data_dir: impl Into<PathBuf>) -> ServeConfig {
         let mut c = ServeConfig::new(data_dir);
+        c.device_kdf_iterations = crate::fleet::credentials::SIMULATION_KDF_ITERATIONS;
         c.http = SocketAddr::from(([127, 0, 0, 1], 0));
         c.broker = BrokerChoice::Embedded {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -184,6 +214,8 @@ pub struct RunningController {
     grace: Duration,
     tls: bool,
     admin_token: Option<String>,
+    gate: Option<Arc<GateCounters>>,
+    internal_mqtt: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for RunningController {
@@ -211,6 +243,17 @@ impl RunningController {
     /// deleted). The simulator and tests call the API with it.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
+    }
+    /// What the embedded broker's gate accepted and refused (None with an
+    /// external broker).
+    pub fn gate_counters(&self) -> Option<Arc<GateCounters>> {
+        self.gate.clone()
+    }
+    /// The embedded rumqttd's internal loopback address, behind the gate
+    /// (it accepts only the controller's random internal credential). For
+    /// tests that check it cannot be used to bypass the gate.
+    pub fn internal_mqtt_addr(&self) -> Option<SocketAddr> {
+        self.internal_mqtt
     }
     /// Broker URL agents should use (`mqtt://HOST:PORT`).
     pub fn mqtt_addr(&self) -> &str {
@@ -273,8 +316,39 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     }
     if let BrokerChoice::Embedded { listen } = &cfg.broker
         && !listen.ip().is_loopback()
+        && !cfg.mqtt_tls
     {
-        tracing::warn!(%listen, "the embedded broker has no authentication; keep it on loopback");
+        if !cfg.insecure_mqtt {
+            return Err(ServeError::Config(format!(
+                "--mqtt-listen {listen} is reachable from other machines, and the embedded \
+                 broker speaks plaintext MQTT: device passwords would cross the network in \
+                 clear text. Add --mqtt-tls (TLS with a certificate from the fleet CA), listen \
+                 on 127.0.0.1, or accept the risk with --insecure-mqtt"
+            )));
+        }
+        tracing::warn!(%listen, "--insecure-mqtt: device passwords cross the network in clear text");
+    }
+    let broker_tls = match &cfg.broker {
+        BrokerChoice::External { tls: true, .. } => {
+            let Some(ca) = &cfg.broker_ca else {
+                return Err(ServeError::Config(
+                    "an mqtts:// broker needs --broker-ca FILE (the CA that signed its \
+                     certificate)"
+                        .into(),
+                ));
+            };
+            let cert = cfg
+                .broker_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            Some(crate::fleet::mqtt_tls::client(ca, cert).map_err(ServeError::Config)?)
+        }
+        _ => None,
+    };
+    if cfg.device_kdf_iterations == 0 {
+        return Err(ServeError::Config(
+            "the device password KDF needs at least one iteration".into(),
+        ));
     }
 
     if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
@@ -315,12 +389,17 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
             .ok()
             .map(|s| s.trim().to_string()),
     };
+    // The fleet CA: created on the first start; signs the embedded broker's
+    // TLS certificate and devices' client certificates.
+    let fleet_ca = crate::fleet::fleet_ca::FleetCa::open_or_create(&cfg.data_dir)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
     let mut ccfg = ControllerConfig::new(cfg.data_dir.clone(), cfg.fleet.clone());
     if let Some(u) = &cfg.username {
         ccfg.controller_username = u.clone();
     }
     ccfg.controller_password = cfg.password.clone();
     ccfg.uplink_policy = cfg.uplink_policy;
+    ccfg.device_kdf_iterations = cfg.device_kdf_iterations;
 
     // Phase 3: bind.
     let http = tokio::net::TcpListener::bind(cfg.http)
@@ -333,17 +412,67 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         addr: cfg.http,
         source,
     })?;
-    let (host, port, mqtt_url) = match &cfg.broker {
+    let mut embedded = None;
+    let (host, port, mqtt_url, credentials) = match &cfg.broker {
         BrokerChoice::Embedded { listen } => {
-            let addr = broker::reserve(*listen)?;
-            tokio::task::spawn_blocking(move || broker::start_embedded(addr))
+            let internal =
+                InternalCredential::generate().map_err(|e| ServeError::Mqtt(e.to_string()))?;
+            let internal_addr = broker::reserve(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            let cred = internal.clone();
+            tokio::task::spawn_blocking(move || broker::start_embedded(internal_addr, &cred))
                 .await
                 .map_err(|e| ServeError::Mqtt(e.to_string()))??;
-            tracing::info!(%addr, "embedded MQTT broker (3.1.1) listening");
-            (addr.ip().to_string(), addr.port(), format!("mqtt://{addr}"))
+            let public = tokio::net::TcpListener::bind(*listen)
+                .await
+                .map_err(|source| BrokerError::PortInUse {
+                    addr: *listen,
+                    source,
+                })?;
+            let addr = public
+                .local_addr()
+                .map_err(|source| BrokerError::PortInUse {
+                    addr: *listen,
+                    source,
+                })?;
+            let tls = if cfg.mqtt_tls {
+                let mut names: Vec<String> =
+                    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+                if !addr.ip().is_unspecified() && !addr.ip().is_loopback() {
+                    names.push(addr.ip().to_string());
+                }
+                names.extend(cfg.mqtt_tls_names.iter().cloned());
+                let issued = fleet_ca
+                    .server_cert(&names)
+                    .map_err(|e| ServeError::Config(e.to_string()))?;
+                ccfg.broker_ca_pem = Some(fleet_ca.cert_pem().to_string());
+                Some(crate::fleet::mqtt_tls::server(&issued).map_err(ServeError::Config)?)
+            } else {
+                None
+            };
+            let scheme = if tls.is_some() { "mqtts" } else { "mqtt" };
+            tracing::info!(%addr, scheme, "embedded MQTT broker (3.1.1) listening; devices need their credentials");
+            let creds = (internal.username.clone(), internal.password.clone());
+            embedded = Some((public, internal_addr, internal, tls));
+            (
+                internal_addr.ip().to_string(),
+                internal_addr.port(),
+                format!("{scheme}://{addr}"),
+                Some(creds),
+            )
         }
-        BrokerChoice::External { host, port } => {
-            (host.clone(), *port, format!("mqtt://{host}:{port}"))
+        BrokerChoice::External { host, port, tls } => {
+            if *tls && let Some(ca) = &cfg.broker_ca {
+                ccfg.broker_ca_pem = Some(std::fs::read_to_string(ca).map_err(|e| {
+                    ServeError::Config(format!("--broker-ca {}: {e}", ca.display()))
+                })?);
+            }
+            let scheme = if *tls { "mqtts" } else { "mqtt" };
+            (
+                host.clone(),
+                *port,
+                format!("{scheme}://{host}:{port}"),
+                cfg.username.clone().zip(cfg.password.clone()),
+            )
         }
     };
     ccfg.broker_url = mqtt_url.clone();
@@ -362,7 +491,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         host,
         port,
         client_id: format!("drover-controller-{}-{}", cfg.fleet, hex::encode(nonce)),
-        credentials: cfg.username.clone().zip(cfg.password.clone()),
+        credentials,
+        tls: if embedded.is_some() { None } else { broker_tls },
     };
     let (client, eventloop) = link::client(&settings);
     controller.set_outbound_mqtt(client.clone());
@@ -370,7 +500,31 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     let (ingest_tx, ingest_rx) = mpsc::channel(4096);
     let (chunk_tx, chunk_rx) = mpsc::channel(8192);
     let (ready_tx, mut ready_rx) = watch::channel(false);
-    let mut tasks = vec![
+    let mut gate_counters = None;
+    let mut internal_mqtt = None;
+    let mut tasks = Vec::new();
+    if let Some((public, internal_addr, internal, tls)) = embedded {
+        let counters = Arc::new(GateCounters::default());
+        let gate_cfg = gate::GateConfig {
+            fleet: cfg.fleet.clone(),
+            upstream: internal_addr,
+            internal: (internal.username, internal.password),
+            max_packet: link::MAX_INCOMING_PACKET,
+            connect_timeout: cfg.mqtt_connect_timeout,
+            kdf_iterations: cfg.device_kdf_iterations,
+            tls,
+        };
+        tasks.push(tokio::spawn(gate::run(
+            public,
+            gate_cfg,
+            controller.db().clone(),
+            counters.clone(),
+            shutdown_rx.clone(),
+        )));
+        gate_counters = Some(counters);
+        internal_mqtt = Some(internal_addr);
+    }
+    tasks.extend([
         tokio::spawn(link::poll_loop(
             eventloop,
             client,
@@ -404,7 +558,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
             cfg.telemetry_retention_days,
             shutdown_rx.clone(),
         )),
-    ];
+    ]);
     // Rollouts resume from their persisted state before the API opens.
     let rollouts = match RolloutService::start(controller.clone()).await {
         Ok(r) => r,
@@ -497,6 +651,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         grace: cfg.shutdown_grace,
         tls: tls.is_some(),
         admin_token,
+        gate: gate_counters,
+        internal_mqtt,
     };
     match (ready, &cfg.broker) {
         (Ok(Ok(_)), _) => {

@@ -205,7 +205,14 @@ async fn registry_device_and_broker_flows() {
         )),
         "{acl}"
     );
-    assert!(acl.contains("dev-2:$7$101$"), "{acl}");
+    // The test config's cost (ServeConfig::ephemeral); `drover serve` uses 600,000.
+    assert!(
+        acl.contains(&format!(
+            "dev-2:$7${}$",
+            drover_controller::fleet::credentials::SIMULATION_KDF_ITERATIONS
+        )),
+        "{acl}"
+    );
     let o = drover(&url, &["--output", "json", "broker", "acl"]).await;
     let acl: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
@@ -511,7 +518,8 @@ async fn deploy_waits_for_the_device_and_reports_failures() {
         )
         .await;
         assert!(o.status.success(), "{}", stderr(&o));
-        let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, dev).await;
+        let creds = support::bundle_credentials(&out.path().join(dev));
+        let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, dev, creds).await;
         peer.set_key(&support::bundle_key(&out.path().join(dev)));
         peer.send_up(&Up::Hello(Hello {
             agent_version: "0.1.0".into(),
@@ -598,7 +606,8 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
         ],
     )
     .await;
-    let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-1").await;
+    let creds = support::bundle_credentials(&t.dir.path().join("b"));
+    let mut peer = Peer::connect(t.running.mqtt_addr(), &t.fleet, "dev-1", creds.clone()).await;
     peer.set_key(&support::bundle_key(&t.dir.path().join("b")));
     // A recent window (retention prunes old ones at startup).
     let mut w = realistic_window(5);
@@ -645,7 +654,7 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
         .await
         .unwrap();
     assert_eq!(body["merged"]["count"], 6000, "telemetry persists");
-    let _peer = Peer::connect(again.mqtt_addr(), &fleet, "dev-1").await;
+    let _peer = Peer::connect(again.mqtt_addr(), &fleet, "dev-1", creds).await;
     assert_eq!(
         c.send_command(&peer.device, Action::StopShadow)
             .await

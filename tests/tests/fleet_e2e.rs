@@ -333,6 +333,7 @@ async fn broker_restart_loses_no_telemetry_window_and_counts_none_twice() {
             c.broker = drover_controller::fleet::broker::BrokerChoice::External {
                 host: "127.0.0.1".into(),
                 port: broker.addr().port(),
+                tls: false,
             }
         },
         |_| {},

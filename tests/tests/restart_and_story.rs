@@ -18,6 +18,7 @@ fn config(dir: &std::path::Path, broker: &SpawnedMosquitto) -> ServeConfig {
     c.broker = BrokerChoice::External {
         host: "127.0.0.1".into(),
         port: broker.addr().port(),
+        tls: false,
     };
     c
 }

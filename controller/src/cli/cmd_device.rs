@@ -17,9 +17,14 @@ pub enum DeviceCmd {
         /// Labels, k=v,...
         #[arg(long)]
         labels: Option<String>,
-        /// Directory for agent.toml.
+        /// Directory for agent.toml (and ca.pem, client.pem, client.key).
         #[arg(long)]
         out: PathBuf,
+        /// Also issue a client certificate (CN = device id) from the fleet
+        /// CA, for brokers that require one (Mosquitto `require_certificate`
+        /// + `use_identity_as_username`, EMQX `peer_cert_as_username`).
+        #[arg(long)]
+        client_cert: bool,
     },
     /// Replace a registered device's labels (what selectors and rollouts
     /// match; a device's own Hello never changes them).
@@ -69,18 +74,26 @@ pub(crate) async fn run(cmd: DeviceCmd, ctx: &Ctx) -> anyhow::Result<()> {
             ));
             Ok(())
         }
-        DeviceCmd::Add { id, labels, out } => {
+        DeviceCmd::Add {
+            id,
+            labels,
+            out,
+            client_cert,
+        } => {
             let bundle: DeviceBundle = ctx
                 .client
                 .post(
                     "device add",
                     "/v1/devices",
-                    &serde_json::json!({ "id": id, "labels": labels }),
+                    &serde_json::json!({ "id": id, "labels": labels, "client_cert": client_cert }),
                 )
                 .await?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let path = out.join("agent.toml");
             write_private(&path, &bundle.agent_toml)?;
+            for (name, text) in bundle.tls.files() {
+                write_private(&out.join(name), text)?;
+            }
             std::fs::write(
                 out.join("README"),
                 format!(

@@ -19,21 +19,53 @@ pub struct ServeArgs {
     /// HTTP API address (port 0 picks a free one; see the `http listening on` log line).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
-    /// `embedded` (rumqttd on --mqtt-listen) or mqtt://HOST:PORT.
+    /// `embedded` (rumqttd behind Drover's gate on --mqtt-listen),
+    /// mqtt://HOST:PORT or mqtts://HOST:PORT (with --broker-ca).
     #[arg(long, default_value = "embedded")]
     pub broker: String,
-    /// Where the embedded broker listens.
+    /// Where the embedded broker listens (plaintext MQTT; devices must give
+    /// the credentials `drover device add` issued). A non-loopback address
+    /// needs --insecure-mqtt.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub mqtt_listen: String,
+    /// Let the embedded broker listen in plaintext on a non-loopback
+    /// --mqtt-listen address (device passwords cross the network in clear).
+    #[arg(long)]
+    pub insecure_mqtt: bool,
+    /// The embedded broker speaks TLS (mqtts://) with a certificate from the
+    /// fleet CA (DATA_DIR/fleet-ca/ca.pem, which device bundles pin).
+    #[arg(long)]
+    pub mqtt_tls: bool,
+    /// Extra DNS name or IP for the embedded broker's certificate (repeat).
+    #[arg(long = "mqtt-tls-name")]
+    pub mqtt_tls_names: Vec<String>,
+    /// PEM CA of an mqtts:// --broker (also written into device bundles).
+    #[arg(long)]
+    pub broker_ca: Option<PathBuf>,
+    /// PEM client certificate for an mqtts:// --broker that requires one.
+    #[arg(long, requires = "broker_key")]
+    pub broker_cert: Option<PathBuf>,
+    /// PEM private key of --broker-cert.
+    #[arg(long, requires = "broker_cert")]
+    pub broker_key: Option<PathBuf>,
     /// Fleet name (topic prefix drover/FLEET/...).
     #[arg(long, default_value = crate::serve::DEFAULT_FLEET)]
     pub fleet: String,
     /// MQTT username (external broker).
     #[arg(long)]
     pub username: Option<String>,
-    /// MQTT password (external broker).
+    /// MQTT password (external broker). Prefer DROVER_MQTT_PASSWORD or
+    /// --password-file: a flag is visible to other users in `ps`.
     #[arg(long, env = "DROVER_MQTT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// File holding the MQTT password (external broker; first line).
+    #[arg(long, env = "DROVER_MQTT_PASSWORD_FILE", conflicts_with = "password")]
+    pub password_file: Option<PathBuf>,
+    /// PBKDF2-SHA512 iterations for new device password hashes (the `$7$`
+    /// hashes Mosquitto also verifies, on every connect: see README
+    /// "Security" for the connect-storm trade-off).
+    #[arg(long, default_value_t = crate::fleet::credentials::DEFAULT_KDF_ITERATIONS)]
+    pub device_kdf_iterations: u32,
     /// Global cap on artifact chunk traffic, bytes per second.
     #[arg(long, default_value_t = crate::fleet::artifacts::DEFAULT_RATE_BYTES_PER_SEC)]
     pub chunk_rate: u64,
@@ -71,7 +103,23 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
     c.broker = broker;
     c.fleet = fleet;
     c.username = a.username.clone();
-    c.password = a.password.clone();
+    c.password = match &a.password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("--password-file {}: {e}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => a.password.clone(),
+    };
+    c.insecure_mqtt = a.insecure_mqtt;
+    c.mqtt_tls = a.mqtt_tls;
+    c.mqtt_tls_names = a.mqtt_tls_names.clone();
+    c.broker_ca = a.broker_ca.clone();
+    c.broker_cert = a.broker_cert.clone().zip(a.broker_key.clone());
+    c.device_kdf_iterations = a.device_kdf_iterations;
     c.chunk_rate_bytes_per_sec = a.chunk_rate;
     c.telemetry_retention_days = a.retention_days;
     c.retrain_config = a.config.clone();
@@ -138,4 +186,30 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_hash_at_the_current_cost_and_read_password_files() {
+        let t = T::try_parse_from(["t"]).unwrap();
+        let c = config(&t.a).unwrap();
+        assert_eq!(c.device_kdf_iterations, 600_000);
+        assert!(!c.insecure_mqtt && !c.mqtt_tls);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let t = T::try_parse_from(["t", "--password-file", f.to_str().unwrap()]).unwrap();
+        assert_eq!(config(&t.a).unwrap().password.as_deref(), Some("s3cret"));
+        assert!(T::try_parse_from(["t", "--password", "x", "--password-file", "y"]).is_err());
+    }
 }

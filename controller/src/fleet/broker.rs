@@ -1,9 +1,12 @@
-//! The embedded MQTT broker (rumqttd, MQTT 3.1.1 only) on loopback, and the
-//! `--broker` URL parser.
+//! The embedded MQTT broker (rumqttd, MQTT 3.1.1 only) and the `--broker`
+//! URL parser.
 //!
-//! rumqttd's `Broker::start()` blocks and has no stop, so it runs on its own
-//! OS thread for the life of the process. It does not report a taken port
-//! nicely, so the caller checks the port by binding it first.
+//! rumqttd listens on an internal loopback port that only the controller
+//! knows and accepts only the internal credential: devices reach it through
+//! the gate (`fleet::gate`), which authenticates them and confines them to
+//! their topics. rumqttd's `Broker::start()` blocks and has no stop, so it
+//! runs on its own OS thread for the life of the process. It does not report
+//! a taken port nicely, so the caller checks the port by binding it first.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -24,14 +27,16 @@ pub enum BrokerChoice {
         host: String,
         /// Port.
         port: u16,
+        /// `mqtts://`: TLS (see `--broker-ca`).
+        tls: bool,
     },
 }
 
 /// Why the broker choice or the embedded broker failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// `--broker` is neither `embedded` nor `mqtt://HOST:PORT`.
-    #[error("bad --broker {0:?}: expected `embedded` or mqtt://HOST:PORT")]
+    /// `--broker` is neither `embedded` nor `mqtt://HOST:PORT` / `mqtts://HOST:PORT`.
+    #[error("bad --broker {0:?}: expected `embedded`, mqtt://HOST:PORT or mqtts://HOST:PORT")]
     BadUrl(String),
     /// The embedded broker's port is taken.
     #[error(
@@ -56,10 +61,16 @@ impl BrokerChoice {
         if broker == "embedded" {
             return Ok(BrokerChoice::Embedded { listen });
         }
-        let rest = broker
-            .strip_prefix("mqtt://")
-            .or_else(|| broker.strip_prefix("tcp://"))
-            .ok_or_else(|| BrokerError::BadUrl(broker.into()))?;
+        let (rest, tls) = match broker.strip_prefix("mqtts://") {
+            Some(r) => (r, true),
+            None => (
+                broker
+                    .strip_prefix("mqtt://")
+                    .or_else(|| broker.strip_prefix("tcp://"))
+                    .ok_or_else(|| BrokerError::BadUrl(broker.into()))?,
+                false,
+            ),
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
             .rsplit_once(':')
@@ -73,6 +84,7 @@ impl BrokerChoice {
         Ok(BrokerChoice::External {
             host: host.trim_matches(['[', ']']).to_string(),
             port,
+            tls,
         })
     }
 }
@@ -85,13 +97,45 @@ pub fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
         .map_err(|source| BrokerError::PortInUse { addr, source })
 }
 
-/// rumqttd settings: MQTT 3.1.1 only, payloads up to the link's packet limit.
-fn config(listen: SocketAddr) -> Config {
+/// The credential the gate and the controller's own client use on the
+/// internal port; fresh random per start, never written anywhere.
+#[derive(Clone)]
+pub(crate) struct InternalCredential {
+    pub(crate) username: String,
+    pub(crate) password: String,
+}
+
+impl std::fmt::Debug for InternalCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalCredential")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InternalCredential {
+    /// A new random credential.
+    pub(crate) fn generate() -> Result<InternalCredential, getrandom::Error> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw)?;
+        Ok(InternalCredential {
+            username: "drover-internal".into(),
+            password: hex::encode(raw),
+        })
+    }
+}
+
+/// rumqttd settings: MQTT 3.1.1 only, payloads up to the link's packet
+/// limit, only the internal credential.
+fn config(listen: SocketAddr, internal: &InternalCredential) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: crate::fleet::link::MAX_INCOMING_PACKET,
         max_inflight_count: 500,
-        auth: None,
+        auth: Some(HashMap::from([(
+            internal.username.clone(),
+            internal.password.clone(),
+        )])),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -120,10 +164,13 @@ fn config(listen: SocketAddr) -> Config {
     }
 }
 
-/// Starts rumqttd on `listen` on its own thread.
-pub fn start_embedded(listen: SocketAddr) -> Result<(), BrokerError> {
+/// Starts rumqttd on the internal address `listen` on its own thread.
+pub(crate) fn start_embedded(
+    listen: SocketAddr,
+    internal: &InternalCredential,
+) -> Result<(), BrokerError> {
     let addr = reserve(listen)?;
-    let cfg = config(addr);
+    let cfg = config(addr, internal);
     std::thread::Builder::new()
         .name("drover-broker".into())
         .spawn(move || {
@@ -153,7 +200,16 @@ mod tests {
             BrokerChoice::parse("mqtt://broker.local:1884", l).unwrap(),
             BrokerChoice::External {
                 host: "broker.local".into(),
-                port: 1884
+                port: 1884,
+                tls: false,
+            }
+        );
+        assert_eq!(
+            BrokerChoice::parse("mqtts://broker.local:8883", l).unwrap(),
+            BrokerChoice::External {
+                host: "broker.local".into(),
+                port: 8883,
+                tls: true,
             }
         );
         for bad in [

@@ -556,7 +556,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = FakeClock::new(Timestamp(1_800_000_000_000));
         let c = Controller::open(
-            ControllerConfig::new(dir.path(), FleetId::new("plant").unwrap()),
+            ControllerConfig {
+                // Tests enroll devices; the production cost only slows them.
+                device_kdf_iterations: crate::fleet::credentials::SIMULATION_KDF_ITERATIONS,
+                ..ControllerConfig::new(dir.path(), FleetId::new("plant").unwrap())
+            },
             clock.clone(),
         )
         .unwrap();
@@ -620,7 +624,11 @@ mod tests {
 
         // Persisted: a reopened controller continues the sequence.
         let c2 = Controller::open(
-            ControllerConfig::new(dir.path(), FleetId::new("plant").unwrap()),
+            ControllerConfig {
+                // Tests enroll devices; the production cost only slows them.
+                device_kdf_iterations: crate::fleet::credentials::SIMULATION_KDF_ITERATIONS,
+                ..ControllerConfig::new(dir.path(), FleetId::new("plant").unwrap())
+            },
             clock.clone(),
         )
         .unwrap();

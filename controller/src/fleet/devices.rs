@@ -225,12 +225,13 @@ pub fn generate_password() -> Result<String, getrandom::Error> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
 }
 
-/// Mosquitto's `$7$` hash (PBKDF2-SHA512, 101 iterations, 12-byte salt), as
-/// `mosquitto_passwd` writes it.
-pub fn mosquitto_hash(password: &str) -> Result<String, getrandom::Error> {
+/// Mosquitto's `$7$` hash (PBKDF2-SHA512, 12-byte salt) as `mosquitto_passwd
+/// -I ITERATIONS` writes it; the controller stores and verifies the same
+/// string (`fleet::credentials`). Slow on purpose: call it off the runtime.
+pub fn mosquitto_hash(password: &str, iterations: u32) -> Result<String, getrandom::Error> {
     let mut salt = [0u8; 12];
     getrandom::fill(&mut salt)?;
-    Ok(mosquitto_hash_with_salt(password, &salt, 101))
+    Ok(mosquitto_hash_with_salt(password, &salt, iterations))
 }
 
 /// [`mosquitto_hash`] with a given salt and iteration count (tests).
@@ -265,7 +266,47 @@ pub struct DeviceBundle {
     pub device_key: String,
     /// The agent config file, ready to write as `agent.toml`.
     pub agent_toml: String,
+    /// TLS files to write next to `agent.toml` (`ca.pem`, `client.pem`,
+    /// `client.key`); `agent_toml` names them.
+    #[serde(default)]
+    pub tls: BundleTls,
 }
+
+/// The TLS part of a bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleTls {
+    /// The broker's CA (PEM) the agent pins (`ca.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// A client certificate with CN = device id, from the fleet CA (`client.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    /// Its private key (`client.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_pem: Option<String>,
+}
+
+impl BundleTls {
+    /// File names in the bundle directory and their contents.
+    pub fn files(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if let Some(ca) = &self.ca_pem {
+            out.push((BUNDLE_CA_FILE, ca.as_str()));
+        }
+        if let (Some(c), Some(k)) = (&self.client_cert_pem, &self.client_key_pem) {
+            out.push((BUNDLE_CLIENT_CERT_FILE, c.as_str()));
+            out.push((BUNDLE_CLIENT_KEY_FILE, k.as_str()));
+        }
+        out
+    }
+}
+
+/// `ca.pem` in a bundle directory.
+pub const BUNDLE_CA_FILE: &str = "ca.pem";
+/// `client.pem` in a bundle directory.
+pub const BUNDLE_CLIENT_CERT_FILE: &str = "client.pem";
+/// `client.key` in a bundle directory.
+pub const BUNDLE_CLIENT_KEY_FILE: &str = "client.key";
 
 #[derive(Serialize)]
 struct AgentToml<'a> {
@@ -277,6 +318,12 @@ struct AgentToml<'a> {
     root_key: &'a str,
     data_dir: &'a str,
     api: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert_file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_key_file: Option<&'a str>,
     labels: &'a BTreeMap<String, String>,
 }
 
@@ -294,7 +341,9 @@ pub fn bundle(
     password: String,
     root_key: String,
     labels: BTreeMap<String, String>,
+    tls: BundleTls,
 ) -> Result<DeviceBundle, toml::ser::Error> {
+    let client = tls.client_cert_pem.is_some() && tls.client_key_pem.is_some();
     let body = toml::to_string(&AgentToml {
         device_id: device.as_str(),
         fleet: fleet.as_str(),
@@ -304,6 +353,9 @@ pub fn bundle(
         root_key: &root_key,
         data_dir: AGENT_DATA_DIR,
         api: AGENT_API,
+        ca_file: tls.ca_pem.is_some().then_some(BUNDLE_CA_FILE),
+        client_cert_file: client.then_some(BUNDLE_CLIENT_CERT_FILE),
+        client_key_file: client.then_some(BUNDLE_CLIENT_KEY_FILE),
         labels: &labels,
     })?;
     let agent_toml = format!(
@@ -320,6 +372,7 @@ pub fn bundle(
         labels,
         device_key: String::new(),
         agent_toml,
+        tls,
     })
 }
 
@@ -425,10 +478,10 @@ mod tests {
             h,
             format!("$7$1${}${}", b64.encode(b"salt"), b64.encode(expected))
         );
-        let real = mosquitto_hash("pw").unwrap();
+        let real = mosquitto_hash("pw", 1000).unwrap();
         let parts: Vec<&str> = real.split('$').collect();
         assert_eq!(parts[1], "7");
-        assert_eq!(parts[2], "101");
+        assert_eq!(parts[2], "1000");
         assert_eq!(b64.decode(parts[3]).unwrap().len(), 12);
         assert_eq!(b64.decode(parts[4]).unwrap().len(), 64);
     }
@@ -470,6 +523,7 @@ mod tests {
             "pw".into(),
             "ab".repeat(32),
             drover_protocol::labels::parse_labels("site=a").unwrap(),
+            BundleTls::default(),
         )
         .unwrap();
         let mut b = b;

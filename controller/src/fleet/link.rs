@@ -38,6 +38,8 @@ pub(crate) struct LinkSettings {
     pub client_id: String,
     /// Credentials, if the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// TLS for an `mqtts://` broker.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A message off the wire, topic already checked.
@@ -61,6 +63,11 @@ pub(crate) fn client(s: &LinkSettings) -> (AsyncClient, EventLoop) {
     opts.set_request_channel_capacity(64);
     if let Some((u, p)) = &s.credentials {
         opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &s.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
     }
     let (client, mut el) = AsyncClient::new(opts, 64);
     el.network_options.set_tcp_nodelay(true);

@@ -245,6 +245,9 @@ pub struct DeviceAddBody {
     /// Labels, `k=v,...`.
     #[serde(default)]
     pub labels: Option<String>,
+    /// Also issue a client certificate (CN = id) from the fleet CA.
+    #[serde(default)]
+    pub client_cert: bool,
 }
 
 pub(crate) async fn add_device(State(c): State<Controller>, body: Bytes) -> ApiResult<Response> {
@@ -252,7 +255,7 @@ pub(crate) async fn add_device(State(c): State<Controller>, body: Bytes) -> ApiR
     let id = device_id(&body.id)?;
     let labels = parse_labels(body.labels.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request("bad_labels", e.to_string()))?;
-    let bundle = c.register_device(&id, labels).await?;
+    let bundle = c.enroll_device(&id, labels, body.client_cert).await?;
     Ok((StatusCode::CREATED, Json(bundle)).into_response())
 }
 

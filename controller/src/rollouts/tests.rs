@@ -37,7 +37,11 @@ async fn a_silent_device_is_noticed_when_the_fake_clock_passes_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<FakeClock> = FakeClock::new(Timestamp(1_800_000_000_000));
     let ctl = Controller::open(
-        ControllerConfig::new(dir.path(), FleetId::new("plant").unwrap()),
+        ControllerConfig {
+            // Tests enroll devices; the production cost only slows them.
+            device_kdf_iterations: crate::fleet::credentials::SIMULATION_KDF_ITERATIONS,
+            ..ControllerConfig::new(dir.path(), FleetId::new("plant").unwrap())
+        },
         clock.clone(),
     )
     .unwrap();

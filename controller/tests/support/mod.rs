@@ -24,7 +24,7 @@ pub const STEP: Duration = Duration::from_secs(20);
 pub fn external_broker() -> Option<(String, u16)> {
     let url = std::env::var("DROVER_TEST_BROKER").ok()?;
     match BrokerChoice::parse(&url, "127.0.0.1:0".parse().unwrap()).ok()? {
-        BrokerChoice::External { host, port } => Some((host, port)),
+        BrokerChoice::External { host, port, .. } => Some((host, port)),
         BrokerChoice::Embedded { .. } => None,
     }
 }
@@ -50,7 +50,11 @@ pub fn config(dir: &Path, fleet: &FleetId) -> ServeConfig {
     cfg.fleet = fleet.clone();
     cfg.shutdown_grace = Duration::from_secs(2);
     if let Some((host, port)) = external_broker() {
-        cfg.broker = BrokerChoice::External { host, port };
+        cfg.broker = BrokerChoice::External {
+            host,
+            port,
+            tls: false,
+        };
     }
     cfg
 }
@@ -89,7 +93,13 @@ impl TestController {
             .register_device(&id, Default::default())
             .await
             .unwrap();
-        let mut peer = Peer::connect(self.running.mqtt_addr(), &self.fleet, device).await;
+        let mut peer = Peer::connect(
+            self.running.mqtt_addr(),
+            &self.fleet,
+            device,
+            (bundle.username.clone(), bundle.password.clone()),
+        )
+        .await;
         peer.set_key(&bundle.device_key);
         peer
     }
@@ -115,19 +125,55 @@ pub struct Peer {
 
 fn host_port(url: &str) -> (String, u16) {
     match BrokerChoice::parse(url, "127.0.0.1:0".parse().unwrap()).unwrap() {
-        BrokerChoice::External { host, port } => (host, port),
+        BrokerChoice::External { host, port, .. } => (host, port),
         BrokerChoice::Embedded { .. } => panic!("not a URL: {url}"),
     }
 }
 
+/// The MQTT username and password in a bundle `drover device add --out DIR` wrote.
+pub fn bundle_credentials(dir: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(dir.join("agent.toml")).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    (
+        v["username"].as_str().unwrap().to_string(),
+        v["password"].as_str().unwrap().to_string(),
+    )
+}
+
 impl Peer {
-    /// Connects as `device` and waits until its subscription is in place.
-    pub async fn connect(mqtt_url: &str, fleet: &FleetId, device: &str) -> Peer {
+    /// Registers `device` with the controller and connects with the
+    /// credentials it issued (what an agent with its bundle does).
+    pub async fn enroll(running: &RunningController, device: &str) -> Peer {
+        let id = DeviceId::new(device).unwrap();
+        let bundle = running
+            .handle()
+            .register_device(&id, Default::default())
+            .await
+            .unwrap();
+        let mut peer = Peer::connect(
+            running.mqtt_addr(),
+            running.fleet(),
+            device,
+            (bundle.username, bundle.password),
+        )
+        .await;
+        peer.set_key(&bundle.device_key);
+        peer
+    }
+
+    /// Connects as `device` with `credentials` and waits until its
+    /// subscription is in place.
+    pub async fn connect(
+        mqtt_url: &str,
+        fleet: &FleetId,
+        device: &str,
+        credentials: (String, String),
+    ) -> Peer {
         let device = DeviceId::new(device).unwrap();
         let (host, port) = host_port(mqtt_url);
-        let mut nonce = [0u8; 4];
-        getrandom::fill(&mut nonce).unwrap();
-        let mut opts = MqttOptions::new(format!("{device}-{}", hex::encode(nonce)), host, port);
+        // The gate binds the client id to the username.
+        let mut opts = MqttOptions::new(format!("drover-{fleet}-{device}"), host, port);
+        opts.set_credentials(credentials.0, credentials.1);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(4 * codec::MAX_PAYLOAD, 4 * codec::MAX_PAYLOAD);
         let (client, mut el) = AsyncClient::new(opts, 1024);
