@@ -55,9 +55,10 @@
     var source = new EventSource("/ui/events");
     source.addEventListener("changed", function (ev) {
       if (last !== null && ev.data !== last && typeof htmx !== "undefined") {
-        // Keep open <details> and form inputs as the user left them:
-        // only refresh when nothing on the page has focus.
-        if (!document.activeElement || document.activeElement === document.body) {
+        // Do not replace a field the user is typing into.
+        var focused = document.activeElement;
+        var typing = focused && /^(INPUT|SELECT|TEXTAREA)$/.test(focused.tagName);
+        if (!typing) {
           htmx.ajax("GET", window.location.pathname + window.location.search,
             { target: "#live", select: "#live", swap: "outerHTML" });
         }

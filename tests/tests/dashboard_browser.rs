@@ -442,6 +442,26 @@ async fn dashboard_pages_match_the_api_in_a_real_browser() {
         "the pause is audited under the session's token"
     );
     visited(&b, "rollout-paused").await;
+    // Live: a resume through the API reaches the open page by the event
+    // stream (no reload), then the page pauses it again.
+    admin
+        .post("/v1/rollouts/good-v3/resume", serde_json::json!({}))
+        .await;
+    b.wait_text("#phase", Duration::from_secs(20), |t| {
+        !t.starts_with("paused")
+    })
+    .await
+    .unwrap();
+    b.click("#action-pause").await.unwrap();
+    b.wait_text("#phase", Duration::from_secs(10), |t| {
+        t.starts_with("paused")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        admin.get("/v1/rollouts/good-v3").await["status"]["phase"]["phase"],
+        "paused"
+    );
     b.goto(&format!("{base}/")).await.unwrap();
     assert!(b.exists(r#"li[data-kind="paused"]"#).await.unwrap());
 
@@ -569,5 +589,111 @@ async fn dashboard_pages_match_the_api_in_a_real_browser() {
     );
 
     fleet.shutdown().await;
+    running.shutdown().await;
+}
+
+/// Server-side render time of every page with 2,000 registered devices and
+/// 50 versions (a lineage chain) plus a rollout over the whole fleet.
+/// `cargo test -p drover-sim --test dashboard_browser -- --ignored --nocapture`;
+/// numbers in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: 2,000 devices, 50 versions; prints render times"]
+async fn dashboard_render_bench_2000_devices_50_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("controller");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("controller.toml"), CONTROLLER_TOML).unwrap();
+    let running = serve::start(ServeConfig::ephemeral(&data)).await.unwrap();
+    let ctl = running.handle();
+    let base = running.http_url();
+    let token = running.admin_token().unwrap().to_string();
+    let t = Instant::now();
+    let regions = ["eu", "us", "apac"];
+    let hardware = ["rpi4", "jetson"];
+    for i in 0..2000 {
+        let labels = [
+            ("region".to_string(), regions[i % 3].to_string()),
+            ("hardware".to_string(), hardware[i % 2].to_string()),
+        ]
+        .into_iter()
+        .collect();
+        ctl.register_device(
+            &drover_protocol::DeviceId::new(format!("dev-{i:04}")).unwrap(),
+            labels,
+        )
+        .await
+        .unwrap();
+    }
+    eprintln!(
+        "2000 devices registered in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let samples = drover_sim::data::reference_samples(1000, 1);
+    let (onnx, csv, _) = train_model(&samples, false).unwrap();
+    let mut parent = None;
+    for _ in 0..50 {
+        parent = Some(
+            push(
+                &ctl,
+                "sensor",
+                onnx.clone(),
+                csv.clone(),
+                parent,
+                Some("production"),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    eprintln!("50 versions pushed in {:.1}s", t.elapsed().as_secs_f64());
+    let http = reqwest::Client::new();
+    let post = http
+        .post(format!("{base}/v1/rollouts"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"model": "sensor@50", "id": "big", "waves": "1,10,100"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(post.status().is_success());
+    let pages = [
+        "/",
+        "/ui/devices",
+        "/ui/devices?selector=region%3Deu",
+        "/ui/devices/dev-0001",
+        "/ui/models",
+        "/ui/models/sensor/50",
+        "/ui/rollouts",
+        "/ui/rollouts/big",
+        "/ui/drift",
+        "/ui/retraining",
+    ];
+    eprintln!(
+        "{:<34} {:>9} {:>9} {:>9}",
+        "page", "median ms", "max ms", "KiB"
+    );
+    for p in pages {
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..7 {
+            let t = Instant::now();
+            let r = http
+                .get(format!("{base}{p}"))
+                .header("cookie", format!("drover_session={token}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{p}: {}", r.status());
+            size = r.bytes().await.unwrap().len();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{p:<34} {:>9.1} {:>9.1} {:>9}",
+            times[times.len() / 2],
+            times[times.len() - 1],
+            size / 1024
+        );
+    }
     running.shutdown().await;
 }
