@@ -668,18 +668,32 @@ async fn dashboard_render_bench_2000_devices_50_versions() {
         "/ui/drift",
         "/ui/retraining",
     ];
+    // The JSON API answering the same questions is the baseline.
+    let api = [
+        "/v1/devices",
+        "/v1/models",
+        "/v1/rollouts/big",
+        "/v1/drift",
+        "/v1/retrain",
+    ];
     eprintln!(
         "{:<34} {:>9} {:>9} {:>9}",
         "page", "median ms", "max ms", "KiB"
     );
-    for p in pages {
+    for p in pages.iter().chain(api.iter()) {
+        let (cookie, bearer) = if p.starts_with("/v1/") {
+            (String::new(), token.clone())
+        } else {
+            (format!("drover_session={token}"), String::new())
+        };
         let mut times = Vec::new();
         let mut size = 0;
         for _ in 0..7 {
             let t = Instant::now();
             let r = http
                 .get(format!("{base}{p}"))
-                .header("cookie", format!("drover_session={token}"))
+                .header("cookie", &cookie)
+                .bearer_auth(&bearer)
                 .send()
                 .await
                 .unwrap();
