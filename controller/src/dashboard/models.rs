@@ -114,7 +114,7 @@ fn lineage(versions: &[ModelSummary], edges: &[Edge]) -> Markup {
         );
         *row += 1;
     }
-    let width = pos.values().map(|p| p.0).fold(0.0, f64::max) + 150.0;
+    let width = pos.values().map(|p| p.0).fold(0.0, f64::max) + 80.0;
     let height = pos.values().map(|p| p.1).fold(0.0, f64::max) + 40.0;
     let mut svg = format!(
         r#"<svg class="lineage" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">"#
@@ -136,8 +136,9 @@ fn lineage(versions: &[ModelSummary], edges: &[Edge]) -> Markup {
             a.1,
             b.0 - 4.0,
             b.1,
-            (a.0 + b.0) / 2.0 + 10.0,
-            (a.1 + b.1) / 2.0 - 4.0,
+            // Next to the child, so labels of siblings never overlap.
+            b.0 - 175.0,
+            b.1 - 5.0,
             label
         );
     }
