@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian
-# machine (a Mosquitto binary for broker-restart tests), then runs the whole
+# machine (a Mosquitto binary for broker-restart tests, Chromium and
+# chromedriver for the dashboard's browser test), then runs the whole
 # workspace's tests with one shared build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ need_pkg() {
     fi
 }
 need_pkg mosquitto mosquitto
+# The dashboard's browser test drives headless Chromium through chromedriver.
+need_pkg chromium chromium
+need_pkg chromedriver chromium-driver
 
 # drover-onnx's node tests run the ai.onnx.ml cases the `onnx` Python
 # package defines; without it that test fails (it never skips).

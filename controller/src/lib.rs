@@ -24,6 +24,8 @@
 //! - [`controller`]: the cheap-to-clone [`Controller`] handle every other
 //!   part goes through, and [`DeviceEvent`]s.
 //! - [`auth`]: operator API tokens (hashed, with roles) and the bearer check.
+//! - `dashboard`: the web UI at `/` (server-rendered, same calls and route
+//!   table as the API).
 //! - `clock`, `db`, `keys`, `metrics`: injectable time, SQLite and its
 //!   migrations, key files, `/metrics` counters.
 //!
@@ -37,6 +39,7 @@ pub(crate) mod clock;
 pub mod controller;
 pub mod core;
 pub(crate) mod csv_table;
+pub(crate) mod dashboard;
 pub(crate) mod db;
 pub mod fleet;
 pub mod http;

@@ -610,6 +610,14 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     tasks.push(tokio::spawn(retrain.clone().run(async move {
         let _ = retrain_shutdown.changed().await;
     })));
+    let dashboard = crate::dashboard::Dashboard::new(
+        controller.clone(),
+        rollouts.clone(),
+        retrain.clone(),
+        tokens.clone(),
+        tls.is_some(),
+        shutdown_rx.clone(),
+    );
     let router = crate::http::router(controller.clone())
         .merge(crate::http::rollouts::routes(rollouts.clone()))
         .merge(crate::http::retrain::routes(retrain.clone()))
@@ -627,7 +635,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         .layer(axum::middleware::from_fn_with_state(
             tokens,
             crate::auth::layer::require,
-        ));
+        ))
+        // The dashboard checks its session cookie against the same route table.
+        .merge(dashboard.routes());
     let scheme = if tls.is_some() { "https" } else { "http" };
     tasks.push(tokio::spawn(crate::http::server::serve(
         http,

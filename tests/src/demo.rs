@@ -352,7 +352,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
 
     if opts.keep_running {
         println!();
-        println!("Fleet left running. Explore with:");
+        println!("Fleet left running. Dashboard (sign in with the admin token below):");
+        println!("  {}/", running.http_url());
+        println!("Or explore with the CLI:");
         println!("  export DROVER_CONTROLLER={}", running.http_url());
         println!(
             "  drover login --token-file {}",

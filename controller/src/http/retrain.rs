@@ -190,7 +190,7 @@ async fn show(
     Ok(Json(job))
 }
 
-async fn run(
+pub(crate) async fn run(
     State(api): State<RetrainApi>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<RetrainJob>)> {

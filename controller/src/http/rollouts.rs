@@ -175,7 +175,7 @@ async fn detail(
     ))
 }
 
-async fn command(
+pub(crate) async fn command(
     State(s): State<RolloutService>,
     actor: Option<Extension<Actor>>,
     Path((id, verb)): Path<(String, String)>,
