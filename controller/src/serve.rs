@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub upload_budget_bytes: u64,
     /// An upload sending nothing for this long is cut off.
     pub upload_idle_timeout: Duration,
+    /// How long a signed command stays valid (its `expires_at`); one hour.
+    pub command_validity: Duration,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -104,6 +106,7 @@ impl ServeConfig {
             max_upload_bytes: crate::http::MAX_BODY_BYTES as u64,
             upload_budget_bytes: 1024 * 1024 * 1024,
             upload_idle_timeout: crate::http::limits::UPLOAD_IDLE_TIMEOUT,
+            command_validity: Duration::from_secs(3600),
         }
     }
 
@@ -317,6 +320,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         ccfg.controller_username = u.clone();
     }
     ccfg.controller_password = cfg.password.clone();
+    ccfg.command_validity_ms = u64::try_from(cfg.command_validity.as_millis()).unwrap_or(u64::MAX);
 
     // Phase 3: bind.
     let http = tokio::net::TcpListener::bind(cfg.http)
