@@ -121,7 +121,9 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
             None => true,
             Some(id) => !running.rollouts().detail(id, 1).await?.status.active,
         };
-        if ended && next < versions.len() * 2 {
+        // Each version once, in order (a lower one would be a downgrade the
+        // agents refuse).
+        if ended && next < versions.len() {
             let v = versions[next % versions.len()];
             let id = format!("chaos-{next}");
             let body = StartBody {
@@ -131,7 +133,14 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
                 bake: Some(Duration::from_millis(500)),
                 device_timeout: Some(Duration::from_secs(5)),
                 metrics_interval: Some(Duration::from_millis(500)),
-                max_silent: Some("100%".into()),
+                max_silent: Some("50%".into()),
+                // Upgrades: faults are tested here, not gate statistics.
+                gates: if next == 0 {
+                    Vec::new()
+                } else {
+                    vec!["error_rate_delta<=1.0".into()]
+                },
+                min_samples: (next > 0).then_some(5),
                 ..StartBody::default()
             };
             let spec = body.to_spec().map_err(|e| anyhow::anyhow!(e.body.detail))?;
@@ -140,7 +149,7 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
                     current = Some(id);
                     next += 1;
                 }
-                Err(e) => tracing::warn!(error = %e, "chaos: rollout not started"),
+                Err(e) => eprintln!("chaos: rollout {id} not started: {e}"),
             }
         }
         tokio::time::sleep(between(&mut rng, cfg.gap)).await;
