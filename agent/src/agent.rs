@@ -104,7 +104,7 @@ impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         config.validate()?;
         let broker = config.broker_addr()?;
-        let clock = Clock::new();
+        let clock = sim_clock().unwrap_or_default();
         let dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
@@ -331,6 +331,27 @@ impl Drop for Agent {
         if let Some(api) = self.api.take() {
             api.abort();
         }
+    }
+}
+
+/// Feature `sim`: `DROVER_SIM_CLOCK_OFFSET_MS` (signed) sets this process's
+/// agent clock that far from the system clock, so the fault matrix can run a
+/// device whose clock is hours ahead or behind. Without the feature: `None`.
+fn sim_clock() -> Option<Clock> {
+    #[cfg(feature = "sim")]
+    {
+        let off: i64 = std::env::var("DROVER_SIM_CLOCK_OFFSET_MS")
+            .ok()?
+            .parse()
+            .ok()?;
+        let now = drover_protocol::Timestamp::from_system(std::time::SystemTime::now());
+        Some(Clock::anchored(drover_protocol::Timestamp(
+            now.0.saturating_add_signed(off),
+        )))
+    }
+    #[cfg(not(feature = "sim"))]
+    {
+        None
     }
 }
 

@@ -38,7 +38,9 @@
 //! `shared` ← `api`, `driver` ← `agent`.
 //!
 //! Cargo feature `sim`: `Agent::set_simulated_extra_latency` for the fleet
-//! simulator's "slow device" fault; device builds leave it off.
+//! simulator's "slow device" fault, and the `fault` points that abort the
+//! process at a named phase when `DROVER_SIM_FAULT` asks (the fault matrix);
+//! device builds leave it off.
 
 pub mod agent;
 pub(crate) mod api;
@@ -47,6 +49,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub(crate) mod driver;
+pub(crate) mod fault;
 pub(crate) mod http_serve;
 pub mod infer;
 pub mod install;

@@ -28,6 +28,8 @@
 //!   table as the API).
 //! - `clock`, `db`, `keys`, `metrics`: injectable time, SQLite and its
 //!   migrations, key files, `/metrics` counters.
+//! - `fault`: test-only fault points (cargo feature `sim`, armed by
+//!   `DROVER_SIM_FAULT`) that abort the process at a named phase.
 //!
 //! Durations and label selectors are `drover_protocol::duration` and
 //! `drover_protocol::labels`. Modules are `pub(crate)` unless the binary,
@@ -41,6 +43,7 @@ pub mod core;
 pub(crate) mod csv_table;
 pub(crate) mod dashboard;
 pub(crate) mod db;
+pub(crate) mod fault;
 pub mod fleet;
 pub mod http;
 pub(crate) mod key_rotation;

@@ -83,6 +83,8 @@ pub struct ServeConfig {
     pub broker_ca: Option<PathBuf>,
     /// PEM client certificate + key for an external broker that requires one.
     pub broker_cert: Option<(PathBuf, PathBuf)>,
+    /// How long a signed command stays valid (its `expires_at`); one hour.
+    pub command_validity: Duration,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -134,6 +136,7 @@ impl ServeConfig {
             mqtt_tls_names: Vec::new(),
             broker_ca: None,
             broker_cert: None,
+            command_validity: Duration::from_secs(3600),
         }
     }
 
@@ -400,6 +403,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     ccfg.controller_password = cfg.password.clone();
     ccfg.uplink_policy = cfg.uplink_policy;
     ccfg.device_kdf_iterations = cfg.device_kdf_iterations;
+    ccfg.command_validity_ms = u64::try_from(cfg.command_validity.as_millis()).unwrap_or(u64::MAX);
 
     // Phase 3: bind.
     let http = tokio::net::TcpListener::bind(cfg.http)

@@ -14,9 +14,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use drover_agent::status::AgentStatus;
 use drover_controller::Controller;
 use drover_controller::core::rollout::Phase;
 use drover_controller::rollouts::RolloutService;
+use drover_protocol::DeviceId;
 
 use crate::fleet::Fleet;
 
@@ -69,20 +71,87 @@ async fn stored(ctl: &Controller) -> anyhow::Result<BTreeMap<String, Stored>> {
     Ok(rows)
 }
 
-/// Checks all four invariants once and returns what is broken.
+/// Windows stored, and the sum over devices of the highest stored
+/// sequence (windows made and acknowledged or evicted, when invariant 2 holds).
+pub async fn window_totals(ctl: &Controller) -> anyhow::Result<(u64, u64)> {
+    let db = stored(ctl).await?;
+    Ok(db
+        .values()
+        .fold((0, 0), |(n, m), s| (n + s.windows, m + s.max_window_seq)))
+}
+
+/// A device as the checker sees it: its id and, while it is up, what its
+/// agent reports (in-process: `Agent::status`; a process: `GET /v1/status`).
+#[derive(Debug, Clone)]
+pub struct DeviceState {
+    /// Device id.
+    pub id: String,
+    /// The agent's status; `None` while it is down.
+    pub status: Option<AgentStatus>,
+}
+
+/// The states of an in-process fleet's devices.
+pub async fn fleet_states(fleet: &Fleet) -> Vec<DeviceState> {
+    let mut out = Vec::with_capacity(fleet.devices.len());
+    for d in &fleet.devices {
+        out.push(DeviceState {
+            id: d.id.to_string(),
+            status: d.with_agent(|a| a.status()).await,
+        });
+    }
+    out
+}
+
+/// Rows of a table whose `(device, seq)` appears more than once: zero while
+/// the primary key holds; counted so that a schema change that drops the key
+/// cannot let a duplicate through unseen.
+async fn duplicated(ctl: &Controller, table: &'static str) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(ctl
+        .db()
+        .call(move |c| {
+            let mut q = c.prepare(&format!(
+                "SELECT device, seq FROM {table} GROUP BY device, seq HAVING COUNT(*) > 1 LIMIT 5"
+            ))?;
+            let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?)
+}
+
+/// Checks all four invariants once for an in-process fleet.
 pub async fn check(
     ctl: &Controller,
     rollouts: Option<&RolloutService>,
     fleet: &Fleet,
 ) -> anyhow::Result<Vec<Violation>> {
+    check_states(ctl, rollouts, &fleet_states(fleet).await).await
+}
+
+/// Checks all four invariants once and returns what is broken.
+pub async fn check_states(
+    ctl: &Controller,
+    rollouts: Option<&RolloutService>,
+    devices: &[DeviceState],
+) -> anyhow::Result<Vec<Violation>> {
     let mut v = Vec::new();
     let db = stored(ctl).await?;
-    for d in &fleet.devices {
-        let Some(status) = d.with_agent(|a| a.status()).await else {
+    for (table, invariant) in [("telemetry", "windows"), ("commands", "sequence")] {
+        for (d, seq) in duplicated(ctl, table).await? {
+            v.push(Violation {
+                invariant,
+                detail: format!("{d}: {table} seq {seq} stored more than once"),
+            });
+        }
+    }
+    for d in devices {
+        let Some(status) = &d.status else {
             // A device that is down is checked when it is back.
             continue;
         };
-        let believed = ctl.device(&d.id).await?.and_then(|i| i.active);
+        let believed = ctl
+            .device(&DeviceId::new(d.id.clone())?)
+            .await?
+            .and_then(|i| i.active);
         if believed != status.active {
             v.push(Violation {
                 invariant: "version",
@@ -137,18 +206,32 @@ pub async fn check(
     Ok(v)
 }
 
-/// Waits (up to `timeout`) for every invariant to hold: after a fault the
-/// fleet needs a moment to converge. Returns the time it took, or the
-/// violations still seen at the end.
+/// Waits (up to `timeout`) for every invariant to hold for an in-process
+/// fleet. Returns the time it took, or the violations still seen at the end.
 pub async fn converge(
     ctl: &Controller,
     rollouts: Option<&RolloutService>,
     fleet: &Fleet,
     timeout: Duration,
 ) -> Result<Duration, Vec<Violation>> {
+    converge_with(ctl, rollouts, timeout, || fleet_states(fleet)).await
+}
+
+/// Waits (up to `timeout`) for every invariant to hold over the devices
+/// `states` reports: after a fault the fleet needs a moment to converge.
+pub async fn converge_with<F, Fut>(
+    ctl: &Controller,
+    rollouts: Option<&RolloutService>,
+    timeout: Duration,
+    states: F,
+) -> Result<Duration, Vec<Violation>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<DeviceState>>,
+{
     let start = tokio::time::Instant::now();
     loop {
-        let v = match check(ctl, rollouts, fleet).await {
+        let v = match check_states(ctl, rollouts, &states().await).await {
             Ok(v) => v,
             Err(e) => vec![Violation {
                 invariant: "check",

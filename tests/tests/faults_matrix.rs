@@ -15,14 +15,35 @@ use drover_sim::fleet::{Fleet, FleetConfig};
 use drover_sim::invariants;
 use drover_sim::net::SpawnedMosquitto;
 
-fn config(dir: &std::path::Path, broker: &SpawnedMosquitto) -> ServeConfig {
+fn config(dir: &std::path::Path, broker: &SpawnedMosquitto, validity: Duration) -> ServeConfig {
     let mut c = ServeConfig::ephemeral(dir);
     c.broker = BrokerChoice::External {
         host: "127.0.0.1".into(),
         port: broker.addr().port(),
         tls: false,
     };
+    c.command_validity = validity;
     c
+}
+
+/// How a cell's world differs from the default.
+#[derive(Clone)]
+struct Opts {
+    agents: usize,
+    proxies: bool,
+    validity: Duration,
+    agent_root: Option<std::path::PathBuf>,
+}
+
+impl Opts {
+    fn agents(agents: usize) -> Opts {
+        Opts {
+            agents,
+            proxies: false,
+            validity: Duration::from_secs(3600),
+            agent_root: None,
+        }
+    }
 }
 
 struct World {
@@ -30,25 +51,31 @@ struct World {
     dir: tempfile::TempDir,
     running: RunningController,
     fleet: Fleet,
+    validity: Duration,
 }
 
 impl World {
     async fn start(agents: usize) -> World {
+        World::start_with(Opts::agents(agents)).await
+    }
+
+    async fn start_with(o: Opts) -> World {
         let broker = SpawnedMosquitto::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let running = serve::start(config(&dir.path().join("controller"), &broker))
+        let running = serve::start(config(&dir.path().join("controller"), &broker, o.validity))
             .await
             .unwrap();
         let fleet = Fleet::start(
             &running.handle(),
             running.mqtt_addr(),
             &FleetConfig {
-                agents,
+                agents: o.agents,
                 inferences_per_sec: 10.0,
                 telemetry_window_ms: 500,
+                with_proxies: o.proxies,
                 ..FleetConfig::default()
             },
-            Some(dir.path().join("agents")),
+            Some(o.agent_root.unwrap_or_else(|| dir.path().join("agents"))),
         )
         .await
         .unwrap();
@@ -57,6 +84,7 @@ impl World {
             dir,
             running,
             fleet,
+            validity: o.validity,
         }
     }
 
@@ -93,9 +121,10 @@ impl World {
             dir,
             running,
             fleet,
+            validity,
         } = self;
         running.kill();
-        let running = serve::start(config(&dir.path().join("controller"), &broker))
+        let running = serve::start(config(&dir.path().join("controller"), &broker, validity))
             .await
             .unwrap();
         World {
@@ -103,6 +132,7 @@ impl World {
             dir,
             running,
             fleet,
+            validity,
         }
     }
 
@@ -217,14 +247,13 @@ async fn controller_kill_during_bake() {
     w.finish().await;
 }
 
-// Finds a problem not yet fixed: after every agent of the wave is crashed
-// mid-download and restarted on its data dir, the wave's devices stay
-// silent until the device timeout and the rollout pauses (`TooManySilent`,
-// with its reason, so the "stuck" invariant holds). Suspected: the crashed
-// agent's MQTT link task outlives `Agent` drop and fights the restarted
-// agent over the client id. Run with `--ignored` to reproduce.
+// Every agent of the wave crashes (in-process: its tasks dropped, no
+// Offline) right after the rollout dispatched, and comes back on its data
+// dir. The commands went out while the agents were going down and were lost
+// with their clean sessions; their Hello (accepted up to seq 0) tells the
+// rollout, which sends fresh commands at once. It used to wait out the
+// device timeout and pause `TooManySilent`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds an open defect: rollout pauses TooManySilent after agents crash mid-download"]
 async fn agent_kill_during_download() {
     let w = World::start(3).await;
     let v = w.push(1).await;
@@ -250,11 +279,11 @@ async fn agent_kill_during_download() {
     w.finish().await;
 }
 
-// Finds a problem not yet fixed: a broker restart while the first wave
-// installs leaves a device the controller never hears Active from; the
-// wave pauses `TooManySilent` (with its reason). Run with `--ignored`.
+// A broker restart (SIGKILL, no persistence) while the first wave installs:
+// commands the broker held are gone; the agents' Hello on the new broker
+// shows which, and the rollout sends them again (it used to pause
+// `TooManySilent` after the device timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds an open defect: a device's install report is lost across a broker restart"]
 async fn broker_restart_during_rollout() {
     let mut w = World::start(4).await;
     let v = w.push(1).await;
@@ -271,4 +300,83 @@ async fn broker_restart_during_rollout() {
     )
     .await;
     w.finish().await;
+}
+
+// A device's link is down for longer than a command stays valid (2 s here):
+// the rollout's command to it is lost with the link; once the link is back
+// the controller sends a fresh command (new sequence, new expiry) and the
+// device converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_longer_than_command_expiry() {
+    let w = World::start_with(Opts {
+        proxies: true,
+        validity: Duration::from_secs(2),
+        ..Opts::agents(3)
+    })
+    .await;
+    let v = w.push(1).await;
+    let proxy = w.fleet.devices[0].proxy.clone().unwrap();
+    proxy.cut();
+    w.start_rollout("r", v).await;
+    // The cut outlasts the command validity.
+    tokio::time::sleep(w.validity * 2).await;
+    let fault_at = Instant::now();
+    proxy.restore();
+    rollout_completes(&w, "r").await;
+    w.assert_converged(
+        &w.running.rollouts(),
+        "link cut longer than command expiry",
+        fault_at,
+    )
+    .await;
+    w.finish().await;
+}
+
+// The agents' data dirs are on a small filesystem that is then filled. The
+// devices must refuse what they cannot store (a readable reason, the
+// rollout retrying, not stuck), and install once the space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_disk_full() {
+    let disk = drover_sim::disk::SmallDisk::mount(16 * 1024)
+        .unwrap_or_else(|e| panic!("full-disk cell cannot run: {e:#}"));
+    let w = World::start_with(Opts {
+        agent_root: Some(disk.path().join("agents")),
+        ..Opts::agents(2)
+    })
+    .await;
+    // The disk fills after the agents stored the key list (filling it before
+    // leaves an agent that could not store the list refusing every command
+    // until it reconnects: see BENCHMARKS.md, Faults).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for d in &w.fleet.devices {
+        while d.with_agent(|a| a.status().key_list_version).await != Some(1) {
+            assert!(Instant::now() < deadline, "{}: no key list", d.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let filled = disk.fill().unwrap();
+    assert!(filled > 0);
+    let v1 = w.push(1).await;
+    w.start_rollout("r1", v1).await;
+    // While the disk is full the devices refuse the command (they cannot
+    // store the sequence number: `store_failed`, retryable) and the rollout
+    // retries: it is moving, not stuck; the invariants hold.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = w.running.rollouts();
+    let d = r.detail("r1", 1).await.unwrap();
+    assert_ne!(d.status.phase.name(), "completed", "{:?}", d.status.phase);
+    let fault_at = Instant::now();
+    w.assert_converged(&r, "disk full (while full)", fault_at)
+        .await;
+    disk.free().unwrap();
+    w.wait_phase("r1", |p, _| p == "completed", Duration::from_secs(90))
+        .await;
+    w.fleet
+        .wait_all_active(&format!("sensor@{v1}"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    w.assert_converged(&r, "disk full (after freeing)", fault_at)
+        .await;
+    w.finish().await;
+    drop(disk);
 }

@@ -183,9 +183,24 @@ impl Driver {
 
     // ---- commands -----------------------------------------------------
 
+    /// The time a command's expiry is judged against: the controller's
+    /// clock as the newest accepted command carried it (its `issued_at`),
+    /// advanced by this device's monotonic clock since, never the device's
+    /// own wall clock, which may be hours off (no RTC, no NTP yet) and must
+    /// not make every command look expired or eternal. Before the first
+    /// command of this run, the command's own issue time: the first command
+    /// after a start is not refused as expired; sequence numbers still
+    /// refuse every replay.
+    fn command_now(&self, signed: &Signed<Command>, now: Timestamp) -> Timestamp {
+        match self.controller_time {
+            Some((issued, at)) => issued.plus_ms(now.0.saturating_sub(at.0)),
+            None => signed.decode_unverified().map_or(now, |c| c.issued_at),
+        }
+    }
+
     pub(super) async fn handle_command(&mut self, signed: &Signed<Command>, now: Timestamp) {
         let mut next = self.trust.clone();
-        let cmd = match next.accept_command(signed, now) {
+        let cmd = match next.accept_command(signed, self.command_now(signed, now)) {
             Ok(c) => c,
             Err(e) => {
                 // Only a verified, fresh command of ours is answered with its
@@ -229,6 +244,12 @@ impl Driver {
             return;
         }
         self.trust = next;
+        if self
+            .controller_time
+            .is_none_or(|(issued, _)| cmd.issued_at > issued)
+        {
+            self.controller_time = Some((cmd.issued_at, now));
+        }
         tracing::info!(
             seq = cmd.seq,
             action = cmd.action.kind(),
@@ -436,6 +457,8 @@ impl Driver {
                 samples,
             });
             self.link.send(&up, Delivery::Reliable);
+            // Between two parts of an upload (or after the only one).
+            crate::fault::hit("capture.upload");
         }
     }
 

@@ -271,6 +271,7 @@ impl Driver {
                                 j.core
                                     .handle_write_failed(&format!("recording progress: {e}"));
                             }
+                            crate::fault::hit("deploy.download");
                         }
                         Ok(Err(e)) => j
                             .core
@@ -279,6 +280,7 @@ impl Driver {
                     }
                 }
                 DeployAction::Verify => {
+                    crate::fault::hit("deploy.verify");
                     let path = j.file.clone();
                     match blocking(move || digest_file(&path)).await {
                         Ok(Ok((sha, size))) => j.core.handle_digest(sha, size),
@@ -287,6 +289,7 @@ impl Driver {
                     }
                 }
                 DeployAction::Load => {
+                    crate::fault::hit("deploy.load");
                     let path = j.file.clone();
                     let manifest = j.core.manifest().clone();
                     let cfg = self.cfg.recorder();
@@ -307,6 +310,7 @@ impl Driver {
                     }
                 }
                 DeployAction::RunHealthChecks => {
+                    crate::fault::hit("deploy.health_check");
                     let r = match j.loaded.clone() {
                         Some(lm) => blocking(move || lm.health_check()).await.and_then(|r| r),
                         None => Err(Reason::new(
@@ -317,6 +321,7 @@ impl Driver {
                     j.core.handle_health(r);
                 }
                 DeployAction::Activate => {
+                    crate::fault::hit("deploy.activate");
                     let r = match j.core.kind() {
                         JobKind::Deploy => self.activate(j).await,
                         JobKind::Shadow { sample_per_mille } => {

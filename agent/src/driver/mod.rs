@@ -84,6 +84,9 @@ pub(crate) struct Driver {
     retired: Vec<Arc<LoadedModel>>,
     shadow: Option<Arc<Shadow>>,
     last_ack: Option<Timestamp>,
+    /// `(issued_at, local now)` of the newest accepted command: the
+    /// controller's clock, for command expiry (`commands::command_now`).
+    controller_time: Option<(Timestamp, Timestamp)>,
 }
 
 impl Driver {
@@ -113,6 +116,7 @@ impl Driver {
             retired: Vec::new(),
             shadow: restored.shadow,
             last_ack: None,
+            controller_time: None,
             cfg,
             shared,
             store,

@@ -21,6 +21,10 @@ impl Driver {
         let rt = self.shared.runtime.clone();
         let mut windows: Vec<TelemetryWindow> = Vec::new();
         let shadow_stats = self.shadow.as_ref().map(|s| s.take_stats());
+        if shadow_stats.is_some() {
+            // A shadow evaluation's comparisons taken, not yet in a window.
+            crate::fault::hit("shadow.window");
+        }
         if let Some(a) = rt.active() {
             let acc = a.recorder().take();
             windows.push(self.windower.seal(
@@ -65,6 +69,9 @@ impl Driver {
                     .metrics
                     .add_closed(w.count, w.errors, &w.latency);
             }
+            if w.role == ModelRole::Active && self.guard.watching().is_some() {
+                crate::fault::hit("guard.window");
+            }
             if let Some(d) = self.guard.handle_window(&w) {
                 decisions.push(d);
             }
@@ -85,6 +92,8 @@ impl Driver {
                 tracing::error!(seq, error = %e, "persisting a telemetry window; dropping it");
                 self.outbox.discard(seq);
             }
+            // Committed to the outbox, not yet sent.
+            crate::fault::hit("telemetry.outbox");
         }
         for d in decisions {
             self.handle_guard(d).await;

@@ -102,6 +102,7 @@ fn for_each_window(
         role: Some("active".to_owned()),
         from_ms: Some(q.from_ms),
         to_ms: Some(q.to_ms),
+        by_receipt: false,
         devices: None,
     };
     let stats = query::for_each_window(conn, &scan, |device, w| {
@@ -230,6 +231,7 @@ impl FleetOps for ControllerPorts {
                     },
                 )
                 .await
+                .inspect(|_| crate::fault::hit("retrain.capture"))
                 .map_err(port_err)
         })
     }

@@ -276,6 +276,8 @@ impl RolloutService {
         let summary = summary_of(&rollout);
         st.rollouts.insert(rollout.id().to_string(), rollout);
         drop(st);
+        // Saved, nothing dispatched yet.
+        crate::fault::hit("rollout.start");
         self.inner.wake.notify_one();
         Ok(summary)
     }
@@ -406,8 +408,38 @@ impl RolloutService {
         }
     }
 
+    /// Commands a device came back without. Its Hello (sent on every new
+    /// session) says it accepted commands up to `last`; a rollout command to
+    /// it numbered above that was lost with a session: devices connect with
+    /// clean sessions, so the broker keeps nothing for them while they are
+    /// away (a crash right after the command went out, a link cut). Each
+    /// goes back to its rollout, which sends a fresh command now instead of
+    /// waiting out the device timeout. A
+    /// command that crossed the Hello in flight is sent twice; the agent
+    /// takes the second as the same install.
+    async fn lost_commands(&self, device: &DeviceId, last: u64) {
+        let now = self.inner.ctl.now();
+        let mut st = self.inner.state.lock().await;
+        let key = device.to_string();
+        let lost: Vec<(u64, (String, Version))> = st
+            .sent
+            .range((key.clone(), last.saturating_add(1))..=(key.clone(), u64::MAX))
+            .map(|((_, seq), v)| (*seq, v.clone()))
+            .collect();
+        for (seq, (rollout, version)) in lost {
+            st.sent.remove(&(key.clone(), seq));
+            if let Some(r) = st.rollouts.get_mut(&rollout) {
+                tracing::info!(rollout = %rollout, %device, seq, last, "command lost with the device's session; sending it again");
+                let _ = r.handle_command_lost(now, device, version);
+            }
+        }
+    }
+
     async fn handle_event(&self, ev: DeviceEvent) {
         let now = self.inner.ctl.now();
+        if let DeviceEvent::Hello { device, hello } = &ev {
+            self.lost_commands(device, hello.last_command_seq).await;
+        }
         let device = match &ev {
             DeviceEvent::Hello { device, .. }
             | DeviceEvent::Online { device }
@@ -500,6 +532,7 @@ impl RolloutService {
                     matches!(ev.event, crate::core::rollout::AuditKind::Completed { .. })
                 });
                 let (model, target) = (snapshot.spec().model.clone(), snapshot.spec().target);
+                let baking = snapshot.phase().name() == "baking";
                 let id = snapshot.id().to_string();
                 // Persist before acting (the engine's persistence contract).
                 let saved = self
@@ -512,6 +545,9 @@ impl RolloutService {
                     tracing::error!(rollout = %id, error = %e, "cannot persist rollout; not acting on it");
                     continue;
                 }
+                if baking {
+                    crate::fault::hit("rollout.bake");
+                }
                 if completed {
                     // A version that reached every device is what drift is
                     // measured against from now on.
@@ -523,6 +559,8 @@ impl RolloutService {
                     self.execute(&id, a).await;
                 }
                 for req in requests {
+                    // A gate (or bake) evaluation asked for, not yet answered.
+                    crate::fault::hit("rollout.gate");
                     let req2 = req.clone();
                     let answer = self
                         .inner
@@ -578,6 +616,7 @@ impl RolloutService {
             };
             (r.spec().model.clone(), r.spec().target)
         };
+        let rollback = matches!(action, RolloutAction::Rollback { .. });
         let (cmd, about) = match action {
             RolloutAction::Deploy { version, .. } => match ctl.manifest(&model, version).await {
                 Ok(manifest) => (Action::Deploy { manifest }, version),
@@ -611,6 +650,12 @@ impl RolloutService {
         };
         match ctl.send_command(&device, cmd).await {
             Ok(seq) => {
+                // One command out, the rest of the wave not yet.
+                crate::fault::hit(if rollback {
+                    "rollout.rollback"
+                } else {
+                    "rollout.dispatch"
+                });
                 let mut st = self.inner.state.lock().await;
                 st.sent
                     .insert((device.to_string(), seq), (rollout.to_string(), about));

@@ -118,6 +118,8 @@ async fn flush(ctrl: &Controller, batch: Vec<(DeviceId, TelemetryWindow)>) {
             return;
         }
     };
+    // Committed, not yet acknowledged: the agents resend, the key dedups.
+    crate::fault::hit("telemetry.stored");
     let metrics = ctrl.metrics();
     metrics.windows_ingested.fetch_add(
         out.stored.len() as u64,

@@ -234,6 +234,10 @@ pub(crate) struct WindowScan {
     pub(crate) from_ms: Option<u64>,
     /// Windows ending before this (ms).
     pub(crate) to_ms: Option<u64>,
+    /// `from_ms`/`to_ms` bound when the controller received a window, not
+    /// when the device says it ended: what rollout gates use, so a device
+    /// whose clock is hours off still counts for the wave it is in.
+    pub(crate) by_receipt: bool,
     /// Only these devices (a wave can hold thousands: they are bound
     /// [`DEVICE_CHUNK`] at a time).
     pub(crate) devices: Option<Vec<String>>,
@@ -283,13 +287,18 @@ pub(crate) fn for_each_window(
         args.push(Value::Text(r.clone()));
         sql.push_str(&format!(" AND role = ?{}", args.len()));
     }
+    let time = if scan.by_receipt {
+        "received_at"
+    } else {
+        "end_ms"
+    };
     if let Some(t) = scan.from_ms {
         args.push(Value::Integer(i64::try_from(t).unwrap_or(i64::MAX)));
-        sql.push_str(&format!(" AND end_ms >= ?{}", args.len()));
+        sql.push_str(&format!(" AND {time} >= ?{}", args.len()));
     }
     if let Some(t) = scan.to_ms {
         args.push(Value::Integer(i64::try_from(t).unwrap_or(i64::MAX)));
-        sql.push_str(&format!(" AND end_ms < ?{}", args.len()));
+        sql.push_str(&format!(" AND {time} < ?{}", args.len()));
     }
     let mut stats = ScanStats::default();
     let mut run = |sql: &str, args: Vec<Value>| -> rusqlite::Result<()> {
@@ -343,6 +352,7 @@ pub fn aggregate(
         role: f.role.clone(),
         from_ms: f.from_ms,
         to_ms: f.to_ms,
+        by_receipt: false,
         devices: f.devices.clone(),
     };
     let mut merged = Aggregate::default();
@@ -398,6 +408,7 @@ fn cohort(
         role: Some(role.to_owned()),
         from_ms: Some(req.since.0),
         to_ms: Some(req.until.0),
+        by_receipt: true,
         devices: Some(devices.iter().map(|d| d.as_str().to_owned()).collect()),
     };
     let mut seen: BTreeSet<String> = BTreeSet::new();

@@ -122,6 +122,7 @@ impl RetrainRunner {
 
         let started_at = self.now();
         tracing::info!(job = id, hook = cfg.hook.kind(), "running retrain hook");
+        crate::fault::hit("retrain.hook");
         let result = run_hook(&cfg.hook, &hook_job, &job_file).await;
         let now = self.now();
         job.handle_hook_finished(
@@ -181,6 +182,8 @@ impl RetrainRunner {
                     .await;
             }
         };
+        // Pushed, not yet recorded in the job.
+        crate::fault::hit("retrain.push");
         let now = self.now();
         job.handle_pushed(now, version, output.metrics)?;
         self.save_job(&job).await?;
@@ -224,6 +227,8 @@ impl RetrainRunner {
         let now = self.now();
         match started {
             Ok(rollout) => {
+                // Started and saved by the rollout service, not yet in the job.
+                crate::fault::hit("retrain.auto_rollout");
                 tracing::info!(job = job.id, %rollout, "canary rollout started");
                 job.handle_rollout_started(now, rollout)?;
             }

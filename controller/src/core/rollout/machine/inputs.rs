@@ -62,6 +62,35 @@ impl Rollout {
         self.check_progress(now);
     }
 
+    /// A command about `version` never reached `device`: it came back on a
+    /// new session having accepted none of it. Queued again at once, the
+    /// attempt not counted (nothing was tried); a device no longer waiting
+    /// on such a command is left alone.
+    pub fn handle_command_lost(
+        &mut self,
+        now: Timestamp,
+        device: &DeviceId,
+        version: Version,
+    ) -> Result<(), RolloutError> {
+        self.tick(now);
+        if !self.devices.contains_key(device) {
+            return Err(RolloutError::UnknownDevice(device.clone()));
+        }
+        let target = self.spec.target;
+        self.update(device, |d| {
+            let about = match d.task {
+                Task::Deploy | Task::Shadow => version == target,
+                Task::Rollback { to } => version == to,
+                _ => false,
+            };
+            if about && let Progress::Commanded { attempt, .. } = d.progress {
+                d.progress = Progress::Queued { at: now, attempt };
+            }
+        });
+        self.check_progress(now);
+        Ok(())
+    }
+
     /// A device appeared, changed, came online or went offline. Devices that
     /// start matching the selector join (the wave given by their hash); if
     /// their wave has started they get the candidate, during a rollback they
