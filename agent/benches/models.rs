@@ -300,7 +300,7 @@ fn main() {
         let m = manifest(&bytes, &model, &fixed);
         let tmp = tempfile::tempdir().unwrap();
         let agent = agent(&rt, tmp.path(), &bytes, &m);
-        let mut http = RawClient::connect(agent.api_addr().unwrap());
+        let addr = agent.api_addr().unwrap();
         let load = |metas: &Value| -> Vec<(String, NpyArray)> {
             metas
                 .as_array()
@@ -348,8 +348,12 @@ fn main() {
                 .map(|(n, a)| (n.clone(), a.to_tensor().unwrap()))
                 .collect();
             let npz = npy::write_npz(tensors.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+            // A fresh connection per series: the server closes keep-alive
+            // connections idle past its header-read timeout (a slow series).
+            let mut http = RawClient::connect(addr);
             let http_npz = p50(|| http.post("application/x-npz", &npz));
             let body = json_body(&feeds);
+            let mut http = RawClient::connect(addr);
             let http_json = p50(|| http.post("application/json", &body));
             let ort_p50 = ort.get(&(name.to_string(), label.clone())).copied();
             println!(
