@@ -18,6 +18,12 @@ one intra-op and one inter-op thread and prints p50 (and p90) per call:
 The table goes to stdout and the numbers to target/bench/onnxruntime.json, so
 a Rust benchmark can put Drover's numbers beside onnxruntime's for the same
 model and inputs. Latency is of the in-process call only: no HTTP.
+
+With --drover it then runs, in the same run and on the same cases,
+`cargo bench -p drover-agent --bench models` (agent/benches/models.rs):
+Drover's p50 in-process (`Agent::infer`) and over the agent's HTTP API
+(.npz and JSON bodies, keep-alive socket), printed as one markdown table
+beside onnxruntime's p50 (BENCHMARKS.md's model table).
 """
 
 from __future__ import annotations
@@ -133,6 +139,11 @@ def main() -> int:
         "--min-iters", type=int, default=30, help="timed calls per measurement, at least"
     )
     ap.add_argument("--out", type=Path, default=OUT, help="JSON output path")
+    ap.add_argument(
+        "--drover",
+        action="store_true",
+        help="then measure Drover in-process and over HTTP (cargo bench, release)",
+    )
     args = ap.parse_args()
 
     index = json.loads(INDEX.read_text())
@@ -197,6 +208,12 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwrote {args.out}")
+    if args.drover:
+        import subprocess
+
+        cmd = ["cargo", "bench", "-p", "drover-agent", "--bench", "models", "--", *args.prefixes]
+        print("\n" + " ".join(cmd), flush=True)
+        return subprocess.run(cmd, cwd=ROOT, check=False).returncode
     return 0
 
 

@@ -112,7 +112,9 @@ pub struct AgentConfig {
     /// Port 0 picks a free port (see `Agent::api_addr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<SocketAddr>,
-    /// Largest HTTP request body, bytes.
+    /// Ceiling on an HTTP request body, bytes. `/v1/infer` sizes its limit
+    /// from the active model's inputs (`drover_agent::input_limit`) up to
+    /// this; other routes take at most 64 KiB (or this, if smaller).
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
     /// Telemetry window length, ms.
@@ -190,7 +192,7 @@ mod defaults {
         "generic".into()
     }
     pub(super) fn max_body_bytes() -> usize {
-        1024 * 1024
+        64 << 20
     }
     pub(super) fn telemetry_window_ms() -> u64 {
         10_000
@@ -330,7 +332,7 @@ const KEYS: &[(&str, Kind, &str)] = &[
     (
         "max_body_bytes",
         Kind::Int,
-        "Largest HTTP request body, bytes.",
+        "Ceiling on an HTTP request body, bytes; /v1/infer sizes its limit from the model's inputs up to this.",
     ),
     (
         "telemetry_window_ms",

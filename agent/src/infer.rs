@@ -317,6 +317,10 @@ pub enum InferError {
         /// What is wrong.
         detail: String,
     },
+    /// The request carries more values than the model's inputs allow
+    /// (`crate::input_limit`); the HTTP API answers 413.
+    #[error("{0}")]
+    TooLarge(String),
     /// The model failed on this input.
     #[error("inference failed: {0}")]
     Model(#[from] RuntimeError),

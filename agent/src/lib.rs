@@ -29,6 +29,7 @@
 //! - [`config`]: the TOML config and its env overrides.
 //! - [`cli`], [`install`]: the `drover-agent` command line and systemd install.
 //! - [`infer`]: requests, responses, feedback labels and their errors.
+//! - [`input_limit`]: how large a request may be, from the model's inputs.
 //! - [`status`], [`clock`], [`version`]: status snapshot, time (tokio's clock,
 //!   so paused-time tests drive the timers), the agent's version.
 //!
@@ -52,6 +53,7 @@ pub(crate) mod driver;
 pub(crate) mod fault;
 pub(crate) mod http_serve;
 pub mod infer;
+pub mod input_limit;
 pub mod install;
 pub(crate) mod link;
 pub(crate) mod metrics;

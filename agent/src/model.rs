@@ -12,6 +12,7 @@ use drover_protocol::{ModelRef, Sha256};
 
 use crate::core::window::{Prediction, Recorder, RecorderConfig, WindowSpec};
 use crate::infer::{OutputTensor, RuntimeError};
+use crate::input_limit::InputLimits;
 
 /// Outputs of one run, by name, in graph order.
 pub type RunOutputs = drover_onnx::Outputs;
@@ -60,6 +61,7 @@ pub struct LoadedModel {
     classifier: bool,
     tolerance: f32,
     recorder: Recorder,
+    limits: InputLimits,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -148,7 +150,9 @@ impl LoadedModel {
             Task::Regression { .. } => (false, Vec::new(), None),
         };
         let spec = WindowSpec::from_manifest(&manifest);
+        let limits = InputLimits::from_schema(onnx.schema());
         Ok(LoadedModel {
+            limits,
             model: Arc::new(manifest.model_ref()),
             sha256: manifest.artifact.sha256,
             model_labels: onnx.class_labels().cloned(),
@@ -206,6 +210,11 @@ impl LoadedModel {
         &self.input_name
     }
 
+    /// How large a request to this model may be.
+    pub fn input_limits(&self) -> &InputLimits {
+        &self.limits
+    }
+
     /// The loaded graph (schema, class labels, runs by name).
     pub fn onnx(&self) -> &Model {
         &self.onnx
@@ -255,6 +264,51 @@ impl LoadedModel {
         let cast = t.cast_to::<f32>().ok()?;
         let view = cast.try_as_plain_ram().ok()?;
         Some(view.as_slice::<f32>().ok()?.to_vec())
+    }
+
+    /// Whether telemetry profiles this model's inputs by per-input
+    /// statistics (tensor models) rather than by the first input's row.
+    pub(crate) fn profiles_tensors(&self) -> bool {
+        !self.manifest.reference.sources.is_empty()
+    }
+
+    /// The telemetry row of a tensor model's request: each of the
+    /// manifest's feature sources computed on the named input (NaN for an
+    /// input the request lacks, so it shows as drift).
+    pub(crate) fn feature_row(&self, inputs: &[(String, Tensor)]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.manifest.reference.sources.len());
+        let mut current: Option<(&str, Vec<usize>, Vec<f32>)> = None;
+        for s in &self.manifest.reference.sources {
+            if current.as_ref().is_none_or(|(n, _, _)| *n != s.input) {
+                current = inputs
+                    .iter()
+                    .find(|(n, _)| *n == s.input)
+                    .and_then(|(n, t)| {
+                        Some((n.as_str(), t.shape().to_vec(), Self::f32_values(t)?))
+                    });
+            }
+            out.push(match &current {
+                Some((_, shape, values)) => s.compute(shape, values),
+                None => f32::NAN,
+            });
+        }
+        out
+    }
+
+    /// [`Self::feature_row`] of a one-input request in its flat form.
+    pub(crate) fn feature_row_flat(&self, data: &[f32]) -> Vec<f32> {
+        self.manifest
+            .reference
+            .sources
+            .iter()
+            .map(|s| {
+                if s.input == self.input_name {
+                    s.compute(&self.input_shape, data)
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect()
     }
 
     /// The primary output of a run, as f32.
@@ -325,12 +379,39 @@ impl LoadedModel {
             .collect()
     }
 
+    /// Runs a tensor model's health-check sample (inputs by name).
+    fn run_sample(
+        &self,
+        inputs: &[drover_protocol::manifest::SampleInput],
+    ) -> Result<RunOutputs, RuntimeError> {
+        let schema = self.onnx.schema();
+        let mut tensors = Vec::with_capacity(inputs.len());
+        for i in inputs {
+            let spec = schema
+                .inputs
+                .iter()
+                .find(|s| s.name == i.name)
+                .ok_or_else(|| RuntimeError::Unsupported(format!("no input {:?}", i.name)))?;
+            let shape: Vec<usize> = i.shape.iter().map(|d| *d as usize).collect();
+            let t = crate::infer::InputValues::F32(i.values.clone())
+                .to_tensor(spec.element.datum_type(), &shape)
+                .map_err(|e| RuntimeError::Unsupported(format!("input {:?}: {e}", i.name)))?;
+            tensors.push((i.name.clone(), t));
+        }
+        self.run_named(tensors)
+    }
+
     /// Runs the manifest's health-check samples; every primary-output element
     /// must be within the manifest's tolerance.
     pub fn health_check(&self) -> Result<(), Reason> {
         let hc = &self.manifest.health_checks;
         for (i, s) in hc.samples.iter().enumerate() {
-            let outs = self.run(&s.input).map_err(|e| {
+            let outs = if s.inputs.is_empty() {
+                self.run(&s.input)
+            } else {
+                self.run_sample(&s.inputs)
+            };
+            let outs = outs.map_err(|e| {
                 Reason::new(
                     ReasonCode::HealthCheckFailed,
                     format!("sample {i} did not run: {e}"),
@@ -401,7 +482,11 @@ pub(crate) mod tests {
         let probe = LoadedModel::load(&bytes, m.clone(), RecorderConfig::default()).unwrap();
         let input = vec![60.0, 2.4, 12.0, 50.0];
         let expected = probe.primary_values(&probe.run(&input).unwrap()).unwrap();
-        m.health_checks.samples = vec![HealthSample { input, expected }];
+        m.health_checks.samples = vec![HealthSample {
+            input,
+            expected,
+            inputs: vec![],
+        }];
         m
     }
 

@@ -190,6 +190,10 @@ impl Runtime {
                 ),
             ));
         }
+        let stats = model
+            .profiles_tensors()
+            .then(|| model.feature_row_flat(&req.data));
+        let row = stats.as_deref().unwrap_or(&req.data);
         let t0 = Instant::now();
         let result = model.run(&req.data);
         let t1 = Instant::now();
@@ -204,7 +208,7 @@ impl Runtime {
                     request_id: 0,
                     at_ms,
                     latency_us,
-                    row: &req.data,
+                    row,
                     prediction: None,
                 });
                 return Err(InferError::Model(e));
@@ -215,7 +219,7 @@ impl Runtime {
             request_id,
             at_ms,
             latency_us,
-            row: &req.data,
+            row,
             prediction,
         });
         if self.shadow_on.load(Ordering::Acquire)
@@ -227,8 +231,9 @@ impl Runtime {
     }
 
     /// The multi-input (and dynamic-shape, non-f32) path: tensors by name.
-    /// Telemetry records the first input when it is numeric (drift is
-    /// watched on it alone); the shadow candidate is not fed.
+    /// Telemetry records the manifest's per-input statistics (tensor
+    /// models), else the first input's row when it is numeric; the shadow
+    /// candidate is not fed.
     fn infer_named(
         &self,
         model: &Arc<LoadedModel>,
@@ -248,6 +253,16 @@ impl Runtime {
                     ),
                 ));
             };
+            let most = model.input_limits().max_values(&input.name).unwrap_or(0);
+            if input.values.len() > most {
+                self.bad_input.fetch_add(1, Ordering::Relaxed);
+                return Err(InferError::TooLarge(format!(
+                    "input {:?}: {} values, more than the {most} its declared shape allows \
+                     (see the agent API's request limits)",
+                    input.name,
+                    input.values.len()
+                )));
+            }
             if input.values.has_non_finite() {
                 return Err(self.bad_input(
                     "non_finite_input",
@@ -317,6 +332,9 @@ impl Runtime {
                 "missing_input",
                 format!("input {:?} is missing", missing.name),
             ));
+        }
+        if model.profiles_tensors() {
+            row = model.feature_row(&tensors);
         }
         let t0 = Instant::now();
         let result = model.run_named(tensors);

@@ -24,12 +24,15 @@
 //! - `ml`: the ai.onnx.ml operators as Drover's own tract ops, replacing
 //!   tract's (which mislabel binary forests and lack most of the domain).
 //! - `fold`: fixed inputs become constants; an `If` they decide is inlined.
+//! - [`npy`]: `.npy` / `.npz` reading and writing (binary requests,
+//!   answers and reference data).
 //! - `error`: [`OnnxError`].
 
 mod error;
 mod fold;
 mod ml;
 mod model;
+pub mod npy;
 mod schema;
 #[cfg(test)]
 mod tests;

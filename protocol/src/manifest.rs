@@ -149,6 +149,92 @@ pub struct ReferenceProfile {
     /// Class frequencies (classification; `edges` empty) or binned
     /// predictions (regression).
     pub output: BinnedProfile,
+    /// How each feature is computed from a request, one per entry of
+    /// `features`; empty for tabular models, whose feature i is value i of
+    /// the first input's row.
+    #[serde(default)]
+    pub sources: Vec<FeatureSource>,
+}
+
+/// A feature of a tensor model: a summary statistic of one input (per
+/// channel or over the whole tensor), computed the same way on the
+/// reference samples at push and on every request by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSource {
+    /// The input's name.
+    pub input: String,
+    /// The channel axis (1 for NCHW images or NCT audio), or `None` for the
+    /// whole tensor.
+    pub channel_axis: Option<u32>,
+    /// The channel, when `channel_axis` is set.
+    pub channel: u32,
+    /// Which statistic.
+    pub stat: TensorStat,
+}
+
+/// A summary statistic of a tensor's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TensorStat {
+    /// Arithmetic mean.
+    Mean,
+    /// Population standard deviation (the spread).
+    Std,
+}
+
+impl FeatureSource {
+    /// This feature of a tensor of `shape` holding `values` (row-major):
+    /// the statistic over the selected channel (all of the tensor when
+    /// `channel_axis` is `None`). NaN when the channel does not exist or
+    /// nothing is selected, so a mismatch shows as drift (overflow bin).
+    pub fn compute(&self, shape: &[usize], values: &[f32]) -> f32 {
+        let axis = self.channel_axis.map(|a| a as usize);
+        let (mean, std) = channel_moments(shape, values, axis, self.channel as usize);
+        match self.stat {
+            TensorStat::Mean => mean,
+            TensorStat::Std => std,
+        }
+    }
+}
+
+/// Mean and population standard deviation of channel `channel` along
+/// `axis` of a row-major tensor (the whole tensor when `axis` is `None`);
+/// NaNs when the channel does not exist or `values` does not fit `shape`.
+pub fn channel_moments(
+    shape: &[usize],
+    values: &[f32],
+    axis: Option<usize>,
+    channel: usize,
+) -> (f32, f32) {
+    let total: usize = shape.iter().product();
+    if total != values.len() || total == 0 {
+        return (f32::NAN, f32::NAN);
+    }
+    let (outer, channels, inner) = match axis {
+        None => (1, 1, total),
+        Some(a) if a < shape.len() => (
+            shape[..a].iter().product::<usize>(),
+            shape[a],
+            shape[a + 1..].iter().product::<usize>(),
+        ),
+        Some(_) => return (f32::NAN, f32::NAN),
+    };
+    let channel = if axis.is_none() { 0 } else { channel };
+    if channel >= channels || inner == 0 {
+        return (f32::NAN, f32::NAN);
+    }
+    let (mut sum, mut sq, mut n) = (0.0f64, 0.0f64, 0usize);
+    for o in 0..outer {
+        let start = (o * channels + channel) * inner;
+        for x in values.get(start..start + inner).unwrap_or(&[]) {
+            let x = f64::from(*x);
+            sum += x;
+            sq += x * x;
+        }
+        n += inner;
+    }
+    let mean = sum / n as f64;
+    let var = (sq / n as f64 - mean * mean).max(0.0);
+    (mean as f32, var.sqrt() as f32)
 }
 
 /// A feature's bins and reference frequencies.
@@ -191,10 +277,25 @@ pub struct HealthChecks {
 /// One input row (flattened) and the primary output it must produce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthSample {
-    /// Flattened input for one row of the first input.
+    /// Flattened input for one row of the first input (tabular models).
     pub input: Vec<f32>,
     /// Flattened expected primary output.
     pub expected: Vec<f32>,
+    /// Tensor models (several inputs, dynamic dims): every input by name
+    /// with its shape; `input` is then empty.
+    #[serde(default)]
+    pub inputs: Vec<SampleInput>,
+}
+
+/// One input of a tensor model's health-check sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleInput {
+    /// The input's name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<u32>,
+    /// Its values, flattened (integers and booleans as f32).
+    pub values: Vec<f32>,
 }
 
 /// Provenance of a version.
@@ -248,6 +349,34 @@ impl std::fmt::Display for AgentVersion {
 
 #[cfg(test)]
 mod tests {
+    use super::{FeatureSource, TensorStat, channel_moments};
+
+    #[test]
+    fn channel_moments_select_one_channel_across_the_batch() {
+        // [2, 3, 2]: channel c of batch b holds 10 b + c, twice.
+        let values: Vec<f32> = (0..2)
+            .flat_map(|b| (0..3).flat_map(move |c| [10.0 * b as f32 + c as f32; 2]))
+            .collect();
+        let (mean, std) = channel_moments(&[2, 3, 2], &values, Some(1), 2);
+        assert_eq!((mean, std), (7.0, 5.0));
+        let (mean, _) = channel_moments(&[2, 3, 2], &values, None, 0);
+        assert_eq!(mean, 6.0);
+        assert!(channel_moments(&[2, 3, 2], &values, Some(1), 3).0.is_nan());
+        assert!(
+            channel_moments(&[2, 3, 2], &values[1..], Some(1), 0)
+                .0
+                .is_nan()
+        );
+        assert!(channel_moments(&[2, 3, 2], &values, Some(5), 0).0.is_nan());
+        let s = FeatureSource {
+            input: "x".into(),
+            channel_axis: Some(1),
+            channel: 0,
+            stat: TensorStat::Std,
+        };
+        assert_eq!(s.compute(&[2, 3, 2], &values), 5.0);
+    }
+
     use super::*;
 
     #[test]

@@ -119,11 +119,13 @@ pub fn manifest(name: &str, version: u64, artifact: &[u8], now: Timestamp) -> Mo
                 edges: vec![],
                 frequencies: vec![0.7, 0.2, 0.1],
             },
+            sources: vec![],
         },
         health_checks: HealthChecks {
             samples: vec![HealthSample {
                 input: vec![0.0; 4],
                 expected: vec![0.7, 0.2, 0.1],
+                inputs: vec![],
             }],
             tolerance: 1e-3,
         },

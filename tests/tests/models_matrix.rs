@@ -4,7 +4,9 @@
 //! real broker (embedded, or `DROVER_TEST_BROKER`), and run over the agent's
 //! HTTP API with the fixture inputs (every input by name, with its shape);
 //! every output is compared with onnxruntime's (labels exact, floats within
-//! 1e-4 relative or 1e-5 absolute).
+//! 1e-4 relative or 1e-5 absolute). Recurrent cases (`feedback` in the
+//! index) pass the state the agent returned back in on the next request,
+//! as a streaming client does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../onnx/tests/common/mod.rs"]
@@ -214,11 +216,23 @@ async fn every_conformance_case_serves_onnxruntimes_outputs_through_push_and_dep
             failures.push(format!("{name}: deploy {phase:?}"));
             continue;
         }
+        let mut previous: Option<Value> = None;
         for (r, run) in case["runs"].as_array().unwrap().iter().enumerate() {
             let mut inputs = serde_json::Map::new();
             for i in run["inputs"].as_array().unwrap() {
                 let iname = i["name"].as_str().unwrap();
                 if case["fixed_inputs"].get(iname).is_some() {
+                    continue;
+                }
+                // The state output of the agent's previous answer, as served.
+                let fed_back = case["feedback"]
+                    .get(iname)
+                    .and_then(Value::as_str)
+                    .zip(previous.as_ref())
+                    .map(|(out, prev)| prev["outputs"][out].clone());
+                if let Some(state) = fed_back {
+                    assert!(state.is_object(), "{name}: no state output to feed back");
+                    inputs.insert(iname.to_string(), state);
                     continue;
                 }
                 let t = common::read_npy(&case_dir.join(i["file"].as_str().unwrap()));
@@ -237,6 +251,7 @@ async fn every_conformance_case_serves_onnxruntimes_outputs_through_push_and_dep
                 continue;
             }
             assert_eq!(reply["model"], name.replace('_', "-"));
+            previous = Some(reply.clone());
             for o in run["outputs"].as_array().unwrap() {
                 let oname = o["name"].as_str().unwrap();
                 let want = common::read_npy(&case_dir.join(o["file"].as_str().unwrap()));

@@ -106,6 +106,7 @@ pub fn fill_health_checks(m: &mut ModelManifest, bytes: &[u8]) {
         .map(|r| HealthSample {
             input: r.to_vec(),
             expected: probe.primary_values(&probe.run(r).unwrap()).unwrap(),
+            inputs: vec![],
         })
         .collect();
 }

@@ -20,7 +20,10 @@ pub enum ModelCmd {
         /// Model name.
         #[arg(long)]
         name: String,
-        /// Reference CSV (header; feature columns; optional `label` column).
+        /// Reference data: a CSV (header; feature columns; optional `label`
+        /// column), an `.npy` (one input), an `.npz` (one array per input,
+        /// by name; what `np.savez` writes), or a directory of them (each
+        /// file one request; CSVs are concatenated).
         #[arg(long)]
         reference: Option<PathBuf>,
         /// Class names in class-index order (default: the CSV's labels, sorted).
@@ -65,6 +68,66 @@ fn split_ref(s: &str) -> anyhow::Result<(&str, &str)> {
         .with_context(|| format!("expected NAME@VERSION, got {s:?}"))
 }
 
+/// `--reference PATH`: a CSV's text, or `.npy` / `.npz` files (told apart
+/// by their first bytes); a directory's files in name order.
+fn read_reference(path: &std::path::Path) -> anyhow::Result<(Option<String>, Vec<Vec<u8>>)> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| matches!(e, "csv" | "npy" | "npz"))
+            })
+            .collect();
+        v.sort();
+        anyhow::ensure!(
+            !v.is_empty(),
+            "{} holds no .csv, .npy or .npz file",
+            path.display()
+        );
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let (mut csv, mut arrays): (Option<String>, Vec<Vec<u8>>) = (None, Vec::new());
+    for f in &files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        if drover_onnx::npy::is_npy(&bytes) || drover_onnx::npy::is_npz(&bytes) {
+            arrays.push(bytes);
+            continue;
+        }
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("{} is neither .npy/.npz nor UTF-8 CSV", f.display()))?;
+        csv = Some(match csv {
+            None => text,
+            Some(mut all) => {
+                // Later files repeat the header: keep their rows only.
+                let (header, rows) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+                let first = all.lines().next().unwrap_or_default();
+                anyhow::ensure!(
+                    header.trim_end() == first.trim_end(),
+                    "{}: its CSV header differs from the first file's",
+                    f.display()
+                );
+                if !all.ends_with('\n') {
+                    all.push('\n');
+                }
+                all.push_str(rows);
+                all
+            }
+        });
+    }
+    anyhow::ensure!(
+        csv.is_none() || arrays.is_empty(),
+        "{}: give CSV or .npy/.npz reference files, not both",
+        path.display()
+    );
+    Ok((csv, arrays))
+}
+
 fn spinner(msg: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_message(msg.to_string());
@@ -88,15 +151,18 @@ pub(crate) async fn run(cmd: ModelCmd, ctx: &Ctx) -> anyhow::Result<()> {
         } => {
             let onnx =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let reference_csv = reference
-                .map(|p| {
-                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
-                })
-                .transpose()?;
+            let (reference_csv, arrays) = match reference {
+                Some(p) => read_reference(&p)?,
+                None => (None, Vec::new()),
+            };
             let body = PushBody {
                 name,
                 onnx_base64: base64::engine::general_purpose::STANDARD.encode(&onnx),
                 reference_csv,
+                reference_arrays_base64: arrays
+                    .iter()
+                    .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
+                    .collect(),
                 labels,
                 latency_budget_ms,
                 parent,

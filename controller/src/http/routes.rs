@@ -128,6 +128,10 @@ pub struct PushBody {
     /// Reference CSV text.
     #[serde(default)]
     pub reference_csv: Option<String>,
+    /// Reference `.npy` / `.npz` files, standard base64, each one request
+    /// (an `.npz`: one array per input, by name).
+    #[serde(default)]
+    pub reference_arrays_base64: Vec<String>,
     /// Class names by index.
     #[serde(default)]
     pub labels: Option<Vec<String>>,
@@ -164,9 +168,25 @@ pub(crate) async fn push_model(State(c): State<Controller>, body: Bytes) -> ApiR
     let onnx = base64::engine::general_purpose::STANDARD
         .decode(body.onnx_base64.as_bytes())
         .map_err(|e| ApiError::bad_request("bad_base64", format!("onnx_base64: {e}")))?;
+    let reference_arrays = body
+        .reference_arrays_base64
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "bad_base64",
+                        format!("reference_arrays_base64[{i}]: {e}"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let req = PushRequest {
         name: Some(name),
         onnx,
+        reference_arrays,
         reference_csv: body.reference_csv.map(String::into_bytes),
         labels: body.labels,
         latency_budget_ms: body.latency_budget_ms,

@@ -5,12 +5,15 @@
 //! - [`inspect`]: tract loading, IO schema, running rows.
 //! - [`profile`]: CSV reader, reference profile, health checks.
 //! - [`store`]: SQLite rows, aliases and `DATA_DIR/artifacts/<sha256>.onnx`.
+//! - [`tensors`]: tensor models (several inputs, dynamic dims): reference
+//!   samples from `.npy` / `.npz`, per-input statistics, health checks.
 //! - this file: [`PushRequest`] → [`build_manifest`] (pure CPU work, no
 //!   state touched) and the errors.
 
 pub mod inspect;
 pub mod profile;
 pub mod store;
+pub mod tensors;
 
 use std::collections::BTreeMap;
 
@@ -70,6 +73,11 @@ pub struct PushRequest {
     pub onnx: Vec<u8>,
     /// Reference CSV: header, feature columns, optional `label` column.
     pub reference_csv: Option<Vec<u8>>,
+    /// Reference data as `.npy` / `.npz` files, each one request (an
+    /// `.npz`: one array per input, by name). For a one-input tabular model
+    /// the arrays are rows (`[N, features]`); for tensor models they give
+    /// the per-input statistics profile and health checks ([`tensors`]).
+    pub reference_arrays: Vec<Vec<u8>>,
     /// Lineage: hash of the training data when it is not the reference CSV
     /// (a retraining job's dataset); defaults to the CSV's hash.
     pub dataset_sha256: Option<Sha256>,
@@ -139,6 +147,63 @@ fn infer_task(model: &LoadedModel) -> Result<(Task, Option<usize>), RegistryErro
     ))
 }
 
+/// Reference rows of a one-input tabular model from `.npy` / `.npz` files:
+/// each array (the `.npz` member named as the input, or its only member)
+/// is `[rows, features...]` or one row.
+fn array_rows(
+    files: &[Vec<u8>],
+    model: &LoadedModel,
+    features: usize,
+) -> Result<profile::ReferenceData, RegistryError> {
+    let input = &model.inputs[0].name;
+    let mut rows = Vec::new();
+    for (k, bytes) in files.iter().enumerate() {
+        let what = format!("reference file {}", k + 1);
+        let bad = |e: drover_onnx::npy::NpyError| RegistryError::Invalid(format!("{what}: {e}"));
+        let array = if drover_onnx::npy::is_npz(bytes) {
+            let mut arrays =
+                drover_onnx::npy::read_npz(bytes, tensors::MAX_REFERENCE_BYTES).map_err(bad)?;
+            let at = match arrays.iter().position(|(n, _)| n == input) {
+                Some(i) => i,
+                None if arrays.len() == 1 => 0,
+                None => {
+                    return Err(RegistryError::Invalid(format!(
+                        "{what}: no array named {input:?}"
+                    )));
+                }
+            };
+            arrays.swap_remove(at).1
+        } else {
+            drover_onnx::npy::read_npy(bytes).map_err(bad)?
+        };
+        let values = array.data.to_f64().ok_or_else(|| {
+            RegistryError::Invalid(format!("{what}: strings cannot feed input {input:?}"))
+        })?;
+        if values.is_empty() || values.len() % features != 0 {
+            return Err(RegistryError::Invalid(format!(
+                "{what}: shape {:?} is not rows of {features} features",
+                array.shape
+            )));
+        }
+        for chunk in values.chunks(features) {
+            if chunk.iter().any(|v| !v.is_finite()) {
+                return Err(RegistryError::Invalid(format!(
+                    "{what}: values must be finite numbers"
+                )));
+            }
+            rows.push(chunk.iter().map(|v| *v as f32).collect());
+            if rows.len() > profile::MAX_ROWS {
+                return Err(CsvError::TooManyRows.into());
+            }
+        }
+    }
+    Ok(profile::ReferenceData {
+        feature_names: (0..features).map(|i| format!("{input}[{i}]")).collect(),
+        rows,
+        labels: None,
+    })
+}
+
 /// Splits a batch output into per-row vectors.
 fn rows_of(values: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
     if n == 0 {
@@ -168,11 +233,14 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         .clone()
         .ok_or_else(|| RegistryError::Invalid("a model name is required".into()))?;
     let model = LoadedModel::load_with(&req.onnx, &req.load)?;
+    // One numeric input of rank <= 2 is a table row; images, audio frames and
+    // sequences (rank >= 3) are profiled as tensors even when their shape is static.
     let tabular = model.inputs.len() == 1
         && !matches!(model.inputs[0].dtype, DType::String | DType::Bool)
+        && model.inputs[0].shape.len() <= 2
         && model.features_per_row().is_some();
     if !tabular {
-        return tensor_manifest(req, &model, name, now);
+        return tensors::tensor_manifest(req, &model, name, now);
     }
     let features = model.features_per_row().ok_or_else(|| {
         RegistryError::Invalid(format!(
@@ -187,11 +255,16 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         .class_labels()
         .map(|l| l.to_strings())
         .filter(|l| Some(l.len()) == classes);
-    let data = req
-        .reference_csv
-        .as_deref()
-        .map(|csv| profile::parse_csv(csv, features))
-        .transpose()?;
+    let data = match (&req.reference_csv, req.reference_arrays.is_empty()) {
+        (Some(_), false) => {
+            return Err(RegistryError::Invalid(
+                "give the reference as CSV or as arrays, not both".into(),
+            ));
+        }
+        (Some(csv), true) => Some(profile::parse_csv(csv, features)?),
+        (None, false) => Some(array_rows(&req.reference_arrays, &model, features)?),
+        (None, true) => None,
+    };
 
     if let (Task::Classification { labels, .. }, Some(classes)) = (&mut task, classes) {
         *labels = match (&req.labels, data.as_ref().and_then(|d| d.labels.as_ref())) {
@@ -308,6 +381,7 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         Some(d) => ReferenceProfile {
             features: profile::feature_profiles(d),
             output: output_profile,
+            sources: vec![],
         },
         None => ReferenceProfile::default(),
     };
@@ -319,57 +393,6 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         reference,
         health,
         eval_metrics,
-        now,
-    );
-    fit_down_message(manifest)
-}
-
-/// The manifest of a model whose inputs are not one tabular row (several
-/// inputs, dynamic dims, strings): no reference profile and no health-check
-/// samples (yet), the task read from the outputs, class labels from the graph.
-fn tensor_manifest(
-    req: &PushRequest,
-    model: &LoadedModel,
-    name: ModelName,
-    now: Timestamp,
-) -> Result<ModelManifest, RegistryError> {
-    if req.reference_csv.is_some() {
-        return Err(RegistryError::Invalid(format!(
-            "a reference CSV describes one input row of static width; this model takes {:?} \
-             (push it without --reference)",
-            model
-                .inputs
-                .iter()
-                .map(|i| format!("{}{:?}", i.name, i.shape))
-                .collect::<Vec<_>>()
-        )));
-    }
-    let (mut task, classes) = infer_task(model)?;
-    if let (Task::Classification { labels, .. }, Some(classes)) = (&mut task, classes) {
-        let from_model = model
-            .class_labels()
-            .map(|l| l.to_strings())
-            .filter(|l| l.len() == classes);
-        *labels = match (&req.labels, from_model) {
-            (Some(given), _) if given.len() != classes => {
-                return Err(RegistryError::Invalid(format!(
-                    "--labels names {} classes but the model outputs {classes}",
-                    given.len()
-                )));
-            }
-            (Some(given), _) => given.clone(),
-            (None, Some(m)) => m,
-            (None, None) => (0..classes).map(|i| format!("class_{i}")).collect(),
-        };
-    }
-    let manifest = assemble(
-        req,
-        model,
-        name,
-        task,
-        ReferenceProfile::default(),
-        Vec::new(),
-        req.eval_metrics.clone(),
         now,
     );
     fit_down_message(manifest)
@@ -440,7 +463,11 @@ fn assemble(
             parent: req.parent,
             dataset_sha256: req
                 .dataset_sha256
-                .or_else(|| req.reference_csv.as_deref().map(Sha256::of)),
+                .or_else(|| req.reference_csv.as_deref().map(Sha256::of))
+                .or_else(|| {
+                    (!req.reference_arrays.is_empty())
+                        .then(|| Sha256::of(&req.reference_arrays.concat()))
+                }),
             training_run: req.training_run.clone(),
             retrain_job: req.retrain_job,
             eval_metrics,

@@ -253,6 +253,7 @@ pub fn pick_health_samples(
             Some(HealthSample {
                 input: rows.get(i)?.clone(),
                 expected: outputs.get(i)?.clone(),
+                inputs: vec![],
             })
         })
         .collect()

@@ -295,10 +295,45 @@ fn a_stateful_multi_input_model_pushes_without_reference() {
     assert!(matches!(&m.task, Task::Regression { output } if output == "output"));
     assert!(m.health_checks.samples.is_empty());
     // A CSV cannot describe these inputs: refused, saying why.
-    let mut with_csv = req;
+    let mut with_csv = req.clone();
     with_csv.reference_csv = Some(read("data/sensor_reference.csv"));
     let e = build_manifest(&with_csv, NOW).unwrap_err().to_string();
-    assert!(e.contains("without --reference"), "{e}");
+    assert!(e.contains("give the reference as .npz"), "{e}");
+    // An .npz of the three inputs is one reference request: each input is
+    // profiled, and the health check runs that real request.
+    let arrays: Vec<(&str, drover_onnx::Tensor)> = ["input", "h", "c"]
+        .iter()
+        .enumerate()
+        .map(|(k, n)| {
+            let a =
+                drover_onnx::npy::read_npy(&read(&format!("conformance/lstm_stream/in_{k}.npy")))
+                    .unwrap();
+            (*n, a.to_tensor().unwrap())
+        })
+        .collect();
+    let npz = drover_onnx::npy::write_npz(arrays.iter().map(|(n, t)| (*n, t))).unwrap();
+    let mut with_npz = req;
+    with_npz.reference_arrays = vec![npz];
+    let m = build_manifest(&with_npz, NOW).unwrap();
+    let names: Vec<_> = m
+        .reference
+        .features
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "input.mean",
+            "input.std",
+            "h.mean",
+            "h.std",
+            "c.mean",
+            "c.std"
+        ]
+    );
+    assert_eq!(m.health_checks.samples.len(), 1);
+    assert_eq!(m.health_checks.samples[0].inputs.len(), 3);
 }
 
 #[test]
@@ -327,6 +362,7 @@ fn the_manifest_always_fits_a_deploy_command() {
         .map(|i| drover_protocol::manifest::HealthSample {
             input: vec![i as f32; 20_000],
             expected: vec![0.5; 3],
+            inputs: vec![],
         })
         .collect();
     let fitted = fit_down_message(m.clone()).unwrap();
@@ -358,4 +394,97 @@ fn the_manifest_always_fits_a_deploy_command() {
         .collect();
     let e = fit_down_message(m).unwrap_err().to_string();
     assert!(e.contains("without any health-check sample"), "{e}");
+}
+
+#[test]
+fn tensor_reference_from_npz_profiles_channels_and_health_checks_real_samples() {
+    let req = PushRequest {
+        name: Some(ModelName::new("image").unwrap()),
+        onnx: read("image/image_tiny.onnx"),
+        reference_arrays: vec![read("image/reference.npz")],
+        ..PushRequest::default()
+    };
+    let m = build_manifest(&req, NOW).unwrap();
+    assert_eq!(m.reference.features.len(), 6);
+    assert_eq!(m.reference.sources.len(), 6);
+    assert_eq!(m.reference.features[2].name, "image[1].mean");
+    let s = &m.reference.sources[2];
+    assert_eq!(
+        (s.input.as_str(), s.channel_axis, s.channel),
+        ("image", Some(1), 1)
+    );
+    // Channel 1's per-image means sit around 0.2 (fixtures/image/make_image.py).
+    let edges = &m.reference.features[2].bins.edges;
+    assert_eq!(edges.len(), 9);
+    assert!(edges[4] > 0.15 && edges[4] < 0.25, "{edges:?}");
+    assert_eq!(m.lineage.eval_metrics["reference_rows"], 300.0);
+    assert_eq!(m.health_checks.samples.len(), profile::HEALTH_SAMPLES);
+    assert!(m.lineage.dataset_sha256.is_some());
+    // A classifier: the output profile is the predicted class shares.
+    assert_eq!(m.reference.output.frequencies.len(), 2);
+}
+
+#[test]
+fn tensor_references_that_do_not_fit_are_refused_with_the_reason() {
+    let base = PushRequest {
+        name: Some(ModelName::new("image").unwrap()),
+        onnx: read("image/image_tiny.onnx"),
+        ..PushRequest::default()
+    };
+    let refused = |req: PushRequest| build_manifest(&req, NOW).unwrap_err().to_string();
+    // Arrays named for another model.
+    let msg = refused(PushRequest {
+        reference_arrays: vec![read("npz/savez.npz")],
+        ..base.clone()
+    });
+    assert!(msg.contains("\"ids\" that is not an input"), "{msg}");
+    // An image without its channel dim.
+    let flat = drover_onnx::Tensor::from_shape(&[2, 4], &[0f32; 8]).unwrap();
+    let msg = refused(PushRequest {
+        reference_arrays: vec![drover_onnx::npy::write_npz([("image", &flat)]).unwrap()],
+        ..base.clone()
+    });
+    assert!(msg.contains("has shape [2, 4]"), "{msg}");
+    // A CSV cannot describe an image.
+    let msg = refused(PushRequest {
+        reference_csv: Some(b"a,b\n1,2\n".to_vec()),
+        ..base.clone()
+    });
+    assert!(msg.contains(".npz"), "{msg}");
+    // Not an array file at all.
+    let msg = refused(PushRequest {
+        reference_arrays: vec![b"hello".to_vec()],
+        ..base
+    });
+    assert!(msg.contains("neither .npy nor .npz"), "{msg}");
+}
+
+#[test]
+fn a_tabular_model_takes_reference_rows_as_npy() {
+    // The CSV's four feature columns as a [rows, 4] float32 .npy.
+    let csv = profile::parse_csv(&read("data/sensor_reference.csv"), 4).unwrap();
+    let flat: Vec<f32> = csv.rows.iter().flatten().copied().collect();
+    let t = drover_onnx::Tensor::from_shape(&[csv.rows.len(), 4], &flat).unwrap();
+    let req = PushRequest {
+        reference_arrays: vec![drover_onnx::npy::write_npy(&t).unwrap()],
+        ..push_req("models/sensor_clf_v1.onnx", None)
+    };
+    let from_npy = build_manifest(&req, NOW).unwrap();
+    let from_csv = build_manifest(
+        &push_req(
+            "models/sensor_clf_v1.onnx",
+            Some("data/sensor_reference.csv"),
+        ),
+        NOW,
+    )
+    .unwrap();
+    for (a, b) in from_npy
+        .reference
+        .features
+        .iter()
+        .zip(&from_csv.reference.features)
+    {
+        assert_eq!(a.bins, b.bins);
+    }
+    assert!(from_npy.reference.sources.is_empty());
 }
