@@ -66,6 +66,7 @@ fn config(dir: &Path, broker: &SpawnedMosquitto) -> ServeConfig {
     c.broker = BrokerChoice::External {
         host: "127.0.0.1".into(),
         port: broker.addr().port(),
+        tls: false,
     };
     c
 }

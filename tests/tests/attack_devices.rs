@@ -89,6 +89,7 @@ impl Rig {
             cfg.broker = BrokerChoice::External {
                 host: "127.0.0.1".into(),
                 port: m.addr().port(),
+                tls: false,
             };
             Some(m)
         } else {
@@ -1064,6 +1065,7 @@ async fn command_replay_during_a_rollout_does_not_fail_it() {
     cfg.broker = BrokerChoice::External {
         host: "127.0.0.1".into(),
         port: broker.addr().port(),
+        tls: false,
     };
     let running = serve::start(cfg).await.unwrap();
     let ctl = running.handle();

@@ -43,6 +43,7 @@ impl World {
         c.broker = BrokerChoice::External {
             host: "127.0.0.1".into(),
             port: broker.addr().port(),
+            tls: false,
         };
         let running = serve::start(c).await.unwrap();
         let ctl = running.handle();
