@@ -24,7 +24,9 @@ need_pkg chromedriver chromium-driver
 
 # drover-onnx's node tests run the ai.onnx.ml cases the `onnx` Python
 # package defines; without it that test fails (it never skips).
-if ! python3 -c "import onnx" >/dev/null 2>&1; then
+# Checked from / : in the repository root, the crate directory onnx/ would
+# pass for the package.
+if ! (cd / && python3 -c "import onnx.numpy_helper") >/dev/null 2>&1; then
     echo "installing the onnx Python package (needed by the drover-onnx node tests)"
     # A distribution's own Python may refuse a system-wide install (PEP 668).
     python3 -m pip install --quiet onnx \
