@@ -70,6 +70,7 @@ impl ProcAgent {
         );
         config.username = Some(bundle.username.clone());
         config.password = Some(bundle.password.clone());
+        config.device_key = Some(bundle.device_key.clone());
         config.labels = [("region".to_string(), "eu".to_string())].into();
         config.api = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
         config.telemetry_window_ms = 500;

@@ -218,6 +218,28 @@ fn hello_bytes() -> Vec<u8> {
     .unwrap()
 }
 
+/// What the device's agent sends: a Hello sealed with its bundle's device
+/// key (the controller refuses unsigned uplinks from registered devices).
+fn signed_hello(w: &World, dev: &DeviceBundle, device: &str) -> Vec<u8> {
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(dev.device_key.trim(), &mut seed).unwrap();
+    let key = drover_protocol::Ed25519Signer::from_seed(seed);
+    let body = codec::encode_up(&Up::Hello(Hello {
+        agent_version: "6.6.6".into(),
+        ..Hello::default()
+    }))
+    .unwrap();
+    let counter = drover_protocol::Timestamp::from_system(std::time::SystemTime::now()).0 * 1000;
+    drover_protocol::uplink::seal(
+        &key,
+        w.running.fleet(),
+        &DeviceId::new(device).unwrap(),
+        counter,
+        body,
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn anonymous_wrong_password_and_unknown_user_are_refused() {
     let w = World::start().await;
@@ -514,7 +536,7 @@ async fn devices_added_at_runtime_connect_and_old_hashes_are_upgraded() {
             w.topic("late", Channel::Up),
             QoS::AtLeastOnce,
             false,
-            hello_bytes(),
+            signed_hello(&w, &dev, "late"),
         )
         .await
         .unwrap();

@@ -530,8 +530,17 @@ async fn impersonation_through_the_embedded_broker_is_refused() {
     .await;
     m.publish(&t, up(&lying_hello(Some(v1.clone()))), false)
         .await;
-    // A barrier: mallory's own signed Hello on its own topic.
+    // A barrier: mallory's own signed Hello on its own topic, on a fresh
+    // connection (the embedded broker's gate disconnects a client that
+    // publishes on another device's topic).
     let mut events = c.subscribe();
+    let m = Client::connect(
+        &rig.url(),
+        &client_id,
+        Some((&mallory.username, &mallory.password)),
+        &[],
+    )
+    .await;
     m.publish(
         &rig.topic("mallory", Channel::Up),
         sealed(
@@ -952,7 +961,13 @@ async fn forged_telemetry_acks_do_not_delete_windows() {
             && counters(&agent, "malformed.telemetry_ack_other_device") == 1
     })
     .await;
-    assert_eq!(agent.status().outbox_depth, depth, "windows were deleted");
+    // The last window may still close meanwhile (depth + 1); a forged ack
+    // of seqs 0..1000 honoured would have emptied the outbox.
+    let after = agent.status().outbox_depth;
+    assert!(
+        (depth..=depth + 1).contains(&after),
+        "windows were deleted: {depth} before the forged acks, {after} after"
+    );
     agent.shutdown().await.unwrap();
     agent2.shutdown().await.unwrap();
 }

@@ -378,7 +378,9 @@ async fn retrain_cell(point: &str) {
         let j = jobs.into_iter().next().expect("the manual job was saved");
         let j = retrain.job(j.id).await.unwrap().unwrap();
         match j.state {
-            JobState::RolledOut | JobState::Pushed => break j,
+            // Automatic rollouts are on: `pushed` is a step, not an end; a
+            // job that stays there (its rollout never recorded) is stuck.
+            JobState::RolledOut => break j,
             JobState::Failed => {
                 let why = j.failure.clone().unwrap_or_default();
                 assert!(
@@ -397,6 +399,27 @@ async fn retrain_cell(point: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // One job, at most one version: a restart must not push it twice.
+    let c = running.handle();
+    let mut of_job = vec![];
+    for m in c.models().await.unwrap() {
+        if m.name != "sensor" {
+            continue;
+        }
+        let v = drover_protocol::Version(m.version);
+        let stored = c.model(&model, v).await.unwrap().unwrap();
+        if stored.manifest.lineage.retrain_job == Some(job.id) {
+            of_job.push(m.version);
+        }
+    }
+    assert!(
+        of_job.len() <= 1,
+        "{point}: job {} pushed versions {of_job:?}",
+        job.id
+    );
+    if job.state == JobState::RolledOut {
+        assert_eq!(of_job, vec![job.result_version.unwrap().0], "{point}");
+    }
     // The rollout the job started (if any) is left to the invariants: moving,
     // ended, or stopped with a reason.
     if let Some(id) = &job.rollout_id {

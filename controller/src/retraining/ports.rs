@@ -19,7 +19,7 @@ use crate::core::retraining::ports::{
 use crate::core::rollout::RolloutSpec;
 use crate::registry::PushRequest;
 use crate::retraining::{FleetOps, ModelSource, Ports, TelemetrySource};
-use crate::rollouts::RolloutService;
+use crate::rollouts::{RolloutService, RolloutServiceError};
 use crate::telemetry::query::{self, WindowScan};
 use drover_protocol::labels::Selector;
 
@@ -252,6 +252,12 @@ impl FleetOps for ControllerPorts {
                 eval_metrics: model.eval_metrics,
                 ..PushRequest::default()
             };
+            // A controller that died between the push and recording it in
+            // the job pushes again on resume: the version that job already
+            // pushed is the answer, not a second, orphaned one.
+            if let Some(v) = self.version_of_job(&req).await? {
+                return Ok(v);
+            }
             let stored = self.ctl.push_model(req).await.map_err(port_err)?;
             Ok(stored.manifest.version)
         })
@@ -259,12 +265,42 @@ impl FleetOps for ControllerPorts {
 
     fn start_rollout(&self, spec: RolloutSpec) -> PortFuture<'_, String> {
         Box::pin(async move {
-            self.rollouts
-                .create(spec)
-                .await
-                .map(|s| s.id)
-                .map_err(|e| PortError::Invalid(e.to_string()))
+            match self.rollouts.create(spec).await {
+                Ok(s) => Ok(s.id),
+                // Rollout ids of retraining jobs are derived from the job,
+                // model and version: one that exists is this job's, started
+                // before a restart that lost the job's record of it.
+                Err(RolloutServiceError::Exists(id)) => Ok(id),
+                Err(e) => Err(PortError::Invalid(e.to_string())),
+            }
         })
+    }
+}
+
+impl ControllerPorts {
+    /// The version an earlier push of the same retraining job stored, if any.
+    async fn version_of_job(&self, req: &PushRequest) -> Result<Option<Version>, PortError> {
+        let (Some(name), Some(job)) = (&req.name, req.retrain_job) else {
+            return Ok(None);
+        };
+        let parent = req.parent.map_or(0, |v| v.0);
+        let newer: Vec<Version> = self
+            .ctl
+            .models()
+            .await
+            .map_err(port_err)?
+            .into_iter()
+            .filter(|m| m.name == name.as_str() && m.version > parent)
+            .map(|m| Version(m.version))
+            .collect();
+        for v in newer {
+            if let Some(stored) = self.ctl.model(name, v).await.map_err(port_err)?
+                && stored.manifest.lineage.retrain_job == Some(job)
+            {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     }
 }
 

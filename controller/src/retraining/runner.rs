@@ -259,6 +259,23 @@ impl RetrainRunner {
                 _ => {}
             }
         }
+        // Pushed, its automatic rollout started (or about to) but not
+        // recorded: start it again; an existing rollout of this job is
+        // adopted (its id is derived from the job), not duplicated.
+        for mut job in self.with_store(store::pushed_without_rollout).await? {
+            let cfg = self.inner.config.for_model(&job.model);
+            let Some(version) = job.result_version else {
+                continue;
+            };
+            if !cfg.auto_rollout.enabled {
+                continue;
+            }
+            tracing::info!(
+                job = job.id,
+                "recording the automatic rollout a restart interrupted"
+            );
+            self.start_rollout(&mut job, &cfg, version).await?;
+        }
         for model in &models {
             let in_flight = self.core().job_in_flight(model);
             let drift_job_active = active

@@ -174,6 +174,26 @@ pub(crate) fn active_jobs(conn: &Connection) -> Result<Vec<RetrainJob>, StoreErr
     Ok(out)
 }
 
+/// Pushed jobs whose rollout neither started nor failed: a controller that
+/// died between starting a job's automatic rollout and recording it leaves
+/// one (see `RetrainService::resume`), oldest first.
+pub(crate) fn pushed_without_rollout(conn: &Connection) -> Result<Vec<RetrainJob>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT id, job FROM retrain_jobs WHERE state = ?1 ORDER BY id ASC")?;
+    let rows = stmt.query_map(params![JobState::Pushed.as_str()], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, json) = row?;
+        let job = decode(id, &json)?;
+        if job.rollout_id.is_none() && job.rollout_error.is_none() {
+            out.push(job);
+        }
+    }
+    Ok(out)
+}
+
 /// Saves `model`'s drift policy state.
 pub(crate) fn save_policy_state(
     conn: &Connection,
