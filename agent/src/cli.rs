@@ -188,6 +188,45 @@ fn write_private(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The whole `drover-agent` process: parse the arguments, set up logging
+/// for `run`, start the runtime, dispatch, map errors to exit codes. The
+/// binary and the simulator's fault-point build (`drover-sim-agent`) share it.
+pub fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if matches!(cli.command, Command::Run { .. }) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .init();
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EX_FAILURE);
+        }
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    match rt.block_on(dispatch(cli, &env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {:#}", e.error);
+            ExitCode::from(e.exit_code)
+        }
+    }
+}
+
 /// Runs a parsed command. `env` looks up `DROVER_AGENT_*` overrides for `run`.
 pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
     match cli.command {

@@ -1,35 +1,4 @@
-//! Test-only fault points. With cargo feature `sim` and
-//! `DROVER_SIM_FAULT=<point>[@<n>]` in the environment, the process aborts
-//! (SIGABRT: no destructors, no flush, no Offline message: what `kill -9`
-//! leaves) the n-th time (default the first) it reaches `<point>`. The fault
-//! matrix (`tests/tests/faults_*.rs`) uses it to kill a real `drover-agent` or `drover serve`
-//! at an exact phase. Without the feature `hit` is empty and the
-//! variable is never read: release builds carry no fault point.
+//! Fault points for the fault matrix: [`drover_protocol::fault`] (feature
+//! `sim` turns them on), so `drover serve` can be killed at an exact phase.
 
-/// Aborts the process here if the environment armed this point.
-#[cfg(feature = "sim")]
-pub(crate) fn hit(point: &str) {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    let armed = ARMED.get_or_init(|| {
-        let v = std::env::var("DROVER_SIM_FAULT").ok()?;
-        Some(match v.split_once('@') {
-            Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
-            None => (v, 1),
-        })
-    });
-    if let Some((p, n)) = armed
-        && p == point
-        && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= *n
-    {
-        eprintln!("DROVER_SIM_FAULT: abort at {point}");
-        std::process::abort();
-    }
-}
-
-/// Without feature `sim`: nothing.
-#[cfg(not(feature = "sim"))]
-#[inline(always)]
-pub(crate) fn hit(_point: &str) {}
+pub(crate) use drover_protocol::fault::hit;

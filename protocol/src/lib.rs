@@ -27,6 +27,7 @@
 
 pub mod codec;
 pub mod duration;
+pub mod fault;
 pub mod ids;
 pub mod keys;
 pub mod labels;

@@ -344,6 +344,20 @@ async fn dashboard_pages_match_the_api_in_a_real_browser() {
         b.count("#latency-chart .uplot").await.unwrap() == 1,
         "uPlot drew the latency chart"
     );
+    // Its last deploys and how each ended, as the API has them.
+    let deploys = admin.get(&format!("/v1/devices/{id}/deploys")).await;
+    let deploys = deploys.as_array().unwrap();
+    assert!(!deploys.is_empty(), "the device was deployed to");
+    assert_eq!(
+        b.count("#dev-deploys tbody tr").await.unwrap(),
+        deploys.len()
+    );
+    let newest = &deploys[0];
+    let row = format!(r#"#dev-deploys tr[data-seq="{}"]"#, newest["seq"]);
+    assert_eq!(
+        b.text(&format!("{row} td.outcome")).await.unwrap(),
+        newest["result"].as_str().unwrap_or("no answer yet")
+    );
     visited(&b, "device").await;
 
     // Models and one manifest.
@@ -404,6 +418,16 @@ async fn dashboard_pages_match_the_api_in_a_real_browser() {
         b.text(&format!("{row} td.threshold")).await.unwrap(),
         gate["threshold"].as_f64().unwrap().to_string()
     );
+    // Each side's accuracy behind the delta, as the API reports them.
+    for side in ["canary", "control"] {
+        let v = gate[format!("{side}_value")]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{side} accuracy in the API: {gate}"));
+        assert_eq!(
+            b.text(&format!("{row} td.{side}-value")).await.unwrap(),
+            format!("{v:.4}")
+        );
+    }
     assert_eq!(
         b.text("#rollback-done").await.unwrap(),
         bad["status"]["rollback"]["counts"]["done"].to_string()

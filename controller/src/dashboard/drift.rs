@@ -17,6 +17,9 @@ use crate::core::retraining::report::{DriftOverview, ScopeDrift};
 use crate::retraining::runner::DriftRequest;
 use crate::telemetry::query::TelemetryFilter;
 
+/// Points on the "fleet drift score over time" chart.
+const DRIFT_CHART_POINTS: u32 = 500;
+
 pub(super) async fn drift_page(
     State(d): State<Dashboard>,
     Extension(s): Extension<Session>,
@@ -36,9 +39,6 @@ pub(super) async fn drift_page(
     };
     let mut sections = Vec::new();
     for o in &overviews {
-        if let Some(r) = &o.fleet.report {
-            d.record_drift(o.model.as_str(), o.generated_at, r.fleet_score);
-        }
         sections.push(model_drift(&d, o).await);
     }
     let body = html! {
@@ -72,7 +72,11 @@ async fn model_drift(d: &Dashboard, o: &DriftOverview) -> Markup {
             .find(|f| f.name == name)
             .map(|f| f.psi)
     };
-    let history = d.drift_points(model);
+    let history = d
+        .retrain
+        .drift_history(&o.model, DRIFT_CHART_POINTS)
+        .await
+        .unwrap_or_default();
     let reference = d
         .ctl
         .resolve_model(&o.model, &o.version.0.to_string())
@@ -128,9 +132,17 @@ async fn model_drift(d: &Dashboard, o: &DriftOverview) -> Markup {
             }
             h3 { "Fleet drift score over time" }
             (chart(&format!("drift-chart-{model}"), "fleet drift score",
-                &history.iter().map(|(t, _)| *t as f64 / 1000.0).collect::<Vec<_>>(),
-                &[("max PSI".into(), history.iter().map(|(_, v)| Some(*v)).collect())]))
-            p.note { "Sampled each time this page is rendered (at most every 2 s): " (history.len()) " point(s) since the controller started; the controller keeps no drift history of its own." }
+                &history.iter().map(|p| p.at as f64 / 1000.0).collect::<Vec<_>>(),
+                &[
+                    ("max PSI".into(), history.iter().map(|p| p.fleet_score).collect()),
+                    ("share of devices drifting".into(), history.iter().map(|p| p.share_drifting).collect()),
+                ]))
+            p.note #{"drift-history-note-" (model)} {
+                (history.len()) " scheduled evaluation(s) shown, the latest " (DRIFT_CHART_POINTS) " at most (stored by the controller, "
+                a href={"/v1/drift/history?model=" (model)} { "/v1/drift/history" } ")"
+                @if let Some(last) = history.last() { "; last: " (layout::time(last.at)) ", " (last.verdict) " (" (last.scope) ")" }
+                "."
+            }
             @if let Some(reference) = &reference {
                 h3 { "Reference (grey) vs current (red)" }
                 div.hists {

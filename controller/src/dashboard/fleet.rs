@@ -264,8 +264,25 @@ pub(super) async fn device_page(
         err.push(m.error_rate);
         acc.push(m.accuracy);
     }
+    let deploys = d.ctl.deploy_history(&id, 20).await.unwrap_or_default();
     let body = html! {
         (device_facts(&dev))
+        h2 { "Last deploys" }
+        @if deploys.is_empty() {
+            p #dev-deploys-none { "No model command sent to this device yet." }
+        } @else {
+            table #dev-deploys {
+                thead { tr { th { "seq" } th { "command" } th { "model" } th { "sent" } th { "outcome" } } }
+                tbody {
+                    @for r in &deploys {
+                        tr data-seq=(r.seq) {
+                            td.num { (r.seq) } td { (r.kind) } td { (r.model.as_deref().unwrap_or("–")) }
+                            td { (layout::time(r.issued_at)) } td.outcome { (r.result.as_deref().unwrap_or("no answer yet")) }
+                        }
+                    }
+                }
+            }
+        }
         h2 { "Telemetry (active model, all stored windows)" }
         @if let Some(t) = &total {
             table #device-telemetry {

@@ -26,9 +26,6 @@ mod models;
 mod rollouts;
 mod session;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::routing::{get, post};
 
@@ -37,10 +34,6 @@ use crate::controller::Controller;
 use crate::core::auth;
 use crate::retraining::RetrainRunner;
 use crate::rollouts::RolloutService;
-
-/// How many fleet drift scores per model the drift page keeps for its
-/// "over time" chart.
-const DRIFT_HISTORY: usize = 240;
 
 /// The signed-in caller of a page, put into the request's extensions.
 #[derive(Debug, Clone)]
@@ -57,9 +50,6 @@ impl Session {
     }
 }
 
-/// `(time ms, fleet drift score)` points per model, oldest first.
-type DriftHistory = BTreeMap<String, VecDeque<(u64, f64)>>;
-
 /// Everything the dashboard reads from: the handles the API routes use.
 #[derive(Clone)]
 pub(crate) struct Dashboard {
@@ -69,9 +59,6 @@ pub(crate) struct Dashboard {
     tokens: TokenStore,
     /// Set the session cookie's `Secure` attribute (the API serves TLS).
     secure_cookie: bool,
-    /// Fleet drift score per model, sampled whenever the drift page
-    /// computes it (the controller stores no drift history).
-    drift_history: Arc<Mutex<DriftHistory>>,
     /// Turns true when the controller stops; live streams end then.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -98,35 +85,8 @@ impl Dashboard {
             retrain,
             tokens,
             secure_cookie,
-            drift_history: Arc::default(),
             shutdown,
         }
-    }
-
-    fn record_drift(&self, model: &str, at_ms: u64, score: f64) {
-        let mut h = self
-            .drift_history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let q = h.entry(model.to_string()).or_default();
-        // One point per 2 s at most, so several open pages do not flood it.
-        if q.back().is_some_and(|(t, _)| at_ms < t + 2_000) {
-            return;
-        }
-        if q.len() >= DRIFT_HISTORY {
-            q.pop_front();
-        }
-        q.push_back((at_ms, score));
-    }
-
-    fn drift_points(&self, model: &str) -> Vec<(u64, f64)> {
-        let h = self
-            .drift_history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        h.get(model)
-            .map(|q| q.iter().copied().collect())
-            .unwrap_or_default()
     }
 
     /// The dashboard's routes. Merge them next to the API router *after*

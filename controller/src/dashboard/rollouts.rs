@@ -146,11 +146,12 @@ fn control(c: &ControlSource) -> String {
 fn gates_table(id: &str, gates: &[GateResult]) -> Markup {
     html! {
         table id=(id) .gates {
-            thead { tr { th { "gate" } th { "threshold" } th { "observed" } th { "canary n" } th { "control n" } th { "control" } th { "decision" } th { "why" } } }
+            thead { tr { th { "gate" } th { "threshold" } th { "observed" } th { "canary" } th { "control" } th { "canary n" } th { "control n" } th { "control from" } th { "decision" } th { "why" } } }
             tbody {
                 @for g in gates {
                     tr data-gate=(g.gate.metric.to_string()) class=(decision_name(g)) {
                         td { (g.gate) } td.num.threshold { (g.threshold) } td.num.value { (num(g.value, 4)) }
+                        td.num.canary-value { (num(g.canary_value, 4)) } td.num.control-value { (num(g.control_value, 4)) }
                         td.num { (g.canary_samples) } td.num { (g.control_samples) } td { (control(&g.control)) }
                         td.decision { (decision_name(g)) } td.why { (g.why) }
                     }
@@ -201,17 +202,29 @@ fn gate_history(events: &[AuditEvent]) -> Markup {
                         ("threshold".into(), points.iter().map(|(_, g)| Some(g.threshold)).collect()),
                     ],
                 ))
+                @if points.iter().any(|(_, g)| g.canary_value.is_some() || g.control_value.is_some()) {
+                    (chart(
+                        &format!("gate-sides-chart-{i}"),
+                        &format!("{gate}: canary and control"),
+                        &points.iter().map(|(at, _)| *at as f64 / 1000.0).collect::<Vec<_>>(),
+                        &[
+                            ("canary".into(), points.iter().map(|(_, g)| g.canary_value).collect()),
+                            ("control".into(), points.iter().map(|(_, g)| g.control_value).collect()),
+                        ],
+                    ))
+                }
             }
         }
         details #gate-history open {
             summary { (evals.len()) " gate evaluations" }
             table.gates {
-                thead { tr { th { "time" } th { "stage" } th { "gate" } th { "observed" } th { "canary n" } th { "control n" } th { "decision" } } }
+                thead { tr { th { "time" } th { "stage" } th { "gate" } th { "observed" } th { "canary" } th { "control" } th { "canary n" } th { "control n" } th { "decision" } } }
                 tbody {
                     @for (at, stage, g) in evals.iter().rev() {
                         tr class=(decision_name(g)) {
                             td { (layout::time(*at)) } td { (stage_name(*stage)) } td { (g.gate) }
-                            td.num { (num(g.value, 4)) } td.num { (g.canary_samples) } td.num { (g.control_samples) }
+                            td.num { (num(g.value, 4)) } td.num { (num(g.canary_value, 4)) } td.num { (num(g.control_value, 4)) }
+                            td.num { (g.canary_samples) } td.num { (g.control_samples) }
                             td { (decision_name(g)) }
                         }
                     }

@@ -50,6 +50,23 @@ pub struct Deployment {
     pub updated_at: u64,
 }
 
+/// One model command sent to a device and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// Command sequence.
+    pub seq: u64,
+    /// `deploy`, `shadow` or `rollback`.
+    pub kind: String,
+    /// `name@version` commanded (for a rollback, its target if any).
+    pub model: Option<String>,
+    /// Issued (ms since the epoch).
+    pub issued_at: u64,
+    /// `None` while unanswered; `accepted` once acknowledged; then
+    /// `active`/`shadowing`, or `failed: reason`/`rolled_back: reason`, or
+    /// the refusal the device acknowledged with.
+    pub result: Option<String>,
+}
+
 /// Phase word and (received, total, reason).
 pub(crate) fn phase_word(p: &DeployPhase) -> (&'static str, u64, u64, Option<String>) {
     match p {
@@ -204,6 +221,36 @@ impl Controller {
             })
             .await?;
         Ok(d)
+    }
+
+    /// The device's latest model commands (deploy, shadow, rollback), newest
+    /// first, each with how it ended as far as the device reported.
+    pub async fn deploy_history(
+        &self,
+        device: &DeviceId,
+        limit: u32,
+    ) -> Result<Vec<CommandRecord>, ControllerError> {
+        let id = device.to_string();
+        Ok(self
+            .db()
+            .call(move |c| {
+                let mut st = c.prepare(
+                    "SELECT seq, kind, model, issued_at, result FROM commands
+                     WHERE device = ?1 AND kind IN ('deploy', 'shadow', 'rollback')
+                     ORDER BY seq DESC LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![id, i64::from(limit)], |r| {
+                    Ok(CommandRecord {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        kind: r.get(1)?,
+                        model: r.get(2)?,
+                        issued_at: r.get::<_, i64>(3)? as u64,
+                        result: r.get(4)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?)
     }
 
     /// A deployment by id.
@@ -396,8 +443,11 @@ impl Controller {
         let now = self.now().0;
         self.db()
             .call(move |c| {
+                // A deploy's final outcome (recorded from its status) is
+                // not overwritten by a late or repeated acceptance.
                 c.execute(
-                    "UPDATE commands SET result = ?3 WHERE device = ?1 AND seq = ?2",
+                    "UPDATE commands SET result = ?3 WHERE device = ?1 AND seq = ?2
+                       AND (result IS NULL OR result = 'accepted')",
                     params![id, seq as i64, result],
                 )?;
                 c.execute(
@@ -475,6 +525,13 @@ impl Controller {
         let id = device.to_string();
         let model = status.model.to_string();
         let phase = status.phase.clone();
+        let seq = status.seq;
+        let outcome = match (word, &reason) {
+            ("active" | "shadowing", _) => Some(word.to_string()),
+            ("failed" | "rolled_back", Some(why)) => Some(format!("{word}: {why}")),
+            ("failed" | "rolled_back", None) => Some(word.to_string()),
+            _ => None,
+        };
         self.db()
             .call(move |c| {
                 let json = serde_json::to_string(&report).map_err(|e| DbError::Corrupt(e.to_string()))?;
@@ -482,6 +539,13 @@ impl Controller {
                     "UPDATE devices SET deploy_state = ?2, last_seen = ?3 WHERE id = ?1",
                     params![id, json, now.0 as i64],
                 )?;
+                // The command's history row keeps how it ended.
+                if let (Some(outcome), true) = (&outcome, seq > 0) {
+                    c.execute(
+                        "UPDATE commands SET result = ?3 WHERE device = ?1 AND seq = ?2",
+                        params![id, seq as i64, outcome],
+                    )?;
+                }
                 match &phase {
                     DeployPhase::Active => {
                         c.execute(
@@ -714,6 +778,27 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+        // The device's deploy history: newest first, each with its end; a
+        // late acceptance does not overwrite a finished deploy's outcome.
+        c.handle_ack(
+            dev.clone(),
+            CommandAck {
+                seq: d.seq,
+                result: Ok(()),
+            },
+        )
+        .await
+        .unwrap();
+        let history = c.deploy_history(&dev, 10).await.unwrap();
+        let got: Vec<_> = history
+            .iter()
+            .map(|r| (r.seq, r.kind.as_str(), r.result.as_deref()))
+            .collect();
+        assert_eq!(got.len(), 2, "{history:?}");
+        assert_eq!(got[0].0, d2.seq);
+        assert_eq!(got[0].1, "shadow");
+        assert!(got[0].2.unwrap().contains("below the floor"), "{got:?}");
+        assert_eq!(got[1], (d.seq, "deploy", Some("active")));
         // Unknown device or model: nothing sent.
         assert!(matches!(
             c.deploy(&model, &DeviceId::new("ghost").unwrap(), false)

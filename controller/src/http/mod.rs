@@ -47,6 +47,7 @@ pub fn router(controller: Controller) -> Router {
         )
         .route("/v1/devices/{id}", get(routes::show_device))
         .route("/v1/devices/{id}/labels", put(routes::set_device_labels))
+        .route("/v1/devices/{id}/deploys", get(routes::device_deploys))
         .route("/v1/broker/acl", get(routes::broker_acl))
         .route("/v1/deploy", post(routes::deploy))
         .route("/v1/deployments/{id}", get(routes::deployment))

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /v1/drift?model=N[@V]&cohort=KEY&window=1h` | `{"reports": [DriftOverview…]}`: one per model (every model with a retrain policy when `model` is absent); `V` defaults to the production version, `window` to the model's configured window, `cohort` to its `cohort_key` |
 //! | `GET /v1/retrain?model=N&limit=50` | `{"jobs": [JobSummary…]}`, newest first |
+//! | `GET /v1/drift/history?model=N&limit=500` | `{"model", "points": [DriftPoint…]}`: the scheduler's drift evaluations of `N`, oldest first (at, version, fleet_score, share_drifting, scope, verdict); kept per model: the last 4,000 |
 //! | `GET /v1/retrain/{id}` | the full [`RetrainJob`](super::RetrainJob) (trigger with drift report, dataset, hook log, resulting version) |
 //! | `POST /v1/retrain` `{"model": "N"}` | `202` and the new job (manual trigger) |
 //!
@@ -46,6 +47,7 @@ where
 {
     Router::new()
         .route("/v1/drift", get(drift))
+        .route("/v1/drift/history", get(drift_history))
         .route("/v1/retrain", get(list).post(run))
         .route("/v1/retrain/{id}", get(show))
         .with_state(RetrainApi { runner })
@@ -157,6 +159,38 @@ async fn drift(
         })
         .await?;
     Ok(Json(DriftResponse { reports }))
+}
+
+/// `GET /v1/drift/history` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DriftHistory {
+    /// The model.
+    pub model: String,
+    /// Scheduled evaluations, oldest first.
+    pub points: Vec<crate::retraining::DriftPoint>,
+}
+
+async fn drift_history(
+    State(api): State<RetrainApi>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<DriftHistory>> {
+    let model = model_name(
+        q.get("model")
+            .map(String::as_str)
+            .ok_or_else(|| bad("model is required"))?,
+    )?;
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<u32>()
+            .map_err(|_| bad(format!("limit {l:?} is not a number")))?,
+        None => 500,
+    }
+    .clamp(1, crate::retraining::store::DRIFT_HISTORY_KEEP);
+    let points = api.runner.drift_history(&model, limit).await?;
+    Ok(Json(DriftHistory {
+        model: model.to_string(),
+        points,
+    }))
 }
 
 async fn list(

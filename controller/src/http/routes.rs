@@ -327,6 +327,31 @@ pub(crate) async fn show_device(
     })
 }
 
+/// `GET /v1/devices/{id}/deploys?limit=N`: the device's latest model
+/// commands and how each ended (newest first; default 20, at most 500).
+pub(crate) async fn device_deploys(
+    State(c): State<Controller>,
+    Path(id): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Json<Vec<crate::fleet::commands::CommandRecord>>> {
+    let id = device_id(&id)?;
+    if c.device(&id).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("unknown device {id:?}"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    Ok(Json(c.deploy_history(&id, limit).await?))
+}
+
+/// `?limit=N` on list routes.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LimitQuery {
+    limit: Option<u32>,
+}
+
 pub(crate) async fn broker_acl(
     State(c): State<Controller>,
 ) -> ApiResult<Json<crate::fleet::devices::BrokerAcl>> {

@@ -47,3 +47,4 @@ pub use crate::core::retraining::{
     RetrainConfig, RetrainJob, Scheduler, TelemetrySource, drift_report,
 };
 pub use runner::{DriftRequest, Ports, RetrainError, RetrainRunner};
+pub use store::DriftPoint;

@@ -49,7 +49,9 @@ use crate::core::retraining::report::{
     ACCURACY_BUCKETS, DriftInput, DriftOverview, ScopeData, ScopeDrift, drift_report,
     reference_profile,
 };
-use crate::core::retraining::scheduler::{DueEvaluation, PendingTrigger, Scheduler};
+use crate::core::retraining::scheduler::{
+    DueEvaluation, EvaluationOutcome, PendingTrigger, Scheduler,
+};
 use crate::db::{Db, DbError};
 
 mod capture;
@@ -372,6 +374,10 @@ impl RetrainRunner {
             scopes.push(ScopeDrift::assess(&profile, &cfg.policy, &data));
         }
         let outcome = self.core().handle_evaluation(now, &model, version, &scopes);
+        let point = drift_point(now, version, &scopes, outcome.as_ref());
+        let (m, keep) = (model.clone(), store::DRIFT_HISTORY_KEEP);
+        self.with_store(move |c| store::record_drift_point(c, &m, &point, keep))
+            .await?;
         let Some(outcome) = outcome else {
             let why: Vec<String> = scopes.iter().filter_map(|s| s.error.clone()).collect();
             return Err(RetrainError::Invalid(format!(
@@ -387,6 +393,18 @@ impl RetrainRunner {
             None => None,
         };
         Ok((Some(outcome.evaluation), job))
+    }
+
+    /// `model`'s last `limit` scheduled drift evaluations, oldest first
+    /// (the fleet drift score over time).
+    pub async fn drift_history(
+        &self,
+        model: &ModelName,
+        limit: u32,
+    ) -> Result<Vec<store::DriftPoint>, RetrainError> {
+        let model = model.clone();
+        self.with_store(move |c| store::drift_points(c, &model, limit))
+            .await
     }
 
     /// The values of `key` among devices serving `model`, most populated
@@ -691,6 +709,38 @@ impl RetrainRunner {
         }
         training.abort_all();
         while training.join_next().await.is_some() {}
+    }
+}
+
+/// The history point of one scheduled evaluation: the judged scope's
+/// numbers (the worst cohort when cohorts are assessed) and the verdict.
+fn drift_point(
+    now: u64,
+    version: Version,
+    scopes: &[ScopeDrift],
+    outcome: Option<&EvaluationOutcome>,
+) -> store::DriftPoint {
+    let scope = outcome.and_then(|o| scopes.get(o.scope)).or(scopes.first());
+    let report = scope.and_then(|s| s.report.as_ref());
+    let verdict = match outcome.map(|o| &o.evaluation) {
+        None => "no_report",
+        Some(Evaluation::Inconclusive { .. }) => "inconclusive",
+        Some(Evaluation::Stable { .. }) => "stable",
+        Some(Evaluation::Drifting { .. }) => "drifting",
+        Some(Evaluation::Suppressed { .. }) => "suppressed",
+        Some(Evaluation::Triggered { .. }) => "triggered",
+    };
+    store::DriftPoint {
+        at: now,
+        version: version.0,
+        fleet_score: report.map(|r| r.fleet_score).filter(|v| v.is_finite()),
+        share_drifting: report
+            .and_then(|r| r.devices.as_ref())
+            .and_then(|d| d.share),
+        scope: scope
+            .and_then(|s| s.cohort.as_ref())
+            .map_or_else(|| "fleet".to_string(), ToString::to_string),
+        verdict: verdict.to_string(),
     }
 }
 

@@ -20,7 +20,8 @@ use crate::core::retraining::job::{JobState, JobSummary, RetrainJob};
 
 /// The retraining tables, one statement batch per schema step. Every
 /// statement is `IF NOT EXISTS`, so applying them twice is harmless.
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE IF NOT EXISTS retrain_jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     model       TEXT NOT NULL,
@@ -36,7 +37,84 @@ CREATE TABLE IF NOT EXISTS retrain_policy (
     state       TEXT NOT NULL,
     updated_at  INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE IF NOT EXISTS drift_history (
+    model       TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    point       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS drift_history_by_model ON drift_history (model, at);
+"#,
+];
+
+/// Drift points kept per model: one per scheduled evaluation, so at the
+/// default 5-minute interval about two weeks.
+pub(crate) const DRIFT_HISTORY_KEEP: u32 = 4_000;
+
+/// One scheduled drift evaluation, as the fleet drift chart shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DriftPoint {
+    /// When it was evaluated (ms since the epoch).
+    pub at: u64,
+    /// The version evaluated.
+    pub version: u64,
+    /// The judged scope's fleet score (max PSI over features), `None` when
+    /// the telemetry did not fit the profile.
+    pub fleet_score: Option<f64>,
+    /// The share of evaluated devices drifting, when per-device drift ran.
+    pub share_drifting: Option<f64>,
+    /// The scope judged: `fleet` or the worst cohort (`key=value`).
+    pub scope: String,
+    /// The policy's verdict: `inconclusive`, `stable`, `drifting`,
+    /// `suppressed` or `triggered`.
+    pub verdict: String,
+}
+
+/// Appends `point` to `model`'s history and drops the oldest beyond `keep`.
+pub(crate) fn record_drift_point(
+    conn: &Connection,
+    model: &ModelName,
+    point: &DriftPoint,
+    keep: u32,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(point)
+        .map_err(|e| StoreError::Corrupt(format!("drift point of {model}: {e}")))?;
+    conn.execute(
+        "INSERT INTO drift_history (model, at, point) VALUES (?1, ?2, ?3)",
+        params![model.as_str(), to_i64(point.at), json],
+    )?;
+    conn.execute(
+        "DELETE FROM drift_history WHERE model = ?1 AND at < (
+             SELECT at FROM drift_history WHERE model = ?1 ORDER BY at DESC LIMIT 1 OFFSET ?2)",
+        params![model.as_str(), i64::from(keep.saturating_sub(1))],
+    )?;
+    Ok(())
+}
+
+/// `model`'s latest `limit` drift points, oldest first.
+pub(crate) fn drift_points(
+    conn: &Connection,
+    model: &ModelName,
+    limit: u32,
+) -> Result<Vec<DriftPoint>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT point FROM drift_history WHERE model = ?1 ORDER BY at DESC, rowid DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![model.as_str(), i64::from(limit)], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let json = row?;
+        out.push(
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("drift point of {model}: {e}")))?,
+        );
+    }
+    out.reverse();
+    Ok(out)
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

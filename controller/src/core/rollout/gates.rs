@@ -152,6 +152,15 @@ pub struct GateResult {
     pub canary_samples: u64,
     /// Samples on the control side actually used (live or baseline).
     pub control_samples: u64,
+    /// The canary's own side of the comparison, in the metric's unit
+    /// (latency quantile in µs, error rate, accuracy, shadow agreement);
+    /// `None` when the metric has no per-side value (output PSI) or the
+    /// canary had too few samples.
+    #[serde(default)]
+    pub canary_value: Option<f64>,
+    /// The control's side (live or baseline), same unit as `canary_value`.
+    #[serde(default)]
+    pub control_value: Option<f64>,
     /// Where the control came from.
     pub control: ControlSource,
     /// The verdict.
@@ -214,6 +223,8 @@ pub fn evaluate_with_floor(
         min_samples: min,
         canary_samples,
         control_samples: 0,
+        canary_value: None,
+        control_value: None,
         control: ControlSource::NotNeeded,
         decision: Decision::Inconclusive,
         why: String::new(),
@@ -311,6 +322,9 @@ pub fn evaluate_with_floor(
         (_, None) => (None, "no control".to_string()),
     };
 
+    let (canary_value, control_value) = side_values(metric, canary, control_used);
+    result.canary_value = canary_value.filter(|v| v.is_finite());
+    result.control_value = control_value.filter(|v| v.is_finite());
     let value = value.filter(|v| v.is_finite());
     result.value = value;
     match value {
@@ -338,6 +352,23 @@ pub fn evaluate_with_floor(
         }
     }
     result
+}
+
+/// Each side's own number behind a gate's value, for display next to it.
+fn side_values(
+    metric: Metric,
+    canary: &CohortMetrics,
+    control: Option<&CohortMetrics>,
+) -> (Option<f64>, Option<f64>) {
+    let side = |m: &CohortMetrics| match metric {
+        Metric::P95LatencyRatio => m.latency.quantile(0.95).map(|us| us as f64),
+        Metric::P99LatencyRatio => m.latency.quantile(0.99).map(|us| us as f64),
+        Metric::ErrorRateDelta => Some(rate(m.errors, m.count)),
+        Metric::AccuracyDelta => Some(rate(m.correct, m.labelled)),
+        Metric::ShadowAgreement => Some(rate(m.shadow_agreed, m.shadow_compared)),
+        Metric::OutputPsi => None,
+    };
+    (side(canary), control.and_then(side))
 }
 
 fn rate(part: u64, whole: u64) -> f64 {
@@ -483,6 +514,10 @@ pub(crate) mod tests {
         assert_eq!(r.decision, Decision::Fail, "{}", r.why);
         assert!(r.why.contains("broken"), "{}", r.why);
         assert_eq!(r.control, ControlSource::Live);
+        // The two p99s behind the ratio, in µs, and their ratio is the value.
+        let (a, b) = (r.canary_value.unwrap(), r.control_value.unwrap());
+        assert!(a > b, "canary p99 {a} us, control p99 {b} us");
+        assert!((a / b - r.value.unwrap()).abs() < 1e-9, "{a} / {b}");
     }
 
     #[test]
@@ -574,6 +609,9 @@ pub(crate) mod tests {
         let r = evaluate(&g("accuracy_delta>=-0.02"), 500, &worse, &control, None);
         assert_eq!(r.decision, Decision::Fail, "{}", r.why);
         assert!((r.value.unwrap() + 0.10).abs() < 1e-9);
+        // Each side's own accuracy is shown beside the delta.
+        assert!((r.canary_value.unwrap() - 0.80).abs() < 1e-9);
+        assert!((r.control_value.unwrap() - 0.90).abs() < 1e-9);
         let r = evaluate(&g("output_psi<=0.2"), 500, &worse, &control, None);
         assert_eq!(r.decision, Decision::Fail, "{}", r.why);
         let r = evaluate(&g("output_psi<=0.2"), 500, &control, &control, None);
@@ -612,6 +650,8 @@ pub(crate) mod tests {
             min_samples: 1,
             canary_samples: 0,
             control_samples: 0,
+            canary_value: None,
+            control_value: None,
             control: ControlSource::Live,
             decision: d,
             why: String::new(),
