@@ -114,7 +114,16 @@ impl Agent {
         let identity = format!("{}/{}", config.fleet, config.device_id);
         let (root, device) = (config.root_key, config.device_id.clone());
         let id = identity.clone();
-        let (stored_identity, trust, pointers, settings, outbox_seqs, next_seq, pending) = store
+        let (
+            stored_identity,
+            trust,
+            pointers,
+            settings,
+            outbox_seqs,
+            next_seq,
+            pending,
+            unfinished,
+        ) = store
             .call(move |s| {
                 let stored = s.identity()?;
                 if stored.is_none() {
@@ -136,6 +145,7 @@ impl Agent {
                     s.outbox_seqs()?,
                     s.next_window_seq()?,
                     s.pending()?,
+                    s.accepted_command()?,
                 ))
             })
             .await?;
@@ -240,6 +250,7 @@ impl Agent {
             next_window_seq: next_seq,
             pending,
             shadow,
+            unfinished,
         };
         let driver = Driver::new(config, shared.clone(), store, link, hello_tx, restored);
         let (control, control_rx) = mpsc::channel(4);

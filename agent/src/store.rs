@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use drover_protocol::codec;
 use drover_protocol::manifest::ModelManifest;
-use drover_protocol::messages::{AgentSettings, Up};
+use drover_protocol::messages::{AgentSettings, Command, Up};
 use drover_protocol::telemetry::TelemetryWindow;
 use drover_protocol::{ModelRef, Sha256, Signed, TrustState};
 
@@ -219,6 +219,34 @@ impl Store {
     /// Persists the trust state.
     pub fn save_trust(&self, t: &TrustState) -> Result<(), StoreError> {
         Self::set_meta(&self.conn, "trust", &encode(t, "trust state")?)
+    }
+
+    /// Persists the trust state that accepts `cmd` together with `cmd`
+    /// itself, in one transaction: a process that dies before the command's
+    /// action has durably started finds it again at start
+    /// ([`Store::accepted_command`]) instead of a sequence number that
+    /// says "accepted" over an action that never happened.
+    pub fn accept_command(&mut self, t: &TrustState, cmd: &Command) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        Self::set_meta(&tx, "trust", &encode(t, "trust state")?)?;
+        Self::set_meta(&tx, "accepted_command", &encode(cmd, "accepted command")?)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The accepted command whose action had not durably started when the
+    /// process stopped, if any.
+    pub fn accepted_command(&self) -> Result<Option<Command>, StoreError> {
+        self.meta("accepted_command")?
+            .map(|b| decode(&b, "accepted command"))
+            .transpose()
+    }
+
+    /// Forgets the accepted command: its action has started (or finished).
+    pub fn clear_accepted_command(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = 'accepted_command'", [])?;
+        Ok(())
     }
 
     /// Settings changed by Configure commands.

@@ -252,6 +252,14 @@ async fn agent_kill_during_download() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_kill_right_after_accepting_the_command() {
+    // Accepted and acknowledged, its sequence stored, but no download
+    // recorded yet: the restart carries the stored command out (the Hello's
+    // sequence says "accepted", so the controller does not send it again).
+    install_cell("command.accepted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill_at_verify() {
     install_cell("deploy.verify").await;
 }

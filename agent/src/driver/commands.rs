@@ -231,8 +231,8 @@ impl Driver {
                 return;
             }
         };
-        let t = next.clone();
-        if let Err(e) = self.store.call(move |s| s.save_trust(&t)).await {
+        let (t, c) = (next.clone(), cmd.clone());
+        if let Err(e) = self.store.call(move |s| s.accept_command(&t, &c)).await {
             tracing::error!(error = %e, "persisting trust state; refusing the command");
             self.link.send(
                 &Up::Ack(CommandAck {
@@ -262,7 +262,30 @@ impl Driver {
             }),
             Delivery::Reliable,
         );
+        crate::fault::hit("command.accepted");
         self.act(cmd, now).await;
+        self.forget_accepted().await;
+    }
+
+    /// Carries out a command accepted before the process stopped whose
+    /// action had not durably started (see `Store::accept_command`).
+    pub(super) async fn act_on_unfinished(&mut self, cmd: Command, now: Timestamp) {
+        tracing::info!(
+            seq = cmd.seq,
+            action = cmd.action.kind(),
+            "carrying out a command accepted before the restart"
+        );
+        self.act(cmd, now).await;
+        self.forget_accepted().await;
+    }
+
+    /// The accepted command's action has started: a restart must not run it
+    /// again (a download in flight resumes from its own record).
+    async fn forget_accepted(&mut self) {
+        if let Err(e) = self.store.call(|s| s.clear_accepted_command()).await {
+            tracing::error!(error = %e, "forgetting the accepted command");
+            self.shared.metrics.store_failed("clear_accepted_command");
+        }
     }
 
     pub(super) async fn act(&mut self, cmd: Command, now: Timestamp) {

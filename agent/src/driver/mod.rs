@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use drover_protocol::messages::{AgentSettings, DeployPhase, DeployStatus, Hello, Up};
+use drover_protocol::messages::{AgentSettings, Command, DeployPhase, DeployStatus, Hello, Up};
 use drover_protocol::{ModelRef, Sha256, Timestamp, TrustState};
 
 use crate::config::AgentConfig;
@@ -64,6 +64,8 @@ pub(crate) struct Restored {
     pub(crate) next_window_seq: u64,
     pub(crate) pending: Vec<(Slot, PendingDownload)>,
     pub(crate) shadow: Option<Arc<Shadow>>,
+    /// A command accepted before the stop whose action had not started.
+    pub(crate) unfinished: Option<Command>,
 }
 
 pub(crate) struct Driver {
@@ -87,6 +89,8 @@ pub(crate) struct Driver {
     /// `(issued_at, local now)` of the newest accepted command: the
     /// controller's clock, for command expiry (`commands::command_now`).
     controller_time: Option<(Timestamp, Timestamp)>,
+    /// See [`Restored::unfinished`]; taken by `run`.
+    unfinished: Option<Command>,
 }
 
 impl Driver {
@@ -117,12 +121,17 @@ impl Driver {
             shadow: restored.shadow,
             last_ack: None,
             controller_time: None,
+            unfinished: None,
             cfg,
             shared,
             store,
             link,
             hello,
         };
+        // A restored download already carries its command's action out.
+        d.unfinished = restored
+            .unfinished
+            .filter(|c| !restored.pending.iter().any(|(_, p)| p.seq == c.seq));
         for (slot, p) in restored.pending {
             d.resume(slot, p, now);
         }
@@ -153,6 +162,10 @@ impl Driver {
         mut events: mpsc::Receiver<LinkEvent>,
         mut control: mpsc::Receiver<Control>,
     ) {
+        if let Some(cmd) = self.unfinished.take() {
+            let now = self.now();
+            self.act_on_unfinished(cmd, now).await;
+        }
         // Jobs restored at start may already hold every byte.
         self.drive_jobs().await;
         loop {

@@ -341,6 +341,37 @@ mod tests {
     }
 
     #[test]
+    fn drift_history_keeps_the_newest_points_per_model() {
+        let conn = conn();
+        let (a, b) = (ModelName::new("a").unwrap(), ModelName::new("b").unwrap());
+        let point = |at| DriftPoint {
+            at,
+            version: 1,
+            fleet_score: Some(at as f64 / 100.0),
+            share_drifting: None,
+            scope: "fleet".into(),
+            verdict: "stable".into(),
+        };
+        for at in 1..=5 {
+            record_drift_point(&conn, &a, &point(at), 3).unwrap();
+        }
+        record_drift_point(&conn, &b, &point(9), 3).unwrap();
+        let got: Vec<u64> = drift_points(&conn, &a, 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.at)
+            .collect();
+        assert_eq!(got, [3, 4, 5]);
+        let got: Vec<u64> = drift_points(&conn, &a, 2)
+            .unwrap()
+            .iter()
+            .map(|p| p.at)
+            .collect();
+        assert_eq!(got, [4, 5]);
+        assert_eq!(drift_points(&conn, &b, 10).unwrap(), [point(9)]);
+    }
+
+    #[test]
     fn jobs_round_trip_and_list() {
         let conn = conn();
         let a = insert_job(&conn, &job("a", 10)).unwrap();

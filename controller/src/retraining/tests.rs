@@ -655,6 +655,18 @@ async fn restart_resumes_policy_state_and_jobs() {
         ),
         "{tick:?}"
     );
+    // Both scheduled evaluations are in the stored drift history, across
+    // the restart, oldest first, with the judged scope's score.
+    let model = tick.evaluations[0].0.clone();
+    let history = h.runner.drift_history(&model, 10).await.unwrap();
+    let verdicts: Vec<&str> = history.iter().map(|p| p.verdict.as_str()).collect();
+    assert_eq!(verdicts, ["drifting", "triggered"], "{history:?}");
+    assert!(history[0].at < history[1].at);
+    assert!(
+        history
+            .iter()
+            .all(|p| p.fleet_score.is_some_and(|s| s > 0.0))
+    );
     let job_id = tick.jobs_created[0];
     assert_eq!(fake.captures().len(), 1);
 
