@@ -16,7 +16,7 @@ pub(crate) mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use drover_protocol::messages::{Action, DeployPhase};
+use drover_protocol::messages::{Action, DeployPhase, ReasonCode};
 use drover_protocol::{DeviceId, ModelName, ModelRef, Timestamp, Version};
 use serde::Serialize;
 use tokio::sync::{Mutex, Notify, broadcast};
@@ -480,7 +480,14 @@ impl RolloutService {
                 else {
                     return;
                 };
-                if let Some(r) = st.rollouts.get_mut(&rollout) {
+                let Some(r) = st.rollouts.get_mut(&rollout) else {
+                    return;
+                };
+                if reason.code == ReasonCode::CommandExpired {
+                    // Reached the device too late: a fresh command, not a
+                    // failed install (the core decides; see there).
+                    let _ = r.handle_command_expired(now, &device, version, &reason.to_string());
+                } else {
                     let outcome = DeployOutcome::Failed {
                         version,
                         reason: reason.to_string(),
