@@ -57,6 +57,8 @@ pub struct ChaosReport {
     pub wrong_state: u64,
     /// From the end of the faults to every invariant holding.
     pub converge: Duration,
+    /// Paused rollouts the calm period had to resume as an operator would.
+    pub operator_resumes: u64,
     /// Broken invariants at the end (empty on success).
     pub violations: Vec<Violation>,
 }
@@ -200,8 +202,13 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
                 continue;
             }
             active += 1;
-            if s.phase == "paused" {
-                let _ = rollouts.command(&s.id, RolloutCommand::Resume).await;
+            if s.phase == "paused"
+                && rollouts
+                    .command(&s.id, RolloutCommand::Resume)
+                    .await
+                    .is_ok()
+            {
+                report.operator_resumes += 1;
             }
         }
         if active == 0 || Instant::now() > deadline {

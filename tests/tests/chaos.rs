@@ -49,7 +49,7 @@ async fn check(cfg: ChaosConfig) -> ChaosReport {
     let r = run(&cfg).await.unwrap();
     eprintln!(
         "[chaos] seed {}: faults {:?}; rollouts {:?}; windows made {} stored {} evicted {} queued {}; \
-         wrong state {}; converged {:?} after the faults",
+         wrong state {}; converged {:?} after the faults; operator resumes {}",
         r.seed,
         r.faults,
         r.rollouts,
@@ -58,7 +58,8 @@ async fn check(cfg: ChaosConfig) -> ChaosReport {
         r.windows_evicted,
         r.windows_queued,
         r.wrong_state,
-        r.converge
+        r.converge,
+        r.operator_resumes
     );
     assert!(
         r.violations.is_empty(),
