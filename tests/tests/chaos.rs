@@ -49,7 +49,8 @@ async fn check(cfg: ChaosConfig) -> ChaosReport {
     let r = run(&cfg).await.unwrap();
     eprintln!(
         "[chaos] seed {}: faults {:?}; rollouts {:?}; windows made {} stored {} evicted {} queued {}; \
-         wrong state {}; converged {:?} after the faults; operator resumes {}",
+         wrong state {}; converged {:?} after the faults; operator resumes {}; \
+         backlog peak {} drained {:?}",
         r.seed,
         r.faults,
         r.rollouts,
@@ -59,7 +60,9 @@ async fn check(cfg: ChaosConfig) -> ChaosReport {
         r.windows_queued,
         r.wrong_state,
         r.converge,
-        r.operator_resumes
+        r.operator_resumes,
+        r.backlog_peak,
+        r.drained
     );
     assert!(
         r.violations.is_empty(),
