@@ -271,10 +271,12 @@ async fn controller_kill_during_bake() {
 
 // Every agent of the wave crashes (in-process: its tasks dropped, no
 // Offline) right after the rollout dispatched, and comes back on its data
-// dir. The commands went out while the agents were going down and were lost
-// with their clean sessions; their Hello (accepted up to seq 0) tells the
-// rollout, which sends fresh commands at once. It used to wait out the
-// device timeout and pause `TooManySilent`.
+// dir. The commands went out while the agents were going down: lost with
+// their clean sessions, or accepted (the sequence stored) by an agent that
+// died before it started the job. Either way the agent's Hello on its new
+// session, with no report on the command, tells the rollout, which sends
+// fresh commands at once. It used to wait out the device timeout and pause
+// `TooManySilent` (the second case failed 2 runs in 3 after session 4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill_during_download() {
     let w = World::start(3).await;

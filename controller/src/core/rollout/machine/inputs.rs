@@ -62,21 +62,23 @@ impl Rollout {
         self.check_progress(now);
     }
 
-    /// A command about `version` never reached `device`: it came back on a
-    /// new session having accepted none of it. Queued again at once, the
+    /// A command about `version` never took effect on `device`: it came
+    /// back on a new session without reporting on it (lost on the way, or
+    /// the device restarted before acting on it). Queued again at once, the
     /// attempt not counted (nothing was tried); a device no longer waiting
-    /// on such a command is left alone.
+    /// on such a command is left alone. `Ok(true)` when it was queued again.
     pub fn handle_command_lost(
         &mut self,
         now: Timestamp,
         device: &DeviceId,
         version: Version,
-    ) -> Result<(), RolloutError> {
+    ) -> Result<bool, RolloutError> {
         self.tick(now);
         if !self.devices.contains_key(device) {
             return Err(RolloutError::UnknownDevice(device.clone()));
         }
         let target = self.spec.target;
+        let mut requeued = false;
         self.update(device, |d| {
             let about = match d.task {
                 Task::Deploy | Task::Shadow => version == target,
@@ -85,10 +87,11 @@ impl Rollout {
             };
             if about && let Progress::Commanded { attempt, .. } = d.progress {
                 d.progress = Progress::Queued { at: now, attempt };
+                requeued = true;
             }
         });
         self.check_progress(now);
-        Ok(())
+        Ok(requeued)
     }
 
     /// `device` refused its command about `version` as expired. The agent

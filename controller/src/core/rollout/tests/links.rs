@@ -129,18 +129,22 @@ fn a_lost_command_is_sent_again_at_once_without_counting_an_attempt() {
     until_commanded(&mut f, &dev, 1);
     let at = f.now;
     f.devices.get_mut(&dev).unwrap().behaviour = Behaviour::Good;
-    f.rollout.handle_command_lost(at, &dev, NEW).unwrap();
+    assert!(f.rollout.handle_command_lost(at, &dev, NEW).unwrap());
     f.pump();
     assert_eq!(f.deploys_to(&dev), 2, "sent again at once");
     assert_eq!(f.sent.last().map(|(t, _)| *t), Some(at));
     // Lost about another version: nothing to do.
-    f.rollout.handle_command_lost(at, &dev, OLD).unwrap();
+    assert!(!f.rollout.handle_command_lost(at, &dev, OLD).unwrap());
     f.pump();
     assert_eq!(f.deploys_to(&dev), 2);
     f.drive_until_idle(50_000);
     assert!(is_completed(f.rollout.phase()), "{:?}", f.rollout.phase());
     assert!(!f.kinds().contains(&"device_retry".to_string()));
     assert!(!f.kinds().contains(&"device_silent".to_string()));
+    // Once the device is done, a Hello naming an old command changes nothing.
+    assert!(!f.rollout.handle_command_lost(f.now, &dev, NEW).unwrap());
+    f.pump();
+    assert_eq!(f.deploys_to(&dev), 2);
 }
 
 #[test]
