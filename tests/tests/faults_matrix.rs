@@ -276,7 +276,7 @@ async fn controller_kill_during_bake() {
 // died before it started the job. Either way the agent's Hello on its new
 // session, with no report on the command, tells the rollout, which sends
 // fresh commands at once. It used to wait out the device timeout and pause
-// `TooManySilent` (the second case failed 2 runs in 3 after session 4).
+// `TooManySilent` (the second case still failed 2 runs in 3 before session 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill_during_download() {
     let w = World::start(3).await;
