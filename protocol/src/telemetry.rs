@@ -318,7 +318,8 @@ pub struct TelemetryWindow {
     pub correct: u64,
     /// Sum of absolute errors over labelled inferences (regression).
     pub abs_error_sum: f64,
-    /// Shadow comparison, when a shadow candidate ran.
+    /// Shadow comparison, when a shadow candidate ran: on the candidate's
+    /// own (`Shadow`) window, which names the version compared.
     pub shadow: Option<ShadowStats>,
     /// Windows this device's outbox evicted (oldest first) since the last report.
     pub evicted_windows: u64,

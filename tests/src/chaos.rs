@@ -57,6 +57,13 @@ pub struct ChaosReport {
     pub wrong_state: u64,
     /// From the end of the faults to every invariant holding.
     pub converge: Duration,
+    /// Paused rollouts the calm period had to resume as an operator would.
+    pub operator_resumes: u64,
+    /// From the end of the faults until the outboxes hold no backlog (at
+    /// most two windows per agent, the steady state), if within a minute.
+    pub drained: Option<Duration>,
+    /// The largest backlog (windows in all outboxes) seen after the faults.
+    pub backlog_peak: u64,
     /// Broken invariants at the end (empty on success).
     pub violations: Vec<Violation>,
 }
@@ -200,8 +207,13 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
                 continue;
             }
             active += 1;
-            if s.phase == "paused" {
-                let _ = rollouts.command(&s.id, RolloutCommand::Resume).await;
+            if s.phase == "paused"
+                && rollouts
+                    .command(&s.id, RolloutCommand::Resume)
+                    .await
+                    .is_ok()
+            {
+                report.operator_resumes += 1;
             }
         }
         if active == 0 || Instant::now() > deadline {
@@ -215,6 +227,25 @@ pub async fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         Err(v) => report.violations = v,
     }
     report.converge = calm.elapsed();
+    // Backlogs: the windows made during the faults reach the controller by
+    // themselves (a reconnect, an ack for later windows, the resend timer).
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let depth: u64 = invariants::fleet_states(&fleet)
+            .await
+            .iter()
+            .filter_map(|s| s.status.as_ref().map(|st| st.outbox_depth))
+            .sum();
+        report.backlog_peak = report.backlog_peak.max(depth);
+        if depth <= 2 * cfg.agents as u64 {
+            report.drained = Some(calm.elapsed());
+            break;
+        }
+        if Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for s in rollouts.list().await {
         report.rollouts.insert(s.id.clone(), s.phase.to_string());
     }

@@ -1,6 +1,8 @@
 //! Network pieces for fault injection: free ports, a spawned Mosquitto broker
 //! that can be stopped and restarted on the same port, and a TCP proxy whose
-//! link can be cut and restored (a device losing its uplink).
+//! link can be cut and restored (a device losing its uplink) or stalled and
+//! resumed (connections stay up, nothing gets through until the stall ends,
+//! then everything held arrives late).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -116,12 +118,14 @@ pub async fn wait_listening(addr: SocketAddr, timeout: Duration) -> anyhow::Resu
 }
 
 /// A TCP proxy in front of the broker for one device. `cut()` drops every
-/// open connection and refuses new ones until `restore()`.
+/// open connection and refuses new ones until `restore()`; `stall()` keeps
+/// the connections but delivers nothing either way until `unstall()`.
 #[derive(Clone)]
 pub struct LinkProxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
     cuts: watch::Sender<u64>,
+    stalled: watch::Sender<bool>,
     bytes: Arc<AtomicU64>,
 }
 
@@ -131,10 +135,12 @@ impl LinkProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (cuts, _) = watch::channel(0u64);
+        let (stalled, _) = watch::channel(false);
         let proxy = LinkProxy {
             addr,
             up: Arc::new(AtomicBool::new(true)),
             cuts,
+            stalled,
             bytes: Arc::new(AtomicU64::new(0)),
         };
         let p = proxy.clone();
@@ -151,20 +157,42 @@ impl LinkProxy {
         Ok(proxy)
     }
 
-    async fn forward(&self, mut inbound: TcpStream, upstream: SocketAddr) {
-        let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+    async fn forward(&self, inbound: TcpStream, upstream: SocketAddr) {
+        let Ok(outbound) = TcpStream::connect(upstream).await else {
             return;
         };
         let _ = inbound.set_nodelay(true);
         let _ = outbound.set_nodelay(true);
         let mut cut = self.cuts.subscribe();
+        let (in_r, in_w) = inbound.into_split();
+        let (out_r, out_w) = outbound.into_split();
         tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
-                if let Ok((a, b)) = r {
-                    self.bytes.fetch_add(a + b, Ordering::Relaxed);
-                }
-            }
+            _ = self.pump(in_r, out_w) => {}
+            _ = self.pump(out_r, in_w) => {}
             _ = cut.changed() => {}
+        }
+    }
+
+    /// Copies one direction; while the link is stalled, what was read waits
+    /// (and TCP's buffers fill behind it).
+    async fn pump(
+        &self,
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut stalled = self.stalled.subscribe();
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if stalled.wait_for(|s| !*s).await.is_err() {
+                return Ok(());
+            }
+            to.write_all(&buf[..n]).await?;
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -187,6 +215,16 @@ impl LinkProxy {
     /// Whether the link is up.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
+    }
+
+    /// Holds everything in flight both ways; connections stay open.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Delivers what the stall held, and everything after it.
+    pub fn unstall(&self) {
+        self.stalled.send_replace(false);
     }
 }
 
@@ -229,5 +267,14 @@ mod tests {
         c.write_all(b"yo").await.unwrap();
         c.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"yo");
+
+        // A stall holds the bytes on an open connection; they arrive after.
+        proxy.stall();
+        c.write_all(b"ok").await.unwrap();
+        let held = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
+        assert!(held.is_err(), "nothing gets through a stalled link");
+        proxy.unstall();
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ok");
     }
 }

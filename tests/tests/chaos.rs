@@ -49,7 +49,8 @@ async fn check(cfg: ChaosConfig) -> ChaosReport {
     let r = run(&cfg).await.unwrap();
     eprintln!(
         "[chaos] seed {}: faults {:?}; rollouts {:?}; windows made {} stored {} evicted {} queued {}; \
-         wrong state {}; converged {:?} after the faults",
+         wrong state {}; converged {:?} after the faults; operator resumes {}; \
+         backlog peak {} drained {:?}",
         r.seed,
         r.faults,
         r.rollouts,
@@ -58,7 +59,10 @@ async fn check(cfg: ChaosConfig) -> ChaosReport {
         r.windows_evicted,
         r.windows_queued,
         r.wrong_state,
-        r.converge
+        r.converge,
+        r.operator_resumes,
+        r.backlog_peak,
+        r.drained
     );
     assert!(
         r.violations.is_empty(),

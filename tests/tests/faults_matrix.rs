@@ -97,6 +97,28 @@ impl World {
     }
 
     async fn start_rollout(&self, id: &str, version: drover_protocol::Version) {
+        self.start_rollout_with(id, version, StartBody::default())
+            .await;
+    }
+
+    /// An upgrade: one loose gate on few samples (faults are tested here,
+    /// not gate statistics; a few devices for a second make too few
+    /// samples for the default gates).
+    async fn start_upgrade(&self, id: &str, version: drover_protocol::Version) {
+        let body = StartBody {
+            gates: vec!["error_rate_delta<=1.0".into()],
+            min_samples: Some(5),
+            ..StartBody::default()
+        };
+        self.start_rollout_with(id, version, body).await;
+    }
+
+    async fn start_rollout_with(
+        &self,
+        id: &str,
+        version: drover_protocol::Version,
+        base: StartBody,
+    ) {
         let body = StartBody {
             model: format!("sensor@{version}"),
             id: Some(id.into()),
@@ -104,7 +126,7 @@ impl World {
             bake: Some(Duration::from_secs(1)),
             device_timeout: Some(Duration::from_secs(30)),
             metrics_interval: Some(Duration::from_millis(500)),
-            ..StartBody::default()
+            ..base
         };
         self.running
             .rollouts()
@@ -249,10 +271,12 @@ async fn controller_kill_during_bake() {
 
 // Every agent of the wave crashes (in-process: its tasks dropped, no
 // Offline) right after the rollout dispatched, and comes back on its data
-// dir. The commands went out while the agents were going down and were lost
-// with their clean sessions; their Hello (accepted up to seq 0) tells the
-// rollout, which sends fresh commands at once. It used to wait out the
-// device timeout and pause `TooManySilent`.
+// dir. The commands went out while the agents were going down: lost with
+// their clean sessions, or accepted (the sequence stored) by an agent that
+// died before it started the job. Either way the agent's Hello on its new
+// session, with no report on the command, tells the rollout, which sends
+// fresh commands at once. It used to wait out the device timeout and pause
+// `TooManySilent` (the second case still failed 2 runs in 3 before session 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill_during_download() {
     let w = World::start(3).await;
@@ -302,14 +326,15 @@ async fn broker_restart_during_rollout() {
     w.finish().await;
 }
 
-// A device's link is down for longer than a command stays valid (2 s here):
-// the rollout's command to it is lost with the link; once the link is back
-// the controller sends a fresh command (new sequence, new expiry) and the
-// device converges.
+// A device's link is down for longer than a command stays valid (2 s here),
+// from before the rollout starts. Either the controller already knows the
+// device is offline when its wave starts (it is silent, the wave pauses
+// `TooManySilent`, and the pause lifts itself once the device is back), or
+// the command goes out and is lost with the link (the device's Hello shows
+// it, a fresh command goes out at once). A command that reaches the device
+// after its expiry is refused with its own sequence and replaced by a fresh
+// one, never counted as a failed install.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect after merging device identity (#13): a command that expired during the cut is \
-            refused and acked under seq 0 (unattributable refusals), so the controller never learns of \
-            it and the wave pauses TooManySilent; passed before the merge. See the session 4 note."]
 async fn link_cut_longer_than_command_expiry() {
     let w = World::start_with(Opts {
         proxies: true,
@@ -329,6 +354,107 @@ async fn link_cut_longer_than_command_expiry() {
     w.assert_converged(
         &w.running.rollouts(),
         "link cut longer than command expiry",
+        fault_at,
+    )
+    .await;
+    w.finish().await;
+}
+
+/// The newest command sequence sent to `device`, and its result.
+async fn last_command(w: &World, device: &str) -> Option<(i64, Option<String>)> {
+    let device = device.to_string();
+    w.running
+        .handle()
+        .db()
+        .call(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row(
+                "SELECT seq, result FROM commands WHERE device = ?1 ORDER BY seq DESC LIMIT 1",
+                [device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+        .unwrap()
+}
+
+// A device's link stalls (the connection stays up, nothing gets through
+// either way) for longer than a command stays valid, while its wave is
+// deployed: the command reaches it after the stall, expired. It verifies, is
+// addressed to the device and is newer than anything it accepted, so the
+// device refuses it under its own sequence with `command_expired`, and the
+// rollout sends a fresh command at once instead of counting a failed install
+// (before: the device was failed for good, `command_expired` not retryable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_stalled_past_command_expiry() {
+    let w = World::start_with(Opts {
+        proxies: true,
+        validity: Duration::from_secs(2),
+        ..Opts::agents(3)
+    })
+    .await;
+    // A first rollout, so the devices know the controller's clock: before
+    // its first command of a run an agent judges expiry by the command's own
+    // issue time, and nothing is expired.
+    let v1 = w.push(1).await;
+    w.start_rollout("r1", v1).await;
+    rollout_completes(&w, "r1").await;
+    let v2 = w.push(2).await;
+    let dev = &w.fleet.devices[0];
+    let id = dev.id.to_string();
+    let proxy = dev.proxy.clone().unwrap();
+    let (before, _) = last_command(&w, &id).await.unwrap();
+    proxy.stall();
+    w.start_upgrade("r2", v2).await;
+    // Once its command is out (its wave may be the second), past its validity.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sent = loop {
+        let (seq, _) = last_command(&w, &id).await.unwrap();
+        if seq > before {
+            break seq;
+        }
+        assert!(Instant::now() < deadline, "{id} was never commanded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(w.validity * 2).await;
+    let fault_at = Instant::now();
+    proxy.unstall();
+    w.wait_phase("r2", |p, _| p == "completed", Duration::from_secs(60))
+        .await;
+    w.fleet
+        .wait_all_active(&format!("sensor@{v2}"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The late command was refused as expired, under its own sequence; a
+    // fresh one after it was accepted.
+    let result: Option<String> = {
+        let id = id.clone();
+        w.running
+            .handle()
+            .db()
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT result FROM commands WHERE device = ?1 AND seq = ?2",
+                    rusqlite::params![id, sent],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap()
+    };
+    assert!(
+        result
+            .as_deref()
+            .is_some_and(|r| r.contains("command_expired")),
+        "{result:?}"
+    );
+    let (last, last_result) = last_command(&w, &id).await.unwrap();
+    assert!(last > sent);
+    assert_eq!(last_result.as_deref(), Some("accepted"));
+    w.assert_converged(
+        &w.running.rollouts(),
+        "link stalled past command expiry",
         fault_at,
     )
     .await;

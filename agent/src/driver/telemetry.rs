@@ -27,13 +27,10 @@ impl Driver {
         }
         if let Some(a) = rt.active() {
             let acc = a.recorder().take();
-            windows.push(self.windower.seal(
-                &b,
-                a.recorder().spec(),
-                ModelRole::Active,
-                acc,
-                shadow_stats,
-            ));
+            windows.push(
+                self.windower
+                    .seal(&b, a.recorder().spec(), ModelRole::Active, acc, None),
+            );
         }
         let mut others: Vec<Arc<LoadedModel>> = std::mem::take(&mut self.retired);
         others.extend(rt.previous());
@@ -50,15 +47,22 @@ impl Driver {
             }
         }
         if let Some(s) = &self.shadow {
+            // The comparison travels with the candidate's own window: it
+            // names the version compared, which a rollout's shadow gate
+            // selects by (the active model's window does not say which
+            // candidate it was compared with).
             let c = s.candidate();
             let acc = c.recorder().take();
-            if acc.count() > 0 {
+            let compared = shadow_stats
+                .as_ref()
+                .is_some_and(|s| s.compared > 0 || s.errors > 0 || s.dropped > 0);
+            if acc.count() > 0 || compared {
                 windows.push(self.windower.seal(
                     &b,
                     c.recorder().spec(),
                     ModelRole::Shadow,
                     acc,
-                    None,
+                    shadow_stats,
                 ));
             }
         }

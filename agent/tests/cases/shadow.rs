@@ -56,7 +56,15 @@ async fn shadow_stats_reach_telemetry_and_promotion_needs_no_download() {
                         ModelRole::Shadow => shadow.insert(w.seq, (*w).clone()),
                     };
                 }
-                let stats: Vec<_> = active.values().filter_map(|w| w.shadow.clone()).collect();
+                // The comparison travels with the candidate's window (the
+                // version a rollout's shadow gate selects), never with the
+                // active model's.
+                assert!(active.values().all(|w| w.shadow.is_none()));
+                let stats: Vec<_> = shadow
+                    .values()
+                    .filter(|w| w.model == m2.model_ref())
+                    .filter_map(|w| w.shadow.clone())
+                    .collect();
                 let compared: u64 = stats.iter().map(|x| x.compared).sum();
                 let agreed: u64 = stats.iter().map(|x| x.agreed).sum();
                 let latency: u64 = stats.iter().map(|x| x.latency.count()).sum();

@@ -16,7 +16,7 @@ pub(crate) mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use drover_protocol::messages::{Action, DeployPhase};
+use drover_protocol::messages::{Action, DeployPhase, ReasonCode};
 use drover_protocol::{DeviceId, ModelName, ModelRef, Timestamp, Version};
 use serde::Serialize;
 use tokio::sync::{Mutex, Notify, broadcast};
@@ -154,6 +154,10 @@ fn outcome_of(phase: &DeployPhase, model: &ModelRef) -> Option<DeployOutcome> {
         DeployPhase::Shadowing => DeployOutcome::Shadowing {
             version: model.version,
         },
+        // The device took a newer command for the same slot (a command sent
+        // again after a reconnect, see `lost_commands`): that one's report
+        // is the outcome, this is no failure.
+        DeployPhase::Failed(reason) if reason.code == ReasonCode::Superseded => return None,
         DeployPhase::Failed(reason) => DeployOutcome::Failed {
             version: model.version,
             reason: reason.to_string(),
@@ -409,28 +413,42 @@ impl RolloutService {
     }
 
     /// Commands a device came back without. Its Hello (sent on every new
-    /// session) says it accepted commands up to `last`; a rollout command to
+    /// session) says it accepted commands up to `last`. A rollout command to
     /// it numbered above that was lost with a session: devices connect with
     /// clean sessions, so the broker keeps nothing for them while they are
-    /// away (a crash right after the command went out, a link cut). Each
-    /// goes back to its rollout, which sends a fresh command now instead of
-    /// waiting out the device timeout. A
-    /// command that crossed the Hello in flight is sent twice; the agent
-    /// takes the second as the same install.
+    /// away (a crash right after the command went out, a link cut). One
+    /// numbered up to `last` was accepted, but the device may have died
+    /// before acting on it: the agent records the sequence before it
+    /// starts (and persists) the job, so a crash in between loses the
+    /// command while the Hello says it was accepted. Either way the device
+    /// is still waiting on it as far as the rollout knows, so each goes back
+    /// to its rollout, which sends a fresh command now instead of waiting
+    /// out the device timeout. A device that was in fact working on it
+    /// takes the fresh command as the same install (the job it supersedes
+    /// keeps its downloaded bytes, and its `superseded` report is not a
+    /// failure, see `outcome_of`); a command that crossed the Hello in
+    /// flight is sent twice, likewise. Entries of devices no longer waiting
+    /// on them are dropped.
     async fn lost_commands(&self, device: &DeviceId, last: u64) {
         let now = self.inner.ctl.now();
         let mut st = self.inner.state.lock().await;
         let key = device.to_string();
-        let lost: Vec<(u64, (String, Version))> = st
+        let outstanding: Vec<(u64, (String, Version))> = st
             .sent
-            .range((key.clone(), last.saturating_add(1))..=(key.clone(), u64::MAX))
+            .range((key.clone(), 0)..=(key.clone(), u64::MAX))
             .map(|((_, seq), v)| (*seq, v.clone()))
             .collect();
-        for (seq, (rollout, version)) in lost {
+        for (seq, (rollout, version)) in outstanding {
             st.sent.remove(&(key.clone(), seq));
-            if let Some(r) = st.rollouts.get_mut(&rollout) {
-                tracing::info!(rollout = %rollout, %device, seq, last, "command lost with the device's session; sending it again");
-                let _ = r.handle_command_lost(now, device, version);
+            if let Some(r) = st.rollouts.get_mut(&rollout)
+                && let Ok(true) = r.handle_command_lost(now, device, version)
+            {
+                let why = if seq > last {
+                    "command lost with the device's session"
+                } else {
+                    "device came back on a new session before reporting on its command"
+                };
+                tracing::info!(rollout = %rollout, %device, seq, last, "{why}; sending it again");
             }
         }
     }
@@ -480,7 +498,14 @@ impl RolloutService {
                 else {
                     return;
                 };
-                if let Some(r) = st.rollouts.get_mut(&rollout) {
+                let Some(r) = st.rollouts.get_mut(&rollout) else {
+                    return;
+                };
+                if reason.code == ReasonCode::CommandExpired {
+                    // Reached the device too late: a fresh command, not a
+                    // failed install (the core decides; see there).
+                    let _ = r.handle_command_expired(now, &device, version, &reason.to_string());
+                } else {
                     let outcome = DeployOutcome::Failed {
                         version,
                         reason: reason.to_string(),

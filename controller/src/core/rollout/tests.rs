@@ -1669,3 +1669,5 @@ fn first_install_advances_on_installs_and_bake_without_comparisons() {
     s.gates = vec!["p95_latency_ratio<=1.2".parse().unwrap()];
     assert_eq!(s.validate(), Err(SpecError::InitialWithGates));
 }
+
+mod links;

@@ -469,7 +469,8 @@ pub enum AuditKind {
         /// Why, in words.
         reason: String,
     },
-    /// An operator resumed it.
+    /// An operator resumed it, or a `TooManySilent` pause cleared (the
+    /// silent devices came back).
     Resumed {
         /// What continues.
         resume: ResumePoint,

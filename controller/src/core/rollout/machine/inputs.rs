@@ -62,21 +62,23 @@ impl Rollout {
         self.check_progress(now);
     }
 
-    /// A command about `version` never reached `device`: it came back on a
-    /// new session having accepted none of it. Queued again at once, the
+    /// A command about `version` never took effect on `device`: it came
+    /// back on a new session without reporting on it (lost on the way, or
+    /// the device restarted before acting on it). Queued again at once, the
     /// attempt not counted (nothing was tried); a device no longer waiting
-    /// on such a command is left alone.
+    /// on such a command is left alone. `Ok(true)` when it was queued again.
     pub fn handle_command_lost(
         &mut self,
         now: Timestamp,
         device: &DeviceId,
         version: Version,
-    ) -> Result<(), RolloutError> {
+    ) -> Result<bool, RolloutError> {
         self.tick(now);
         if !self.devices.contains_key(device) {
             return Err(RolloutError::UnknownDevice(device.clone()));
         }
         let target = self.spec.target;
+        let mut requeued = false;
         self.update(device, |d| {
             let about = match d.task {
                 Task::Deploy | Task::Shadow => version == target,
@@ -85,8 +87,99 @@ impl Rollout {
             };
             if about && let Progress::Commanded { attempt, .. } = d.progress {
                 d.progress = Progress::Queued { at: now, attempt };
+                requeued = true;
             }
         });
+        self.check_progress(now);
+        Ok(requeued)
+    }
+
+    /// `device` refused its command about `version` as expired. The agent
+    /// answers with the command's own sequence only when the command
+    /// verified, was addressed to it and is newer than anything it accepted
+    /// (a replayed, superseded command is answered with sequence 0 and never
+    /// gets here), so nothing was tried: the command simply reached the
+    /// device after its validity (a link down for longer, a command held
+    /// back). That is not an install failure: a fresh command (new sequence,
+    /// new expiry) is queued at once. The attempt is counted, so a device
+    /// that finds every fresh command expired as well (its idea of the
+    /// controller's clock is off) fails with that reason after
+    /// `max_attempts` instead of being commanded forever. A device no longer
+    /// waiting on such a command (done, failed, silent, commanded about
+    /// something else) is left alone.
+    pub fn handle_command_expired(
+        &mut self,
+        now: Timestamp,
+        device: &DeviceId,
+        version: Version,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        self.tick(now);
+        if !self.devices.contains_key(device) {
+            return Err(RolloutError::UnknownDevice(device.clone()));
+        }
+        let target = self.spec.target;
+        let max_attempts = self.spec.max_attempts;
+        let mut event: Option<(AuditKind, String)> = None;
+        self.update(device, |d| {
+            let about = match d.task {
+                Task::Deploy | Task::Shadow => version == target,
+                Task::Rollback { to } => version == to,
+                _ => false,
+            };
+            let Progress::Commanded { attempt, .. } = d.progress else {
+                return;
+            };
+            if !about {
+                return;
+            }
+            // It answered: it is there.
+            d.online = true;
+            d.last_seen = d.last_seen.max(now);
+            let attempt = attempt.max(1);
+            if attempt < max_attempts {
+                d.progress = Progress::Queued {
+                    at: now,
+                    attempt: attempt + 1,
+                };
+                event = Some((
+                    AuditKind::DeviceRetry {
+                        device: device.clone(),
+                        attempt,
+                        reason: reason.to_string(),
+                        at: now,
+                    },
+                    format!(
+                        "{device}: command of attempt {attempt} of {max_attempts} expired before it arrived ({reason}); a fresh one goes out now"
+                    ),
+                ));
+            } else {
+                if d.task == Task::Deploy {
+                    d.exposed = d.current == Some(target);
+                }
+                let reason =
+                    format!("every command expired before it arrived ({attempt} sent): {reason}");
+                event = Some((
+                    AuditKind::DeviceFailed {
+                        device: device.clone(),
+                        wave: d.wave,
+                        reason: reason.clone(),
+                        attempts: attempt,
+                    },
+                    format!(
+                        "{device} (wave {}): failed after {attempt} attempt(s): {reason}",
+                        d.wave + 1
+                    ),
+                ));
+                d.progress = Progress::Failed {
+                    reason,
+                    attempts: attempt,
+                };
+            }
+        });
+        if let Some((kind, message)) = event {
+            self.emit(now, kind, message);
+        }
         self.check_progress(now);
         Ok(())
     }

@@ -532,6 +532,35 @@ impl Rollout {
                     );
                     return;
                 }
+                Phase::Paused {
+                    cause: PauseCause::TooManySilent,
+                    resume: ResumePoint::Stage(stage),
+                    ..
+                } => {
+                    // Unlike the other pauses, this one's cause can clear on
+                    // its own: silent devices come back (queued again, see
+                    // `may_requeue`), report late or leave the selector.
+                    // Once the stage is within `max_silent` again it carries
+                    // on; left paused, devices back from a link cut would
+                    // wait for an operator who has nothing to decide.
+                    if self.health_problem(stage).is_some() {
+                        return;
+                    }
+                    let (members, c) = self.step_counts(stage);
+                    self.emit(
+                        now,
+                        AuditKind::Resumed {
+                            resume: ResumePoint::Stage(stage),
+                        },
+                        format!(
+                            "resumed: {stage} is within the silent limit again ({} of {members} silent, {} waiting for a command)",
+                            c.silent,
+                            c.in_flight()
+                        ),
+                    );
+                    self.start_stage(now, stage, false);
+                    continue;
+                }
                 _ => return,
             }
         }
