@@ -145,6 +145,8 @@ reason_codes! {
     Downgrade = "downgrade", retry: false;
     /// The downloaded bytes do not match the manifest's digest or size.
     ArtifactMismatch = "artifact_mismatch", retry: false;
+    /// An agent release built for another CPU architecture.
+    WrongArch = "wrong_arch", retry: false;
 }
 
 impl fmt::Display for ReasonCode {

@@ -103,6 +103,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/deploy", Role(Operator)),
     rule("GET", "/v1/deployments/{id}", Role(Viewer)),
     rule("GET", "/v1/telemetry", Role(Viewer)),
+    rule("POST", "/v1/agents", Role(Operator)),
+    rule("GET", "/v1/agents", Role(Viewer)),
     rule("POST", "/v1/rollouts", Role(Operator)),
     rule("GET", "/v1/rollouts", Role(Viewer)),
     rule("GET", "/v1/rollouts/{id}", Role(Viewer)),
