@@ -10,5 +10,6 @@ mod outage;
 mod refusals;
 mod resume;
 mod rollback_race;
+mod self_update;
 mod shadow;
 mod timers;
