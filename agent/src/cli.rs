@@ -64,6 +64,18 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// `boot-check` already counted this start (the unit runs it as
+        /// ExecStartPre); only the confirmation deadline is kept.
+        #[arg(long)]
+        boot_checked: bool,
+    },
+    /// Count the coming start of a new agent binary, or switch
+    /// `<data_dir>/bin/current` back to the previous one after too many
+    /// (the unit's ExecStartPre, run by the packaged binary).
+    BootCheck {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Write the systemd unit, the data directory and /etc/drover/agent.toml.
     Install {
@@ -198,7 +210,26 @@ pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<
             println!("wrote {}", a.out.display());
             Ok(())
         }
-        Command::Run { config } => run(&config, env).await,
+        Command::Run {
+            config,
+            boot_checked,
+        } => run(&config, boot_checked, env).await,
+        Command::BootCheck { config } => {
+            let cfg = AgentConfig::load(&config)
+                .and_then(|c| c.apply_env(env))
+                .map_err(CliError::usage)?;
+            let exe = std::env::current_exe()
+                .context("locating the running binary")
+                .map_err(CliError::failure)?;
+            crate::self_update::pre_start_check(
+                &crate::self_update::BinDir::new(&cfg.data_dir),
+                crate::core::self_update::BootConfig::default(),
+                running_version()?,
+                &exe,
+            )
+            .context("agent boot check")
+            .map_err(CliError::failure)
+        }
         Command::Install { config, root, exec } => {
             let i = crate::install::install(&config, &root, &exec).map_err(|e| match e {
                 crate::install::InstallError::Config(_) => CliError::usage(e),
@@ -236,7 +267,11 @@ pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
 }
 
-async fn run(config: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+async fn run(
+    config: &Path,
+    boot_checked: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), CliError> {
     let cfg = AgentConfig::load(config)
         .and_then(|c| c.apply_env(env))
         .map_err(|e| {
@@ -246,7 +281,7 @@ async fn run(config: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), 
     // (or fall back to the previous one), see `crate::self_update`.
     let bin = crate::self_update::BinDir::new(&cfg.data_dir);
     let clock = crate::clock::Clock::new();
-    let boot = boot_check(&bin, &clock, env)?;
+    let boot = boot_check(&bin, &clock, boot_checked, env)?;
     let agent = Agent::start(cfg).await.map_err(|e| match e {
         crate::AgentError::Config(_) => CliError::usage(e),
         _ => CliError::failure(e),
@@ -279,9 +314,19 @@ async fn run(config: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), 
 }
 
 /// The boot check; `Some` when this start is a trial that must confirm.
+fn running_version() -> Result<drover_protocol::manifest::AgentVersion, CliError> {
+    drover_protocol::manifest::AgentVersion::parse(crate::AGENT_VERSION).ok_or_else(|| {
+        CliError::failure(anyhow::anyhow!(
+            "this build's version {:?} is not major.minor.patch",
+            crate::AGENT_VERSION
+        ))
+    })
+}
+
 fn boot_check(
     bin: &crate::self_update::BinDir,
     clock: &crate::clock::Clock,
+    counted: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<(crate::core::self_update::SelfUpdate, u64)>, CliError> {
     use crate::self_update::Boot;
@@ -293,17 +338,11 @@ fn boot_check(
             ))
         })?;
     }
-    let running =
-        drover_protocol::manifest::AgentVersion::parse(crate::AGENT_VERSION).ok_or_else(|| {
-            CliError::failure(anyhow::anyhow!(
-                "this build's version {:?} is not major.minor.patch",
-                crate::AGENT_VERSION
-            ))
-        })?;
+    let running = running_version()?;
     let exe = std::env::current_exe()
         .context("locating the running binary")
         .map_err(CliError::failure)?;
-    let boot = crate::self_update::boot_check(bin, boot_cfg, running, &exe, clock.now().0)
+    let boot = crate::self_update::boot_check(bin, boot_cfg, running, &exe, clock.now().0, counted)
         .context("agent boot check")
         .map_err(CliError::failure)?;
     match boot {

@@ -200,17 +200,7 @@ pub enum Boot {
     Restart,
 }
 
-/// The first thing a start does: loads (or creates, with the running
-/// binary `exe` as the good one) the boot record, counts this start, and
-/// persists before the agent runs, so a crash still counts. Also makes sure
-/// `bin/current` exists.
-pub fn boot_check(
-    bin: &BinDir,
-    cfg: BootConfig,
-    running: AgentVersion,
-    exe: &Path,
-    now_ms: u64,
-) -> std::io::Result<Boot> {
+fn load_or_init(bin: &BinDir, running: AgentVersion, exe: &Path) -> std::io::Result<BootRecord> {
     let record = match bin.load()? {
         Some(r) => r,
         None => {
@@ -225,9 +215,43 @@ pub fn boot_check(
     if std::fs::symlink_metadata(bin.current()).is_err() {
         bin.point_current(&record.good.file)?;
     }
+    Ok(record)
+}
+
+/// `drover-agent boot-check` (the unit's `ExecStartPre`, run by the
+/// packaged binary `exe` of version `running`): counts the coming start of
+/// a trial binary, or switches `current` back to the good one after too
+/// many. Creates the record and the link on a first start.
+pub fn pre_start_check(
+    bin: &BinDir,
+    cfg: BootConfig,
+    running: AgentVersion,
+    exe: &Path,
+) -> std::io::Result<()> {
+    let record = load_or_init(bin, running, exe)?;
+    let mut machine = SelfUpdate::new(cfg, record);
+    let actions = machine.handle_pre_start();
+    bin.apply(machine.record(), &actions)?;
+    Ok(())
+}
+
+/// The first thing `drover-agent run` does: loads (or creates, with the
+/// running binary `exe` as the good one) the boot record, counts this start
+/// unless `counted` (a [`pre_start_check`] did), and persists before the
+/// agent runs, so a crash still counts. Also makes sure `bin/current`
+/// exists.
+pub fn boot_check(
+    bin: &BinDir,
+    cfg: BootConfig,
+    running: AgentVersion,
+    exe: &Path,
+    now_ms: u64,
+    counted: bool,
+) -> std::io::Result<Boot> {
+    let record = load_or_init(bin, running, exe)?;
     let had_trial = record.trial.is_some();
     let mut machine = SelfUpdate::new(cfg, record);
-    match machine.handle_start(running, now_ms) {
+    match machine.handle_start(running, now_ms, counted) {
         StartDecision::Run {
             confirm_by,
             actions,

@@ -9,10 +9,13 @@
 //! 1. A verified binary is staged in `<data_dir>/bin/`;
 //!    [`SelfUpdate::handle_staged`] makes it the *trial*, points `current`
 //!    at it and asks for a restart.
-//! 2. Every start of the agent first calls [`SelfUpdate::handle_start`]
-//!    (and the shell persists the record before going on): a trial gets at
-//!    most [`BootConfig::max_starts`] starts; at the next one the agent
-//!    falls back to the last good binary instead.
+//! 2. Every start is counted before the new binary runs: by the packaged
+//!    binary as the unit's `ExecStartPre` ([`SelfUpdate::handle_pre_start`],
+//!    which also catches a binary that cannot execute at all), or by the
+//!    agent itself first thing ([`SelfUpdate::handle_start`]); the shell
+//!    persists the record before going on. A trial gets at most
+//!    [`BootConfig::max_starts`] starts; at the next one the agent falls
+//!    back to the last good binary instead.
 //! 3. A trial start must be confirmed ([`SelfUpdate::handle_confirmed`]:
 //!    connected to the broker, Hello delivered) by
 //!    [`SelfUpdate::poll_timeout`], or [`SelfUpdate::handle_timeout`] falls
@@ -219,10 +222,39 @@ impl SelfUpdate {
         actions
     }
 
+    /// Called before the service starts whatever `bin/current` points at,
+    /// by another binary (the packaged one, as the unit's `ExecStartPre`),
+    /// so that a new binary that cannot even execute is counted too. Counts
+    /// a start of the trial, or at the limit falls back (no restart: the
+    /// start that follows runs the good binary).
+    pub fn handle_pre_start(&mut self) -> Vec<BootAction> {
+        let Some(trial) = self.record.trial.as_mut() else {
+            return Vec::new();
+        };
+        if trial.starts >= self.cfg.max_starts {
+            let detail = format!(
+                "agent {} started {} times without confirming",
+                trial.slot.version, trial.starts
+            );
+            let mut actions = self.fall_back(ReasonCode::AgentStartFailed, detail);
+            actions.retain(|a| *a != BootAction::Restart);
+            return actions;
+        }
+        trial.starts += 1;
+        vec![BootAction::Persist]
+    }
+
     /// Called first on every start of `running` (before the agent does
-    /// anything it could crash on), at `now_ms`. The shell persists the
-    /// record whatever the answer, so a crash counts.
-    pub fn handle_start(&mut self, running: AgentVersion, now_ms: u64) -> StartDecision {
+    /// anything it could crash on), at `now_ms`. Unless `counted` (a
+    /// [`handle_pre_start`](Self::handle_pre_start) already counted this
+    /// start) it counts the start; the shell persists the record whatever
+    /// the answer, so a crash counts.
+    pub fn handle_start(
+        &mut self,
+        running: AgentVersion,
+        now_ms: u64,
+        counted: bool,
+    ) -> StartDecision {
         let Some(trial) = self.record.trial.as_mut() else {
             self.confirm_by = None;
             return StartDecision::Run {
@@ -249,14 +281,18 @@ impl SelfUpdate {
             }
             return StartDecision::FallBack(actions);
         }
-        if trial.starts >= self.cfg.max_starts {
-            let detail = format!(
-                "agent {} started {} times without confirming",
-                trial.slot.version, trial.starts
-            );
-            return StartDecision::FallBack(self.fall_back(ReasonCode::AgentStartFailed, detail));
+        if !counted {
+            if trial.starts >= self.cfg.max_starts {
+                let detail = format!(
+                    "agent {} started {} times without confirming",
+                    trial.slot.version, trial.starts
+                );
+                return StartDecision::FallBack(
+                    self.fall_back(ReasonCode::AgentStartFailed, detail),
+                );
+            }
+            trial.starts += 1;
         }
-        trial.starts += 1;
         let by = now_ms.saturating_add(self.cfg.confirm_within_ms);
         self.confirm_by = Some(by);
         StartDecision::Run {

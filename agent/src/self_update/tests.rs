@@ -42,7 +42,7 @@ fn update_then_three_crashes_fall_back_to_the_packaged_binary() {
 
     // First start: the record and the link appear, pointing at the
     // packaged binary.
-    let (mut m, by) = run(boot_check(&bin, cfg(), v("0.1.0"), &packaged, 0).unwrap());
+    let (mut m, by) = run(boot_check(&bin, cfg(), v("0.1.0"), &packaged, 0, false).unwrap());
     assert_eq!(by, None);
     assert_eq!(link_target(&bin), packaged);
     assert_eq!(bin.load().unwrap().unwrap().good.file, packaged);
@@ -64,7 +64,7 @@ fn update_then_three_crashes_fall_back_to_the_packaged_binary() {
 
     // Three starts of the new binary that never confirm.
     for i in 0..3u64 {
-        let (_, by) = run(boot_check(&bin, cfg(), v("0.2.0"), &slot.file, i * 10).unwrap());
+        let (_, by) = run(boot_check(&bin, cfg(), v("0.2.0"), &slot.file, i * 10, false).unwrap());
         assert_eq!(by, Some(i * 10 + 1_000));
         assert_eq!(
             bin.load().unwrap().unwrap().trial.unwrap().starts,
@@ -74,14 +74,14 @@ fn update_then_three_crashes_fall_back_to_the_packaged_binary() {
     }
     // The fourth start switches back and asks for a restart.
     assert!(matches!(
-        boot_check(&bin, cfg(), v("0.2.0"), &slot.file, 100).unwrap(),
+        boot_check(&bin, cfg(), v("0.2.0"), &slot.file, 100, false).unwrap(),
         Boot::Restart
     ));
     assert_eq!(link_target(&bin), packaged);
     assert!(!slot.file.exists(), "the failed binary is deleted");
     assert!(packaged.exists());
     // Back on the packaged binary: it runs and holds the report.
-    let (mut m, by) = run(boot_check(&bin, cfg(), v("0.1.0"), &packaged, 200).unwrap());
+    let (mut m, by) = run(boot_check(&bin, cfg(), v("0.1.0"), &packaged, 200, false).unwrap());
     assert_eq!(by, None);
     let report = m.take_report().unwrap();
     assert_eq!(report.reason.code, ReasonCode::AgentStartFailed);
@@ -94,14 +94,14 @@ fn a_confirmed_update_becomes_the_good_binary() {
     let packaged = dir.path().join("drover-agent");
     std::fs::write(&packaged, b"packaged").unwrap();
     let bin = BinDir::new(&dir.path().join("data"));
-    let (mut m, _) = run(boot_check(&bin, cfg(), v("0.1.0"), &packaged, 0).unwrap());
+    let (mut m, _) = run(boot_check(&bin, cfg(), v("0.1.0"), &packaged, 0, false).unwrap());
     let binary = b"\x7fELF 0.2.0".to_vec();
     let release = testkit::release("0.2.0", Arch::Aarch64, &binary, Timestamp(1));
     let slot = bin.stage(&release, &binary).unwrap();
     let actions = m.handle_staged(slot.clone());
     bin.apply(m.record(), &actions).unwrap();
 
-    let (mut m, by) = run(boot_check(&bin, cfg(), v("0.2.0"), &slot.file, 0).unwrap());
+    let (mut m, by) = run(boot_check(&bin, cfg(), v("0.2.0"), &slot.file, 0, false).unwrap());
     assert!(by.is_some());
     let actions = m.handle_confirmed(v("0.2.0"));
     assert!(!bin.apply(m.record(), &actions).unwrap());
@@ -110,7 +110,7 @@ fn a_confirmed_update_becomes_the_good_binary() {
     assert_eq!(r.floor, v("0.2.0"));
     assert_eq!(link_target(&bin), slot.file);
     // Later starts run without a deadline.
-    let (_, by) = run(boot_check(&bin, cfg(), v("0.2.0"), &slot.file, 0).unwrap());
+    let (_, by) = run(boot_check(&bin, cfg(), v("0.2.0"), &slot.file, 0, false).unwrap());
     assert_eq!(by, None);
 }
 
@@ -126,4 +126,31 @@ fn the_link_switch_replaces_an_existing_link() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["current"], "no temporary link left behind");
+}
+
+#[test]
+fn pre_start_check_counts_and_switches_back_before_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let packaged = dir.path().join("drover-agent");
+    std::fs::write(&packaged, b"packaged").unwrap();
+    let bin = BinDir::new(&dir.path().join("data"));
+    // First start ever: the pre-start check creates the record and link.
+    pre_start_check(&bin, cfg(), v("0.1.0"), &packaged).unwrap();
+    assert_eq!(link_target(&bin), packaged);
+    let (mut m, _) = run(boot_check(&bin, cfg(), v("0.1.0"), &packaged, 0, true).unwrap());
+    let binary = b"\x7fELF cannot execute".to_vec();
+    let release = testkit::release("0.2.0", Arch::X86_64, &binary, Timestamp(1));
+    let slot = bin.stage(&release, &binary).unwrap();
+    let actions = m.handle_staged(slot.clone());
+    bin.apply(m.record(), &actions).unwrap();
+    // The new binary never runs: only the pre-start checks count.
+    for _ in 0..3 {
+        pre_start_check(&bin, cfg(), v("0.1.0"), &packaged).unwrap();
+        assert_eq!(link_target(&bin), slot.file);
+    }
+    pre_start_check(&bin, cfg(), v("0.1.0"), &packaged).unwrap();
+    assert_eq!(link_target(&bin), packaged);
+    let r = bin.load().unwrap().unwrap();
+    assert_eq!(r.trial, None);
+    assert_eq!(r.report.unwrap().reason.code, ReasonCode::AgentStartFailed);
 }

@@ -146,3 +146,32 @@ async fn trial_that_reaches_the_broker_becomes_the_good_binary() {
     assert_eq!(child.try_wait().unwrap(), None, "still running");
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_check_subcommand_counts_starts_of_a_binary_that_never_runs() {
+    // As the unit's ExecStartPre: the packaged binary counts each start of
+    // the new one, which here never gets to run at all.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, bin, good, trial) = setup(dir.path(), "mqtt://127.0.0.1:1", 0);
+    let check = || {
+        let out = bin_command(BIN)
+            .arg("boot-check")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for starts in 1..=3 {
+        check();
+        let r = bin.load().unwrap().unwrap();
+        assert_eq!(r.trial.unwrap().starts, starts);
+        assert_eq!(std::fs::read_link(bin.current()).unwrap(), trial.file);
+    }
+    check();
+    assert_fell_back(&bin, &good, &trial, ReasonCode::AgentStartFailed);
+}

@@ -55,7 +55,7 @@ fn run_by(d: &StartDecision) -> Option<u64> {
 fn no_trial_just_runs() {
     let mut m = SelfUpdate::new(cfg(), BootRecord::initial(packaged()));
     assert_eq!(
-        m.handle_start(v("0.1.0"), 0),
+        m.handle_start(v("0.1.0"), 0, false),
         StartDecision::Run {
             confirm_by: None,
             actions: vec![]
@@ -79,7 +79,7 @@ fn staged_binary_is_tried_and_confirmed() {
         ]
     );
     let mut m = restart(&m);
-    let by = run_by(&m.handle_start(v("0.2.0"), 1_000));
+    let by = run_by(&m.handle_start(v("0.2.0"), 1_000, false));
     assert_eq!(by, Some(61_000));
     assert_eq!(
         m.poll_timeout(),
@@ -96,7 +96,7 @@ fn staged_binary_is_tried_and_confirmed() {
     // Confirmed: the deadline is gone, later starts run freely.
     assert_eq!(m.handle_timeout(1_000_000), None);
     let mut m = restart(&m);
-    assert_eq!(run_by(&m.handle_start(v("0.2.0"), 0)), None);
+    assert_eq!(run_by(&m.handle_start(v("0.2.0"), 0, false)), None);
 }
 
 #[test]
@@ -107,11 +107,11 @@ fn three_failed_starts_fall_back_and_report_once() {
     // at each start, so a crash still counts).
     for i in 1..=3 {
         m = restart(&m);
-        assert!(run_by(&m.handle_start(v("0.2.0"), 0)).is_some());
+        assert!(run_by(&m.handle_start(v("0.2.0"), 0, false)).is_some());
         assert_eq!(m.record().trial.as_ref().unwrap().starts, i);
     }
     m = restart(&m);
-    let StartDecision::FallBack(actions) = m.handle_start(v("0.2.0"), 0) else {
+    let StartDecision::FallBack(actions) = m.handle_start(v("0.2.0"), 0, false) else {
         panic!("the fourth start must fall back");
     };
     assert_eq!(
@@ -133,7 +133,7 @@ fn three_failed_starts_fall_back_and_report_once() {
     );
     // Back on the packaged binary: runs, and reports why exactly once.
     let mut m = restart(&m);
-    assert_eq!(run_by(&m.handle_start(v("0.1.0"), 0)), None);
+    assert_eq!(run_by(&m.handle_start(v("0.1.0"), 0, false)), None);
     let report = m.take_report().unwrap();
     assert_eq!(report.from, v("0.2.0"));
     assert_eq!(report.to, v("0.1.0"));
@@ -152,7 +152,7 @@ fn no_broker_confirmation_by_the_deadline_falls_back() {
     let mut m = SelfUpdate::new(cfg(), BootRecord::initial(packaged()));
     m.handle_staged(slot("0.2.0"));
     let mut m = restart(&m);
-    let by = run_by(&m.handle_start(v("0.2.0"), 5_000)).unwrap();
+    let by = run_by(&m.handle_start(v("0.2.0"), 5_000, false)).unwrap();
     let actions = m.handle_timeout(by).unwrap();
     assert_eq!(actions.first(), Some(&BootAction::Persist));
     assert!(actions.contains(&BootAction::PointCurrent(packaged().file)));
@@ -170,7 +170,7 @@ fn a_binary_reporting_another_version_is_not_the_trial() {
     m.handle_staged(slot("0.2.0"));
     // The staged file says it is 0.3.0: it never counts as confirmed.
     let mut m = restart(&m);
-    let StartDecision::FallBack(actions) = m.handle_start(v("0.3.0"), 0) else {
+    let StartDecision::FallBack(actions) = m.handle_start(v("0.3.0"), 0, false) else {
         panic!("a mislabelled binary must not run");
     };
     assert_eq!(actions.last(), Some(&BootAction::Restart));
@@ -190,7 +190,7 @@ fn good_binary_started_while_a_trial_was_pending_abandons_it_without_a_restart()
     let StartDecision::Run {
         confirm_by: None,
         actions,
-    } = m.handle_start(v("0.1.0"), 0)
+    } = m.handle_start(v("0.1.0"), 0, false)
     else {
         panic!("the good binary runs");
     };
@@ -211,7 +211,7 @@ fn confirmed_updates_keep_one_previous_and_discard_older() {
     ] {
         m.handle_staged(slot(ver));
         m = restart(&m);
-        run_by(&m.handle_start(v(ver), 0));
+        run_by(&m.handle_start(v(ver), 0, false));
         let mut expected = vec![BootAction::Persist];
         expected.extend(discarded.map(BootAction::Discard));
         assert_eq!(m.handle_confirmed(v(ver)), expected, "{ver}");
@@ -330,4 +330,46 @@ fn record_survives_json() {
     let json = serde_json::to_string(m.record()).unwrap();
     let back: BootRecord = serde_json::from_str(&json).unwrap();
     assert_eq!(&back, m.record());
+}
+
+#[test]
+fn pre_start_counts_for_a_binary_that_never_runs() {
+    // The packaged binary counts each start as ExecStartPre; the new
+    // binary never gets to count itself (it cannot even execute).
+    let mut m = SelfUpdate::new(cfg(), BootRecord::initial(packaged()));
+    m.handle_staged(slot("0.2.0"));
+    for i in 1..=3 {
+        m = restart(&m);
+        assert_eq!(m.handle_pre_start(), [BootAction::Persist]);
+        assert_eq!(m.record().trial.as_ref().unwrap().starts, i);
+    }
+    m = restart(&m);
+    let actions = m.handle_pre_start();
+    assert_eq!(
+        actions,
+        [
+            BootAction::Persist,
+            BootAction::PointCurrent(packaged().file),
+            BootAction::Discard(slot("0.2.0").file),
+        ],
+        "no restart: the start that follows runs the good binary"
+    );
+    assert_eq!(m.record().good, packaged());
+    // The good binary then starts, already counted, and runs.
+    let mut m = restart(&m);
+    assert_eq!(run_by(&m.handle_start(v("0.1.0"), 0, true)), None);
+    assert!(m.take_report().is_some());
+}
+
+#[test]
+fn a_counted_start_of_the_trial_only_sets_the_deadline() {
+    let mut m = SelfUpdate::new(cfg(), BootRecord::initial(packaged()));
+    m.handle_staged(slot("0.2.0"));
+    let mut m = restart(&m);
+    assert_eq!(m.handle_pre_start(), [BootAction::Persist]);
+    let by = run_by(&m.handle_start(v("0.2.0"), 10, true));
+    assert_eq!(by, Some(60_010));
+    assert_eq!(m.record().trial.as_ref().unwrap().starts, 1, "counted once");
+    assert_eq!(m.handle_confirmed(v("0.2.0")), [BootAction::Persist]);
+    assert_eq!(m.record().good, slot("0.2.0"));
 }
