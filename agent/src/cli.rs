@@ -289,9 +289,17 @@ async fn run(
     if let Some(a) = agent.api_addr() {
         tracing::info!(api = %a, "agent running");
     }
+    let restart = || CliError {
+        exit_code: crate::self_update::EX_RESTART,
+        error: anyhow::anyhow!("a new agent binary is staged; restarting into it"),
+    };
     if let Some((machine, by)) = boot {
         let confirmed = tokio::select! {
             c = confirm_update(&agent, &bin, machine, by, &clock) => c,
+            () = agent.restart_requested() => {
+                let _ = agent.shutdown().await;
+                return Err(restart());
+            }
             r = wait_for_signal() => {
                 r.map_err(CliError::failure)?;
                 tracing::info!("shutting down");
@@ -308,7 +316,13 @@ async fn run(
             });
         }
     }
-    wait_for_signal().await.map_err(CliError::failure)?;
+    tokio::select! {
+        r = wait_for_signal() => r.map_err(CliError::failure)?,
+        () = agent.restart_requested() => {
+            let _ = agent.shutdown().await;
+            return Err(restart());
+        }
+    }
     tracing::info!("shutting down");
     agent.shutdown().await.map_err(CliError::failure)
 }

@@ -99,6 +99,27 @@ impl BinDir {
         })
     }
 
+    /// Moves a verified download at `path` into place for `release` (mode
+    /// 0755, synced) and returns its slot.
+    pub fn stage_file(&self, release: &AgentRelease, path: &Path) -> std::io::Result<Slot> {
+        self.create()?;
+        let file = self.staged_path(release);
+        let f = std::fs::File::open(path).map_err(|e| io_context("opening", path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| io_context("chmod", path, e))?;
+        }
+        f.sync_all().map_err(|e| io_context("syncing", path, e))?;
+        std::fs::rename(path, &file).map_err(|e| io_context("moving", &file, e))?;
+        sync_dir(&self.dir)?;
+        Ok(Slot {
+            version: release.version,
+            file,
+        })
+    }
+
     /// Points `current` at `target`: a fresh link renamed over the old one.
     pub fn point_current(&self, target: &Path) -> std::io::Result<()> {
         self.create()?;

@@ -20,7 +20,7 @@
 //!   manifests, commands and windows.
 //!
 //! Imports point one way (`a` ← `b`: `b` imports `a`): `limits` ← `topic` ←
-//! `codec`; `manifest` ← `release` ← `trust`; `reasons`, `keys` ← `messages` ← `trust`;
+//! `codec`; `manifest` ← `release` ← `messages`, `trust`; `reasons`, `keys` ← `messages` ← `trust`;
 //! `messages`, `codec` ← `uplink`. No file imports one
 //! that imports it back (`scripts/check_layout.py` checks this).
 //!

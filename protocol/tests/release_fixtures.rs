@@ -221,3 +221,58 @@ fn old_key_lists_without_the_agents_role_trust_no_release() {
     let err = refuse(&t, &keys.sign_release(&release("0.2.0")), NOW);
     assert_eq!(err.code(), ReasonCode::UnknownKey);
 }
+
+#[test]
+fn update_command_and_status_round_trip_through_the_codec() {
+    use drover_protocol::codec;
+    use drover_protocol::messages::{AgentUpdatePhase, AgentUpdateStatus, Down, Up};
+    use drover_protocol::topic::Channel;
+    use drover_protocol::{Action, Reason};
+
+    let keys = TestKeys::new(1);
+    let dev = DeviceId::new("dev-1").unwrap();
+    let cmd = testkit::command(
+        &dev,
+        9,
+        NOW,
+        Action::UpdateAgent {
+            release: keys.sign_release(&release("0.2.0")),
+            rollback: false,
+        },
+    );
+    assert_eq!(cmd.action.kind(), "update_agent");
+    let down = Down::Command(keys.sign_command(&cmd));
+    let bytes = codec::encode_down(&down).unwrap();
+    assert_eq!(codec::decode_down(&bytes, Channel::Down).unwrap(), down);
+    // The command verifies, and so does the release inside it.
+    let mut t = trusted(&keys);
+    let Action::UpdateAgent { release: r, .. } = t
+        .accept_command(&keys.sign_command(&cmd), NOW)
+        .unwrap()
+        .action
+    else {
+        panic!("not an update");
+    };
+    assert_eq!(t.verify_agent_release(&r, NOW).unwrap(), release("0.2.0"));
+
+    for phase in [
+        AgentUpdatePhase::Downloading {
+            received: 1,
+            total: 2,
+        },
+        AgentUpdatePhase::Restarting,
+        AgentUpdatePhase::Failed(Reason::new(ReasonCode::WrongArch, "x")),
+        AgentUpdatePhase::FellBack {
+            running: v("0.1.0"),
+            reason: Reason::new(ReasonCode::AgentUnconfirmed, "no broker"),
+        },
+    ] {
+        let up = Up::AgentUpdate(AgentUpdateStatus {
+            seq: 9,
+            version: v("0.2.0"),
+            phase,
+        });
+        let bytes = codec::encode_up(&up).unwrap();
+        assert_eq!(codec::decode_up(&bytes).unwrap(), up);
+    }
+}

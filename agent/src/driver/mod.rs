@@ -9,8 +9,10 @@
 //! signed commands, rollback, capture, configure); [`jobs`] carries out
 //! deploy and shadow jobs (arbitration, downloads, activation, disk
 //! hygiene); [`telemetry`] closes windows, runs the local guard and
-//! publishes the outbox; [`files`] holds the blocking file helpers.
+//! publishes the outbox; [`agent_update`] downloads and stages a new agent
+//! binary; [`files`] holds the blocking file helpers.
 
+mod agent_update;
 mod commands;
 pub(crate) mod files;
 mod jobs;
@@ -87,6 +89,8 @@ pub(crate) struct Driver {
     /// `(issued_at, local now)` of the newest accepted command: the
     /// controller's clock, for command expiry (`commands::command_now`).
     controller_time: Option<(Timestamp, Timestamp)>,
+    /// A download of a new agent binary.
+    agent_update: Option<agent_update::UpdateJob>,
 }
 
 impl Driver {
@@ -117,6 +121,7 @@ impl Driver {
             shadow: restored.shadow,
             last_ack: None,
             controller_time: None,
+            agent_update: None,
             cfg,
             shared,
             store,
@@ -190,6 +195,12 @@ impl Driver {
             self.outbox.poll_timeout(),
             self.deploy_job.as_ref().and_then(|j| j.core.poll_timeout()),
             self.shadow_job.as_ref().and_then(|j| j.core.poll_timeout()),
+            self.agent_update.as_ref().map(|j| {
+                (
+                    j.timeout(self.cfg.deploy().request_timeout_ms),
+                    "agent chunks",
+                )
+            }),
         ]
         .into_iter()
         .flatten()
@@ -210,6 +221,13 @@ impl Driver {
             j.core.handle_timeout(now);
         }
         self.drive_jobs().await;
+        if self
+            .agent_update
+            .as_ref()
+            .is_some_and(|j| now >= j.timeout(self.cfg.deploy().request_timeout_ms))
+        {
+            self.rerequest_agent_chunks(now);
+        }
         self.publish_outbox(now).await;
     }
 

@@ -239,6 +239,10 @@ pub(crate) async fn dispatcher(
                     }
                     Ok(())
                 }
+                Some(Up::AgentUpdate(s)) => {
+                    tracing::info!(%device, seq = s.seq, version = %s.version, phase = ?s.phase, "agent update");
+                    Ok(())
+                }
                 // `open_uplink` never returns a sealed message.
                 Some(Up::Signed(_)) => continue,
             },
