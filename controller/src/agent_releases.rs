@@ -74,6 +74,12 @@ pub enum AgentReleaseError {
     /// A background task failed.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The device has not said which arch it is (no Hello yet).
+    #[error("device {0} has not reported its arch yet (no Hello); cannot pick a release")]
+    UnknownArch(String),
+    /// Sending the command failed, or the device is unknown.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
 }
 
 /// One release as the API lists it.
@@ -324,6 +330,33 @@ impl Controller {
         Ok(tokio::task::spawn_blocking(move || list(&db))
             .await
             .map_err(|e| AgentReleaseError::Task(e.to_string()))??)
+    }
+
+    /// `drover agent update`: sends `device` an UpdateAgent command for
+    /// `version` built for the device's arch (from its Hello). With
+    /// `rollback` the device may go below its agent version floor. Returns
+    /// the command's sequence number.
+    pub async fn update_agent(
+        &self,
+        device: &drover_protocol::DeviceId,
+        version: AgentVersion,
+        rollback: bool,
+    ) -> Result<u64, AgentReleaseError> {
+        let info = self
+            .device(device)
+            .await?
+            .ok_or_else(|| crate::controller::ControllerError::UnknownDevice(device.to_string()))?;
+        let arch = info
+            .arch
+            .as_deref()
+            .and_then(Arch::parse)
+            .ok_or_else(|| AgentReleaseError::UnknownArch(device.to_string()))?;
+        let (_, signed) = self.agent_release(version, arch).await?;
+        let action = drover_protocol::Action::UpdateAgent {
+            release: signed,
+            rollback,
+        };
+        Ok(self.send_command(device, action).await?)
     }
 
     /// One release and its signed form (what a device receives).

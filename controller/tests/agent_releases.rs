@@ -200,3 +200,106 @@ async fn push_list_and_verify_agent_releases() {
     );
     assert_ne!(c.keys_info().agents_public_key, info.agents_public_key);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_command_reaches_the_device_and_its_chunks_are_served() {
+    use drover_protocol::Action;
+    use drover_protocol::messages::{ChunkRequest, Down, Hello, Up};
+
+    let t = TestController::start().await;
+    let url = t.url();
+    let c = t.running.handle();
+    let binary = fake_elf(host_arch(), &[7u8; 100_000]);
+    let r = post_json(
+        &url,
+        serde_json::json!({"version": "0.2.0", "arch": host_arch().to_string(), "binary_base64": b64(&binary)}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 201);
+
+    let mut peer = t.registered_peer("dev-1").await;
+    // Before its Hello the device's arch is unknown: no release to pick.
+    let o = drover(
+        &url,
+        &["agent", "update", "--device", "dev-1", "--version", "0.2.0"],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown_arch"), "{}", stderr(&o));
+
+    let mut events = c.subscribe();
+    peer.send_up(&Up::Hello(Hello {
+        agent_version: "0.1.0".into(),
+        arch: std::env::consts::ARCH.into(),
+        key_list_version: 1,
+        ..Hello::default()
+    }))
+    .await;
+    // The inventory has the Hello once its event is out.
+    tokio::time::timeout(support::STEP, async {
+        loop {
+            if let Ok(drover_controller::DeviceEvent::Hello { device, .. }) = events.recv().await
+                && device.as_str() == "dev-1"
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let o = drover(
+        &url,
+        &[
+            "--output",
+            "json",
+            "agent",
+            "update",
+            "--device",
+            "dev-1",
+            "--version",
+            "0.2.0",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sent: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let seq = sent["seq"].as_u64().unwrap();
+    let release = peer
+        .wait_for(|d| match d {
+            Down::Command(signed) => {
+                let cmd = signed.decode_unverified().unwrap();
+                match cmd.action {
+                    Action::UpdateAgent { release, rollback } if cmd.seq == seq => {
+                        assert!(!rollback);
+                        Some(release)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .await;
+    let r = release.decode_unverified().unwrap();
+    assert_eq!(r.artifact.sha256, Sha256::of(&binary));
+    assert_eq!(r.arch, host_arch());
+
+    // The binary's chunks are served to this device, as a model's are.
+    let mut got = Vec::new();
+    while (got.len() as u64) < r.artifact.size {
+        peer.send_up(&Up::ChunkRequest(ChunkRequest {
+            sha256: r.artifact.sha256,
+            offset: got.len() as u64,
+            len: 65_536,
+        }))
+        .await;
+        let ch = peer
+            .wait_for(|d| match d {
+                Down::Chunk(c) => Some(c),
+                _ => None,
+            })
+            .await;
+        got.extend_from_slice(&ch.data);
+    }
+    assert_eq!(got, binary);
+    t.running.shutdown().await;
+}

@@ -7,7 +7,7 @@ use base64::Engine as _;
 
 use super::{Ctx, Output, output};
 use crate::agent_releases::{AgentReleaseView, check_binary, parse_target};
-use crate::http::agents::AgentPushBody;
+use crate::http::agents::{AgentPushBody, AgentUpdateBody, AgentUpdateSent};
 
 /// `drover agent` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -28,6 +28,20 @@ pub enum AgentCmd {
     },
     /// List agent releases, newest first.
     List,
+    /// Send one device an update to a release (the build for its arch).
+    // `--version` here is the release's version, not drover's own.
+    #[command(disable_version_flag = true)]
+    Update {
+        /// The device.
+        #[arg(long)]
+        device: String,
+        /// The release version.
+        #[arg(long)]
+        version: String,
+        /// An explicit rollback below the device's agent version floor.
+        #[arg(long)]
+        rollback: bool,
+    },
 }
 
 /// Runs an agent subcommand.
@@ -60,6 +74,29 @@ pub(crate) async fn run(cmd: AgentCmd, ctx: &Ctx) -> anyhow::Result<()> {
             output::line(&format!(
                 "{what} agent {} for {} ({} bytes, sha256 {}, signed by agents key {})",
                 view.version, view.arch, view.size, view.sha256, view.key_id
+            ));
+            Ok(())
+        }
+        AgentCmd::Update {
+            device,
+            version,
+            rollback,
+        } => {
+            let body = AgentUpdateBody {
+                device,
+                version,
+                rollback,
+            };
+            let sent: AgentUpdateSent = ctx
+                .client
+                .post("agent update", "/v1/agents/update", &body)
+                .await?;
+            if ctx.output == Output::Json {
+                return output::json(&sent);
+            }
+            output::line(&format!(
+                "sent agent {} to {} (command {})",
+                body.version, sent.device, sent.seq
             ));
             Ok(())
         }

@@ -105,6 +105,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/telemetry", Role(Viewer)),
     rule("POST", "/v1/agents", Role(Operator)),
     rule("GET", "/v1/agents", Role(Viewer)),
+    rule("POST", "/v1/agents/update", Role(Operator)),
     rule("POST", "/v1/rollouts", Role(Operator)),
     rule("GET", "/v1/rollouts", Role(Viewer)),
     rule("GET", "/v1/rollouts/{id}", Role(Viewer)),

@@ -26,6 +26,10 @@ pub struct AgentPushBody {
 
 impl From<AgentReleaseError> for ApiError {
     fn from(e: AgentReleaseError) -> ApiError {
+        let e = match e {
+            AgentReleaseError::Controller(c) => return ApiError::from(c),
+            other => other,
+        };
         let (status, code) = match &e {
             AgentReleaseError::BadVersion(_) => (StatusCode::BAD_REQUEST, "bad_version"),
             AgentReleaseError::BadArch(_) => (StatusCode::BAD_REQUEST, "bad_arch"),
@@ -37,6 +41,9 @@ impl From<AgentReleaseError> for ApiError {
             }
             AgentReleaseError::Exists { .. } => (StatusCode::CONFLICT, "release_exists"),
             AgentReleaseError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            AgentReleaseError::UnknownArch(_) => (StatusCode::CONFLICT, "unknown_arch"),
+            // Answered above with the controller's own mapping.
+            AgentReleaseError::Controller(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             AgentReleaseError::Io(_)
             | AgentReleaseError::Sign(_)
             | AgentReleaseError::Db(_)
@@ -68,6 +75,44 @@ async fn push(
     Ok((status, Json(view)))
 }
 
+/// `POST /v1/agents/update` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentUpdateBody {
+    /// The device.
+    pub device: String,
+    /// The release version (the device's arch picks the build).
+    pub version: String,
+    /// An explicit rollback below the device's agent version floor.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// `POST /v1/agents/update` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUpdateSent {
+    /// The device.
+    pub device: String,
+    /// The command's sequence number.
+    pub seq: u64,
+}
+
+async fn update(
+    State(c): State<Controller>,
+    body: Bytes,
+) -> Result<Json<AgentUpdateSent>, ApiError> {
+    let body: AgentUpdateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("request body: {e}")))?;
+    let device = drover_protocol::DeviceId::new(&body.device)
+        .map_err(|e| ApiError::bad_request("bad_device_id", e.to_string()))?;
+    let version = drover_protocol::manifest::AgentVersion::parse(&body.version)
+        .ok_or_else(|| AgentReleaseError::BadVersion(body.version.clone()))?;
+    let seq = c.update_agent(&device, version, body.rollback).await?;
+    Ok(Json(AgentUpdateSent {
+        device: device.to_string(),
+        seq,
+    }))
+}
+
 async fn list(State(c): State<Controller>) -> Result<Json<Vec<AgentReleaseView>>, ApiError> {
     Ok(Json(c.agent_releases().await?))
 }
@@ -76,6 +121,7 @@ async fn list(State(c): State<Controller>) -> Result<Json<Vec<AgentReleaseView>>
 pub fn routes(controller: Controller) -> Router {
     Router::new()
         .route("/v1/agents", post(push).get(list))
+        .route("/v1/agents/update", post(update))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(controller)
 }
