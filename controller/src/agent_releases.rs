@@ -359,6 +359,25 @@ impl Controller {
         Ok(self.send_command(device, action).await?)
     }
 
+    /// An `Up::AgentUpdate` from `device`: logged and announced to
+    /// in-process subscribers ([`crate::DeviceEvent::AgentUpdate`]).
+    pub(crate) fn handle_agent_update(
+        &self,
+        device: drover_protocol::DeviceId,
+        status: drover_protocol::messages::AgentUpdateStatus,
+    ) {
+        use drover_protocol::messages::AgentUpdatePhase;
+        match &status.phase {
+            AgentUpdatePhase::Failed(r) | AgentUpdatePhase::FellBack { reason: r, .. } => {
+                tracing::warn!(%device, seq = status.seq, version = %status.version, reason = %r, phase = ?status.phase, "agent update did not take");
+            }
+            _ => {
+                tracing::info!(%device, seq = status.seq, version = %status.version, phase = ?status.phase, "agent update");
+            }
+        }
+        self.emit(crate::DeviceEvent::AgentUpdate { device, status });
+    }
+
     /// One release and its signed form (what a device receives).
     pub async fn agent_release(
         &self,

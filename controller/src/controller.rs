@@ -103,6 +103,13 @@ pub enum DeviceEvent {
         /// The report.
         status: DeployStatus,
     },
+    /// Progress of an agent update, or a fallback the agent did by itself.
+    AgentUpdate {
+        /// Device.
+        device: DeviceId,
+        /// The report.
+        status: drover_protocol::messages::AgentUpdateStatus,
+    },
     /// A telemetry window was stored (not sent for duplicates).
     TelemetryStored {
         /// Device.

@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use drover_agent::self_update::BinDir;
+use drover_controller::DeviceEvent;
 use drover_controller::serve::{self, ServeConfig};
 use drover_protocol::manifest::AgentVersion;
-use drover_protocol::messages::ReasonCode;
+use drover_protocol::messages::{AgentUpdatePhase, ReasonCode};
 use drover_protocol::release::Arch;
 use drover_sim::procs::ProcAgent;
 
@@ -152,6 +153,7 @@ async fn bad_release_falls_back_to_the_packaged_binary_by_itself() {
         PathBuf::from(AGENT_BIN)
     );
 
+    let mut events = ctl.subscribe();
     let bad = AgentVersion::parse("0.2.0").unwrap();
     ctl.push_agent(unexecutable_elf(), bad, host_arch())
         .await
@@ -186,10 +188,32 @@ async fn bad_release_falls_back_to_the_packaged_binary_by_itself() {
         log.contains("agent binary staged; restarting into it"),
         "{log}"
     );
+
+    // The controller heard the whole story: downloading, restarting, and
+    // the fallback with its reason, from the device back on its old version.
+    let mut phases = Vec::new();
+    let fell_back = tokio::time::timeout(STEP, async {
+        loop {
+            if let Ok(DeviceEvent::AgentUpdate { device, status }) = events.recv().await
+                && device == agent.id
+            {
+                phases.push(status.phase.clone());
+                if let AgentUpdatePhase::FellBack { running, reason } = status.phase {
+                    assert_eq!(status.version, bad);
+                    return (running, reason);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no fallback reported:\n{log}"));
+    assert_eq!(fell_back.0.to_string(), drover_agent::AGENT_VERSION);
+    assert_eq!(fell_back.1.code, ReasonCode::AgentStartFailed);
     assert!(
-        log.contains(ReasonCode::AgentStartFailed.as_str()),
-        "the fallback is reported:\n{log}"
+        matches!(phases.first(), Some(AgentUpdatePhase::Downloading { .. })),
+        "{phases:?}"
     );
+    assert!(phases.contains(&AgentUpdatePhase::Restarting), "{phases:?}");
 
     // notify_one keeps the permit if the manager is between starts.
     stop.notify_one();

@@ -240,7 +240,7 @@ pub(crate) async fn dispatcher(
                     Ok(())
                 }
                 Some(Up::AgentUpdate(s)) => {
-                    tracing::info!(%device, seq = s.seq, version = %s.version, phase = ?s.phase, "agent update");
+                    ctrl.handle_agent_update(device.clone(), s);
                     Ok(())
                 }
                 // `open_uplink` never returns a sealed message.
