@@ -40,6 +40,11 @@ pub(super) struct UpdateJob {
 }
 
 impl UpdateJob {
+    /// The download's file (kept by the driver's disk hygiene).
+    pub(super) fn partial(&self) -> &std::path::Path {
+        &self.partial
+    }
+
     pub(super) fn timeout(&self, request_timeout_ms: u64) -> Timestamp {
         self.asked_at.plus_ms(request_timeout_ms)
     }

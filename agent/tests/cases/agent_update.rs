@@ -236,3 +236,51 @@ async fn a_fallback_is_reported_once_back_on_the_previous_binary() {
     let record = BinDir::new(s.dir.path()).load().unwrap().unwrap();
     assert_eq!(record.report, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_deploy_during_the_download_keeps_its_partial_file() {
+    // Activating a model runs disk hygiene over partial/: the agent
+    // update's half-written binary must survive it.
+    let s = Setup::start("agent-update-hygiene").await;
+    let bytes = binary(4);
+    let release = testkit::release("9.0.0", host_arch(), &bytes, now());
+    s.peer.add_artifact(&bytes);
+    s.peer.set_chunk_budget(Some(2));
+    let seq = update(&s, s.peer.keys.sign_release(&release)).await;
+    s.peer
+        .wait("two chunks served", STEP, |st| {
+            st.served
+                .iter()
+                .filter(|(sha, _, _)| *sha == release.artifact.sha256)
+                .count()
+                .eq(&2)
+                .then_some(())
+        })
+        .await;
+    // Stop serving the binary (its requests go unanswered) while a model
+    // is deployed and activated, then serve it again.
+    s.peer.state().artifacts.remove(&release.artifact.sha256);
+    s.peer.set_chunk_budget(None);
+    s.deploy_classifier("sensor_clf_v1.onnx", 1).await;
+    assert!(
+        s.dir
+            .path()
+            .join("partial")
+            .join(format!("agent-{}.part", release.artifact.sha256.to_hex()))
+            .exists(),
+        "hygiene kept the agent download"
+    );
+    s.peer.add_artifact(&bytes);
+    tokio::time::timeout(STEP, s.agent().restart_requested())
+        .await
+        .expect("the update completes after the deploy");
+    assert!(
+        !statuses(&s, seq)
+            .iter()
+            .any(|a| matches!(a.phase, AgentUpdatePhase::Failed(_))),
+        "{:?}",
+        statuses(&s, seq)
+    );
+    let target = std::fs::read_link(BinDir::new(s.dir.path()).current()).unwrap();
+    assert_eq!(std::fs::read(target).unwrap(), bytes);
+}
