@@ -138,7 +138,8 @@ fi
 check "/lib/systemd/system/drover-agent.service" test -f "$unit"
 for line in 'User=drover' 'Restart=on-failure' 'NoNewPrivileges=true' 'ProtectSystem=strict' \
     'ProtectHome=true' 'PrivateTmp=true' 'ReadWritePaths=/var/lib/drover-agent' \
-    'ExecStart=/usr/bin/drover-agent run --config /etc/drover/agent.toml' \
+    'ExecStartPre=/usr/bin/drover-agent boot-check --config /etc/drover/agent.toml' \
+    'ExecStart=/var/lib/drover-agent/bin/current run --boot-checked --config /etc/drover/agent.toml' \
     'ConditionPathExists=/etc/drover/agent.toml' 'WantedBy=multi-user.target'; do
     check "unit has $line" grep -qxF "$line" "$unit"
 done
@@ -245,7 +246,8 @@ else
     # verify checks that ExecStart exists on this machine: point it at the
     # unpacked binary, keep everything else as shipped.
     mkdir -p "$work/units"
-    sed "s#^ExecStart=/usr/bin/drover-agent#ExecStart=$bin#" "$unit" >"$work/units/drover-agent.service"
+    sed -e "s#^ExecStartPre=/usr/bin/drover-agent#ExecStartPre=$bin#" \
+        -e "s#^ExecStart=/var/lib/drover-agent/bin/current#ExecStart=$bin#" "$unit" >"$work/units/drover-agent.service"
     if out=$(systemd-analyze verify "$work/units/drover-agent.service" 2>&1) && [ -z "$out" ]; then
         pass "systemd-analyze verify: no errors, no warnings"
     elif grep -qiE 'not been booted with systemd|Failed to (connect|initialize)|System has not been booted' <<<"$out"; then

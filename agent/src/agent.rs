@@ -210,6 +210,7 @@ impl Agent {
             runtime,
             metrics: metrics.clone(),
             status: RwLock::new(status),
+            restart: tokio::sync::watch::channel(false).0,
         });
 
         let api = match config.api {
@@ -282,6 +283,13 @@ impl Agent {
     /// (pinned) before checking the condition, then await it.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.shared.metrics.changed.notified()
+    }
+
+    /// Resolves once a new agent binary is staged and this process should
+    /// exit so the service manager starts it (`drover-agent run` does).
+    pub async fn restart_requested(&self) {
+        let mut rx = self.shared.restart.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     /// A snapshot of the agent's state and counters.

@@ -64,6 +64,18 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// `boot-check` already counted this start (the unit runs it as
+        /// ExecStartPre); only the confirmation deadline is kept.
+        #[arg(long)]
+        boot_checked: bool,
+    },
+    /// Count the coming start of a new agent binary, or switch
+    /// `<data_dir>/bin/current` back to the previous one after too many
+    /// (the unit's ExecStartPre, run by the packaged binary).
+    BootCheck {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Write the systemd unit, the data directory and /etc/drover/agent.toml.
     Install {
@@ -237,7 +249,26 @@ pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<
             println!("wrote {}", a.out.display());
             Ok(())
         }
-        Command::Run { config } => run(&config, env).await,
+        Command::Run {
+            config,
+            boot_checked,
+        } => run(&config, boot_checked, env).await,
+        Command::BootCheck { config } => {
+            let cfg = AgentConfig::load(&config)
+                .and_then(|c| c.apply_env(env))
+                .map_err(CliError::usage)?;
+            let exe = std::env::current_exe()
+                .context("locating the running binary")
+                .map_err(CliError::failure)?;
+            crate::self_update::pre_start_check(
+                &crate::self_update::BinDir::new(&cfg.data_dir),
+                crate::core::self_update::BootConfig::default(),
+                running_version()?,
+                &exe,
+            )
+            .context("agent boot check")
+            .map_err(CliError::failure)
+        }
         Command::Install { config, root, exec } => {
             let i = crate::install::install(&config, &root, &exec).map_err(|e| match e {
                 crate::install::InstallError::Config(_) => CliError::usage(e),
@@ -275,12 +306,21 @@ pub async fn dispatch(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
 }
 
-async fn run(config: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+async fn run(
+    config: &Path,
+    boot_checked: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), CliError> {
     let cfg = AgentConfig::load(config)
         .and_then(|c| c.apply_env(env))
         .map_err(|e| {
             CliError::usage(anyhow::Error::new(e).context(format!("config {}", config.display())))
         })?;
+    // Before anything that could crash: count this start of a new binary
+    // (or fall back to the previous one), see `crate::self_update`.
+    let bin = crate::self_update::BinDir::new(&cfg.data_dir);
+    let clock = crate::clock::Clock::new();
+    let boot = boot_check(&bin, &clock, boot_checked, env)?;
     let agent = Agent::start(cfg).await.map_err(|e| match e {
         crate::AgentError::Config(_) => CliError::usage(e),
         _ => CliError::failure(e),
@@ -288,9 +328,125 @@ async fn run(config: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), 
     if let Some(a) = agent.api_addr() {
         tracing::info!(api = %a, "agent running");
     }
-    wait_for_signal().await.map_err(CliError::failure)?;
+    let restart = || CliError {
+        exit_code: crate::self_update::EX_RESTART,
+        error: anyhow::anyhow!("a new agent binary is staged; restarting into it"),
+    };
+    if let Some((machine, by)) = boot {
+        let confirmed = tokio::select! {
+            c = confirm_update(&agent, &bin, machine, by, &clock) => c,
+            () = agent.restart_requested() => {
+                let _ = agent.shutdown().await;
+                return Err(restart());
+            }
+            r = wait_for_signal() => {
+                r.map_err(CliError::failure)?;
+                tracing::info!("shutting down");
+                return agent.shutdown().await.map_err(CliError::failure);
+            }
+        };
+        if !confirmed {
+            let _ = agent.shutdown().await;
+            return Err(CliError {
+                exit_code: crate::self_update::EX_RESTART,
+                error: anyhow::anyhow!(
+                    "the new agent binary did not reach the broker in time; restarting into the previous one"
+                ),
+            });
+        }
+    }
+    tokio::select! {
+        r = wait_for_signal() => r.map_err(CliError::failure)?,
+        () = agent.restart_requested() => {
+            let _ = agent.shutdown().await;
+            return Err(restart());
+        }
+    }
     tracing::info!("shutting down");
     agent.shutdown().await.map_err(CliError::failure)
+}
+
+/// The boot check; `Some` when this start is a trial that must confirm.
+fn running_version() -> Result<drover_protocol::manifest::AgentVersion, CliError> {
+    drover_protocol::manifest::AgentVersion::parse(crate::AGENT_VERSION).ok_or_else(|| {
+        CliError::failure(anyhow::anyhow!(
+            "this build's version {:?} is not major.minor.patch",
+            crate::AGENT_VERSION
+        ))
+    })
+}
+
+fn boot_check(
+    bin: &crate::self_update::BinDir,
+    clock: &crate::clock::Clock,
+    counted: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(crate::core::self_update::SelfUpdate, u64)>, CliError> {
+    use crate::self_update::Boot;
+    let mut boot_cfg = crate::core::self_update::BootConfig::default();
+    if let Some(ms) = env("DROVER_AGENT_UPDATE_CONFIRM_MS") {
+        boot_cfg.confirm_within_ms = ms.trim().parse().map_err(|_| {
+            CliError::usage(anyhow::anyhow!(
+                "DROVER_AGENT_UPDATE_CONFIRM_MS={ms:?} is not a number of milliseconds"
+            ))
+        })?;
+    }
+    let running = running_version()?;
+    let exe = std::env::current_exe()
+        .context("locating the running binary")
+        .map_err(CliError::failure)?;
+    let boot = crate::self_update::boot_check(bin, boot_cfg, running, &exe, clock.now().0, counted)
+        .context("agent boot check")
+        .map_err(CliError::failure)?;
+    match boot {
+        Boot::Run {
+            machine,
+            confirm_by: Some(by),
+        } => Ok(Some((*machine, by))),
+        Boot::Run { .. } => Ok(None),
+        Boot::Restart => Err(CliError {
+            exit_code: crate::self_update::EX_RESTART,
+            error: anyhow::anyhow!(
+                "the new agent binary failed to start too often; restarting into the previous one"
+            ),
+        }),
+    }
+}
+
+/// Waits until the link is up (confirming a trial binary: it becomes the
+/// good one) or the deadline passes (falling back). True if confirmed.
+async fn confirm_update(
+    agent: &Agent,
+    bin: &crate::self_update::BinDir,
+    mut machine: crate::core::self_update::SelfUpdate,
+    by: u64,
+    clock: &crate::clock::Clock,
+) -> bool {
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(by.saturating_sub(clock.now().0));
+    loop {
+        let changed = agent.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if agent.status().link.connected {
+            let running = machine.record().trial.as_ref().map(|t| t.slot.version);
+            let actions = running
+                .map(|v| machine.handle_confirmed(v))
+                .unwrap_or_default();
+            if let Err(e) = bin.apply(machine.record(), &actions) {
+                tracing::error!(error = %e, "cannot record the confirmed agent binary");
+            }
+            tracing::info!(version = crate::AGENT_VERSION, "new agent binary confirmed");
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let actions = machine.handle_timeout(clock.now().0).unwrap_or_default();
+            if let Err(e) = bin.apply(machine.record(), &actions) {
+                tracing::error!(error = %e, "cannot switch back to the previous agent binary");
+            }
+            return false;
+        }
+    }
 }
 
 #[cfg(unix)]

@@ -50,7 +50,8 @@ pub fn unit_file(exec: &Path, data_dir: &Path) -> String {
          Type=simple\n\
          User=drover\n\
          Group=drover\n\
-         ExecStart={exec} run --config /{CONFIG_PATH}\n\
+         ExecStartPre={exec} boot-check --config /{CONFIG_PATH}\n\
+         ExecStart={data}/bin/current run --boot-checked --config /{CONFIG_PATH}\n\
          Restart=on-failure\n\
          RestartSec=5\n\
          TimeoutStopSec=20\n\
@@ -166,9 +167,12 @@ mod tests {
         assert!(unit.contains("Restart=on-failure"));
         assert!(unit.contains("ProtectSystem=strict"));
         assert!(unit.contains("ReadWritePaths=/var/lib/drover-agent"));
-        assert!(
-            unit.contains("ExecStart=/usr/bin/drover-agent run --config /etc/drover/agent.toml")
-        );
+        assert!(unit.contains(
+            "ExecStartPre=/usr/bin/drover-agent boot-check --config /etc/drover/agent.toml\n"
+        ));
+        assert!(unit.contains(
+            "ExecStart=/var/lib/drover-agent/bin/current run --boot-checked --config /etc/drover/agent.toml\n"
+        ));
         assert_eq!(got.config, root.join("etc/drover/agent.toml"));
         assert_eq!(
             AgentConfig::load(&got.config).unwrap(),

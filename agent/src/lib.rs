@@ -28,6 +28,8 @@
 //! - `api`: the loopback HTTP API (axum).
 //! - [`config`]: the TOML config and its env overrides.
 //! - [`cli`], [`install`]: the `drover-agent` command line and systemd install.
+//! - [`self_update`]: `<data_dir>/bin/` (staged agent binaries, the `current`
+//!   link, the boot record) and the boot check `run` does first.
 //! - [`infer`]: requests, responses, feedback labels and their errors.
 //! - [`input_limit`]: how large a request may be, from the model's inputs.
 //! - [`status`], [`clock`], [`version`]: status snapshot, time (tokio's clock,
@@ -59,6 +61,7 @@ pub(crate) mod link;
 pub(crate) mod metrics;
 pub mod model;
 pub mod runtime;
+pub mod self_update;
 pub(crate) mod shadow;
 pub(crate) mod shared;
 pub mod status;

@@ -21,6 +21,9 @@ pub(crate) struct Shared {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) status: RwLock<AgentStatus>,
+    /// Set when a new agent binary is staged: the process shell exits so
+    /// the service manager starts it.
+    pub(crate) restart: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {

@@ -3,4 +3,11 @@
 
 /// This agent's version (`major.minor.patch`), checked against manifests'
 /// `min_agent_version` and reported in Hello.
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+///
+/// A build may override it with the environment variable
+/// `DROVER_AGENT_VERSION` at compile time (two builds that differ only in
+/// version, for update tests and staged releases).
+pub const AGENT_VERSION: &str = match option_env!("DROVER_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -103,6 +103,13 @@ pub enum DeviceEvent {
         /// The report.
         status: DeployStatus,
     },
+    /// Progress of an agent update, or a fallback the agent did by itself.
+    AgentUpdate {
+        /// Device.
+        device: DeviceId,
+        /// The report.
+        status: drover_protocol::messages::AgentUpdateStatus,
+    },
     /// A telemetry window was stored (not sent for duplicates).
     TelemetryStored {
         /// Device.
@@ -230,7 +237,8 @@ pub struct RotateOutcome {
     pub key_list_version: u64,
     /// Devices the new list was published to.
     pub devices_notified: usize,
-    /// Manifests re-signed (models rotation).
+    /// Manifests re-signed (models rotation) or agent releases re-signed
+    /// (agents rotation).
     pub manifests_resigned: usize,
 }
 
@@ -243,6 +251,9 @@ pub struct KeysInfo {
     pub models_public_key: String,
     /// Commands key (hex).
     pub commands_public_key: String,
+    /// Agents key (hex); empty from controllers older than agent releases.
+    #[serde(default)]
+    pub agents_public_key: String,
     /// Current key list version.
     pub key_list_version: u64,
     /// Key list expiry (ms).
@@ -422,6 +433,7 @@ impl Controller {
             root_public_key: k.keys.root_public.to_hex(),
             models_public_key: k.keys.models.public_key().to_hex(),
             commands_public_key: k.keys.commands.public_key().to_hex(),
+            agents_public_key: k.keys.agents.public_key().to_hex(),
             key_list_version: k.version,
             key_list_expires_at: expires,
         }
@@ -445,6 +457,10 @@ impl Controller {
 
     pub(crate) fn commands_signer(&self) -> Arc<drover_protocol::Ed25519Signer> {
         lock_read(&self.inner.keys).keys.commands.clone()
+    }
+
+    pub(crate) fn agents_signer(&self) -> Arc<drover_protocol::Ed25519Signer> {
+        lock_read(&self.inner.keys).keys.agents.clone()
     }
 
     // ---- registry ----

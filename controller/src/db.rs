@@ -40,6 +40,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "fleet: device keys and uplink counters",
         sql: DEVICE_KEYS_V3,
     },
+    Migration {
+        name: "agent_releases: signed agent binaries per version and arch",
+        sql: AGENT_RELEASES_V4,
+    },
 ];
 
 /// Device keys (public half, hex) and each device's uplink position: the
@@ -49,6 +53,25 @@ const DEVICE_KEYS_V3: &str = r#"
 ALTER TABLE devices ADD COLUMN device_key TEXT;
 ALTER TABLE devices ADD COLUMN uplink_counter INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN clock_offset_us INTEGER NOT NULL DEFAULT 0;
+"#;
+
+/// Agent releases (`crate::agent_releases`), one row per `(version, arch)`;
+/// the version's parts as integers so listings sort numerically.
+// Here rather than in agent_releases.rs (which imports this module): no
+// import cycle.
+const AGENT_RELEASES_V4: &str = r#"
+CREATE TABLE agent_releases (
+    version     TEXT NOT NULL,
+    arch        TEXT NOT NULL,
+    major       INTEGER NOT NULL,
+    minor       INTEGER NOT NULL,
+    patch       INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    signed      BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (version, arch)
+);
 "#;
 
 const CORE_V1: &str = r#"

@@ -49,10 +49,7 @@ impl Controller {
             let mut k = lock_write(&inner.keys);
             let fresh = inner.key_store.stage(role)?;
             let mut next = k.keys.clone();
-            match role {
-                Role::Models => next.models = fresh.clone(),
-                Role::Commands => next.commands = fresh.clone(),
-            }
+            next.set(role, fresh.clone());
             let list = keys::sign_key_list(&next, k.version + 1, inner.clock.now())?;
             this.install(&mut k, role, fresh, list)
         })
@@ -70,14 +67,14 @@ impl Controller {
             let inner = &this.inner;
             let k = lock_write(&inner.keys);
             let fresh = inner.key_store.stage(role)?;
-            let (models, commands) = match role {
-                Role::Models => (fresh.public_key(), k.keys.commands.public_key()),
-                Role::Commands => (k.keys.models.public_key(), fresh.public_key()),
-            };
             Ok(RotationPrepared {
                 role: role.to_string(),
                 public_key: fresh.public_key().to_hex(),
-                key_list: keys::build_key_list(models, commands, k.version + 1, inner.clock.now()),
+                key_list: keys::build_key_list(
+                    k.keys.delegates().with(role, fresh.public_key()),
+                    k.version + 1,
+                    inner.clock.now(),
+                ),
             })
         })
         .await
@@ -130,14 +127,13 @@ impl Controller {
         let version = k.version + 1;
         inner.key_store.commit_staged(role)?;
         keys::store_key_list(&inner.db, version, &list, inner.clock.now())?;
-        match role {
-            Role::Models => k.keys.models = fresh.clone(),
-            Role::Commands => k.keys.commands = fresh.clone(),
-        }
+        k.keys.set(role, fresh.clone());
         k.key_list = list.clone();
         k.version = version;
         let resigned = match role {
             Role::Models => inner.store.resign_all(fresh.as_ref())?,
+            Role::Agents => crate::agent_releases::resign_all(&inner.db, fresh.as_ref())
+                .map_err(|e| ControllerError::Task(format!("re-signing agent releases: {e}")))?,
             Role::Commands => 0,
         };
         let outcome = RotateOutcome {

@@ -1,4 +1,4 @@
-//! Signing keys on disk: root, models and commands ed25519 keys in
+//! Signing keys on disk: root, models, commands and agents ed25519 keys in
 //! `DATA_DIR/keys` (files 0600), creation, loading and rotation, and the
 //! root-signed key list built from them.
 //!
@@ -75,6 +75,59 @@ pub(crate) struct Keys {
     pub models: Arc<Ed25519Signer>,
     /// Signs device commands.
     pub commands: Arc<Ed25519Signer>,
+    /// Signs agent releases.
+    pub agents: Arc<Ed25519Signer>,
+}
+
+impl Keys {
+    /// The public keys the key list names.
+    pub(crate) fn delegates(&self) -> Delegates {
+        Delegates {
+            models: self.models.public_key(),
+            commands: self.commands.public_key(),
+            agents: self.agents.public_key(),
+        }
+    }
+
+    /// Replaces the key of `role` (a rotation).
+    pub(crate) fn set(&mut self, role: Role, key: Arc<Ed25519Signer>) {
+        match role {
+            Role::Models => self.models = key,
+            Role::Commands => self.commands = key,
+            Role::Agents => self.agents = key,
+        }
+    }
+}
+
+/// The delegated public keys a key list names, one per role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delegates {
+    /// Models key.
+    pub models: PublicKey,
+    /// Commands key.
+    pub commands: PublicKey,
+    /// Agents key.
+    pub agents: PublicKey,
+}
+
+impl Delegates {
+    /// These keys with `role`'s replaced by `fresh`.
+    pub(crate) fn with(mut self, role: Role, fresh: PublicKey) -> Delegates {
+        match role {
+            Role::Models => self.models = fresh,
+            Role::Commands => self.commands = fresh,
+            Role::Agents => self.agents = fresh,
+        }
+        self
+    }
+
+    fn entries(&self) -> [(PublicKey, Role); 3] {
+        [
+            (self.models, Role::Models),
+            (self.commands, Role::Commands),
+            (self.agents, Role::Agents),
+        ]
+    }
 }
 
 impl std::fmt::Debug for Keys {
@@ -84,6 +137,7 @@ impl std::fmt::Debug for Keys {
             .field("root_offline", &self.root.is_none())
             .field("models", &self.models.public_key())
             .field("commands", &self.commands.public_key())
+            .field("agents", &self.agents.public_key())
             .finish()
     }
 }
@@ -99,6 +153,9 @@ pub struct KeyInit {
     pub models_public_key: String,
     /// Commands key (hex).
     pub commands_public_key: String,
+    /// Agents key (hex); empty from controllers older than agent releases.
+    #[serde(default)]
+    pub agents_public_key: String,
     /// Where the key files are.
     pub dir: String,
     /// Where the root private key was written (`--root-out`); it is no
@@ -112,6 +169,9 @@ pub struct KeyInit {
 pub(crate) struct KeyStore {
     dir: PathBuf,
 }
+
+/// The delegated roles' key file names, in key list order.
+const DELEGATED: [&str; 3] = ["models", "commands", "agents"];
 
 fn role_file(role: &str) -> String {
     format!("{role}.key")
@@ -142,19 +202,20 @@ impl KeyStore {
         self.dir.join(format!("{role}.key.new"))
     }
 
-    /// True if the models and commands keys and the root key (private, or
-    /// only its public half when kept offline) exist.
+    /// True if the models, commands and agents keys and the root key
+    /// (private, or only its public half when kept offline) exist.
     pub(crate) fn exists(&self) -> bool {
         (self.path("root").exists() || self.root_pub_path().exists())
-            && ["models", "commands"].iter().all(|r| self.path(r).exists())
+            && DELEGATED.iter().all(|r| self.path(r).exists())
     }
 
-    /// Creates whichever keys are missing; idempotent. A root key kept
+    /// Creates whichever keys are missing; idempotent (a data dir from
+    /// before agent releases gains its agents key here). A root key kept
     /// offline (only `root.pub` present) is never re-created.
     pub(crate) fn init(&self) -> Result<KeyInit, KeyError> {
         create_private_dir(&self.dir)?;
         let mut created = false;
-        for role in ["root", "models", "commands"] {
+        for role in std::iter::once("root").chain(DELEGATED) {
             let path = self.path(role);
             let offline_root = role == "root" && self.root_pub_path().exists();
             if !path.exists() && !offline_root {
@@ -171,6 +232,7 @@ impl KeyStore {
             root_public_key: keys.root_public.to_hex(),
             models_public_key: keys.models.public_key().to_hex(),
             commands_public_key: keys.commands.public_key().to_hex(),
+            agents_public_key: keys.agents.public_key().to_hex(),
             dir: self.dir.display().to_string(),
             root_key_file: None,
         })
@@ -208,6 +270,7 @@ impl KeyStore {
             root_public,
             models: load("models")?,
             commands: load("commands")?,
+            agents: load("agents")?,
         })
     }
 
@@ -295,30 +358,23 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// The (unsigned) key list naming `models` and `commands`.
-pub(crate) fn build_key_list(
-    models: PublicKey,
-    commands: PublicKey,
-    version: u64,
-    now: Timestamp,
-) -> KeyList {
+/// The (unsigned) key list naming the `delegates`, one role each.
+pub(crate) fn build_key_list(delegates: Delegates, version: u64, now: Timestamp) -> KeyList {
     KeyList {
         version,
         expires_at: now.plus_ms(KEY_LIST_VALIDITY_MS),
-        keys: vec![
-            KeyEntry {
-                public_key: models,
-                roles: vec![Role::Models],
-            },
-            KeyEntry {
-                public_key: commands,
-                roles: vec![Role::Commands],
-            },
-        ],
+        keys: delegates
+            .entries()
+            .into_iter()
+            .map(|(public_key, role)| KeyEntry {
+                public_key,
+                roles: vec![role],
+            })
+            .collect(),
     }
 }
 
-/// The key list naming `keys`' models and commands keys, signed by root;
+/// The key list naming `keys`' delegated keys, signed by root;
 /// [`KeyError::RootOffline`] if the root key is not in the data dir.
 pub(crate) fn sign_key_list(
     keys: &Keys,
@@ -326,27 +382,24 @@ pub(crate) fn sign_key_list(
     now: Timestamp,
 ) -> Result<Signed<KeyList>, KeyError> {
     let root = keys.root.as_ref().ok_or(KeyError::RootOffline)?;
-    let list = build_key_list(
-        keys.models.public_key(),
-        keys.commands.public_key(),
-        version,
-        now,
-    );
+    let list = build_key_list(keys.delegates(), version, now);
     Signed::sign(&list, root.as_ref()).map_err(|e| KeyError::Sign(e.to_string()))
 }
 
-/// True if `list` names exactly `keys`' models and commands keys.
+/// True if `list` names exactly `keys`' delegated keys.
 pub(crate) fn key_list_matches(list: &KeyList, keys: &Keys) -> bool {
-    list_names(list, keys.models.public_key(), keys.commands.public_key())
+    list_names(list, &keys.delegates())
 }
 
-fn list_names(list: &KeyList, models: PublicKey, commands: PublicKey) -> bool {
-    let has = |pk: PublicKey, role: Role| {
-        list.keys
-            .iter()
-            .any(|k| k.public_key == pk && k.roles.contains(&role))
-    };
-    list.keys.len() == 2 && has(models, Role::Models) && has(commands, Role::Commands)
+/// True if `list` names exactly `delegates`, each with its one role.
+pub(crate) fn list_names(list: &KeyList, delegates: &Delegates) -> bool {
+    let entries = delegates.entries();
+    list.keys.len() == entries.len()
+        && entries.iter().all(|(pk, role)| {
+            list.keys
+                .iter()
+                .any(|k| k.public_key == *pk && k.roles == [*role])
+        })
 }
 
 /// Checks a key list signed elsewhere (by the offline root) for a rotation
@@ -370,13 +423,9 @@ pub(crate) fn check_rotation_list(
             current_version + 1
         )));
     }
-    let (models, commands) = match role {
-        Role::Models => (fresh, keys.commands.public_key()),
-        Role::Commands => (keys.models.public_key(), fresh),
-    };
-    if !list_names(&list, models, commands) {
+    if !list_names(&list, &keys.delegates().with(role, fresh)) {
         return Err(KeyError::BadKeyList(format!(
-            "it does not name exactly the prepared {role} key and the current other key"
+            "it does not name exactly the prepared {role} key and the current other keys"
         )));
     }
     if now >= list.expires_at {
@@ -481,7 +530,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            for role in ["root", "models", "commands"] {
+            for role in ["root", "models", "commands", "agents"] {
                 let mode = std::fs::metadata(store.path(role))
                     .unwrap()
                     .permissions()
@@ -556,7 +605,7 @@ mod tests {
         let keys = store.load().unwrap();
         let fresh = store.stage(Role::Models).unwrap().public_key();
         let now = Timestamp(1_000);
-        let list = build_key_list(fresh, keys.commands.public_key(), 4, now);
+        let list = build_key_list(keys.delegates().with(Role::Models, fresh), 4, now);
         let good = Signed::sign(&list, &root).unwrap();
         assert!(check_rotation_list(&good, &keys, Role::Models, fresh, 3, now).is_ok());
         // Wrong version, wrong role, wrong signer, expired.
@@ -567,7 +616,7 @@ mod tests {
         assert!(check_rotation_list(&forged, &keys, Role::Models, fresh, 3, now).is_err());
         let late = Timestamp(list.expires_at.0 + 1);
         assert!(check_rotation_list(&good, &keys, Role::Models, fresh, 3, late).is_err());
-        let wrong = build_key_list(keys.models.public_key(), keys.commands.public_key(), 4, now);
+        let wrong = build_key_list(keys.delegates(), 4, now);
         let wrong = Signed::sign(&wrong, &root).unwrap();
         assert!(check_rotation_list(&wrong, &keys, Role::Models, fresh, 3, now).is_err());
     }

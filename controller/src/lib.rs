@@ -14,6 +14,8 @@
 //! - [`telemetry`]: ingest and the merged query.
 //! - [`registry`]: ONNX inspection (tract), reference profiles, signed
 //!   manifests, content-addressed artifacts.
+//! - [`agent_releases`]: agent binaries (ELF arch checked) stored
+//!   content-addressed with manifests signed by the `agents` key.
 //! - [`rollouts`]: the rollout shell ([`rollouts::RolloutService`]).
 //! - [`retraining`]: the retraining shell ([`retraining::RetrainRunner`]).
 //! - [`train`]: the reference trainer.
@@ -35,6 +37,7 @@
 //! `drover_protocol::labels`. Modules are `pub(crate)` unless the binary,
 //! `drover-sim` or the integration tests need them.
 
+pub mod agent_releases;
 pub mod auth;
 pub mod cli;
 pub(crate) mod clock;

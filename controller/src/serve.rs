@@ -624,6 +624,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     );
     let router = crate::http::router(controller.clone())
         .merge(crate::http::rollouts::routes(rollouts.clone()))
+        .merge(crate::http::agents::routes(controller.clone()))
         .merge(crate::http::retrain::routes(retrain.clone()))
         .merge(crate::auth::routes::routes(tokens.clone()))
         .layer(axum::middleware::from_fn_with_state(

@@ -1,5 +1,5 @@
 //! Delegated keys: the root-signed [`KeyList`] naming which keys may sign
-//! models and commands. The rules that accept or refuse a list live in
+//! models, commands and agent releases. The rules that accept or refuse a list live in
 //! [`crate::trust`].
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,10 @@ pub enum Role {
     Models,
     /// Device commands.
     Commands,
+    /// Agent releases (the agent binary itself): a role of its own so a
+    /// leaked models key cannot ship code. Last, so the earlier roles keep
+    /// their wire tags.
+    Agents,
 }
 
 impl std::fmt::Display for Role {
@@ -21,6 +25,7 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Models => "models",
             Role::Commands => "commands",
+            Role::Agents => "agents",
         })
     }
 }

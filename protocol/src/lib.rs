@@ -9,6 +9,8 @@
 //! - [`reasons`]: `Reason` and the `ReasonCode` enum (string on the wire,
 //!   `retryable()`, unknown codes from newer peers kept as `Unknown`).
 //! - [`manifest`]: the signed `ModelManifest`.
+//! - [`release`]: the signed `AgentRelease` of an agent binary, its `Arch`,
+//!   and reading the arch from an ELF header.
 //! - [`telemetry`]: `TelemetryWindow` and its compact `LatencyHistogram`.
 //! - [`signing`]: `Signed<T>`, the `Sign` trait, the ed25519 key-file signer.
 //! - [`keys`]: the root-signed `KeyList` of delegated keys and their roles.
@@ -18,7 +20,7 @@
 //!   manifests, commands and windows.
 //!
 //! Imports point one way (`a` ← `b`: `b` imports `a`): `limits` ← `topic` ←
-//! `codec`; `reasons`, `keys` ← `messages` ← `trust`;
+//! `codec`; `manifest` ← `release` ← `messages`, `trust`; `reasons`, `keys` ← `messages` ← `trust`;
 //! `messages`, `codec` ← `uplink`. No file imports one
 //! that imports it back (`scripts/check_layout.py` checks this).
 //!
@@ -35,6 +37,7 @@ pub mod limits;
 pub mod manifest;
 pub mod messages;
 pub mod reasons;
+pub mod release;
 pub mod signing;
 pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
@@ -48,6 +51,7 @@ pub use ids::{DeviceId, FleetId, ModelName, ModelRef, Sha256, Timestamp, Version
 pub use manifest::ModelManifest;
 pub use messages::{Action, Command, Down, Status, Up};
 pub use reasons::{Reason, ReasonCode};
+pub use release::{AgentRelease, Arch};
 pub use signing::{Ed25519Signer, PublicKey, Sign, Signed};
 pub use telemetry::{LatencyHistogram, TelemetryWindow};
 pub use trust::{KeyList, Role, TrustError, TrustState};

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, FleetId, ModelName, ModelRef, Sha256, Timestamp, Version};
 use crate::keys::KeyList;
-use crate::manifest::ModelManifest;
+use crate::manifest::{AgentVersion, ModelManifest};
+use crate::release::AgentRelease;
 use crate::signing::{Signed, SignedPayload};
 use crate::telemetry::TelemetryWindow;
 
@@ -34,6 +35,44 @@ pub enum Up {
     /// Any of the above, signed with the device's own key (see
     /// [`crate::uplink`]). Added last so the earlier variants keep their tags.
     Signed(SealedUp),
+    /// Progress and result of an update of the agent itself, and a fallback
+    /// to the previous binary (reported once, after it). After `Signed`, so
+    /// the earlier variants keep their tags.
+    AgentUpdate(AgentUpdateStatus),
+}
+
+/// Where an update of the agent binary stands on a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentUpdateStatus {
+    /// The UpdateAgent command (0 for a fallback the agent did by itself).
+    pub seq: u64,
+    /// The release concerned.
+    pub version: AgentVersion,
+    /// Current phase.
+    pub phase: AgentUpdatePhase,
+}
+
+/// Phases of an agent update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentUpdatePhase {
+    /// Fetching the binary.
+    Downloading {
+        /// Bytes held.
+        received: u64,
+        /// Binary size.
+        total: u64,
+    },
+    /// Verified and staged; the agent restarts into it.
+    Restarting,
+    /// Refused or failed; the device still runs its current agent.
+    Failed(Reason),
+    /// The new binary did not come up healthy; `running` runs again.
+    FellBack {
+        /// The version running again.
+        running: AgentVersion,
+        /// Why (`agent_start_failed`, `agent_unconfirmed`).
+        reason: Reason,
+    },
 }
 
 /// An encoded [`Up`] sealed by the device key: who, a per-device strictly
@@ -294,6 +333,14 @@ pub enum Action {
     },
     /// Change agent settings.
     Configure(AgentSettings),
+    /// Download, verify and switch to another agent binary (restarting
+    /// into it, falling back by itself if it does not come up healthy).
+    UpdateAgent {
+        /// The agents-key-signed release.
+        release: Signed<AgentRelease>,
+        /// An explicit rollback: the only way below the agent version floor.
+        rollback: bool,
+    },
 }
 
 impl Action {
@@ -306,6 +353,7 @@ impl Action {
             Action::Rollback { .. } => "rollback",
             Action::Capture { .. } => "capture",
             Action::Configure(_) => "configure",
+            Action::UpdateAgent { .. } => "update_agent",
         }
     }
 }

@@ -116,6 +116,14 @@ reason_codes! {
     /// The guard wanted a rollback but there was no previous model.
     GuardNoPrevious = "guard_no_previous", retry: false;
 
+    // ---- the agent's update of itself ----
+    /// A new agent binary failed to start (crashed or exited before
+    /// confirming) too many times; the previous binary runs again.
+    AgentStartFailed = "agent_start_failed", retry: false;
+    /// A new agent binary did not reach the broker within its deadline; the
+    /// previous binary runs again.
+    AgentUnconfirmed = "agent_unconfirmed", retry: false;
+
     // ---- trust (see `TrustError`) ----
     /// The key list is not signed by the pinned root key.
     KeyListNotRootSigned = "key_list_not_root_signed", retry: false;
@@ -145,6 +153,8 @@ reason_codes! {
     Downgrade = "downgrade", retry: false;
     /// The downloaded bytes do not match the manifest's digest or size.
     ArtifactMismatch = "artifact_mismatch", retry: false;
+    /// An agent release built for another CPU architecture.
+    WrongArch = "wrong_arch", retry: false;
 }
 
 impl fmt::Display for ReasonCode {

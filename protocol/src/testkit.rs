@@ -14,11 +14,12 @@ use crate::manifest::{
     Lineage, ModelManifest, ReferenceProfile, Task, TensorSpec,
 };
 use crate::messages::{Action, Command};
+use crate::release::{AgentRelease, Arch};
 use crate::signing::{Ed25519Signer, Sign, Signed};
 use crate::telemetry::{LatencyHistogram, ModelRole, ShadowStats, TelemetryWindow};
 use crate::trust::{KeyEntry, KeyList, Role};
 
-/// A root, a models and a commands key derived from one seed byte.
+/// A root, a models, a commands and an agents key derived from one seed byte.
 pub struct TestKeys {
     /// Root key (signs key lists).
     pub root: Ed25519Signer,
@@ -26,6 +27,8 @@ pub struct TestKeys {
     pub models: Ed25519Signer,
     /// Commands key.
     pub commands: Ed25519Signer,
+    /// Agents key (signs agent releases).
+    pub agents: Ed25519Signer,
 }
 
 impl TestKeys {
@@ -35,10 +38,11 @@ impl TestKeys {
             root: Ed25519Signer::from_seed([seed; 32]),
             models: Ed25519Signer::from_seed([seed.wrapping_add(1); 32]),
             commands: Ed25519Signer::from_seed([seed.wrapping_add(2); 32]),
+            agents: Ed25519Signer::from_seed([seed.wrapping_add(3); 32]),
         }
     }
 
-    /// The key list naming the models and commands keys, root-signed.
+    /// The key list naming the models, commands and agents keys, root-signed.
     pub fn key_list(&self, version: u64, expires_at: Timestamp) -> Signed<KeyList> {
         let list = KeyList {
             version,
@@ -51,6 +55,10 @@ impl TestKeys {
                 KeyEntry {
                     public_key: self.commands.public_key(),
                     roles: vec![Role::Commands],
+                },
+                KeyEntry {
+                    public_key: self.agents.public_key(),
+                    roles: vec![Role::Agents],
                 },
             ],
         };
@@ -65,6 +73,26 @@ impl TestKeys {
     /// Signs a command with the commands key.
     pub fn sign_command(&self, c: &Command) -> Signed<Command> {
         sign_or_unreachable(c, &self.commands)
+    }
+
+    /// Signs an agent release with the agents key.
+    pub fn sign_release(&self, r: &AgentRelease) -> Signed<AgentRelease> {
+        sign_or_unreachable(r, &self.agents)
+    }
+}
+
+/// An agent release `version` (`major.minor.patch`) for `arch` describing
+/// `binary`, valid for a year from `now`.
+pub fn release(version: &str, arch: Arch, binary: &[u8], now: Timestamp) -> AgentRelease {
+    AgentRelease {
+        version: AgentVersion::parse(version).expect("fixture versions are valid"),
+        arch,
+        artifact: Artifact {
+            sha256: Sha256::of(binary),
+            size: binary.len() as u64,
+        },
+        created_at: now,
+        expires_at: now.plus_ms(365 * 24 * 3600 * 1000),
     }
 }
 

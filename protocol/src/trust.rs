@@ -5,7 +5,8 @@
 //!   only if root-signed, unexpired and of a higher version (rotation without
 //!   rollback).
 //! - Manifests must be signed by a listed key with the `models` role, commands
-//!   by one with the `commands` role.
+//!   by one with the `commands` role, agent releases by one with the `agents`
+//!   role (a leaked models key cannot ship code).
 //! - Commands are for exactly one device, carry a strictly increasing
 //!   sequence number and an expiry.
 //! - Each model has a version floor (the highest version ever activated); a
@@ -22,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{DeviceId, ModelName, Sha256, Timestamp, Version};
 pub use crate::keys::{KeyEntry, KeyList, Role};
 use crate::manifest::ModelManifest;
+use crate::manifest::{AgentVersion, Artifact};
 use crate::messages::{Action, Command};
 use crate::reasons::{Reason, ReasonCode};
+use crate::release::{AgentRelease, Arch};
 use crate::signing::{PublicKey, SignatureError, Signed, SignedPayload};
 
 /// Why something signed was refused.
@@ -112,6 +115,32 @@ pub enum TrustError {
         /// Offered.
         offered: Version,
     },
+    /// The agent release has expired.
+    #[error("agent release {release} expired at {expires_at}")]
+    ReleaseExpired {
+        /// `agent@version/arch`.
+        release: String,
+        /// Its expiry.
+        expires_at: Timestamp,
+    },
+    /// The agent release is for another CPU architecture.
+    #[error("agent release is for {release}, this device is {device}")]
+    WrongArch {
+        /// The release's arch.
+        release: Arch,
+        /// This device's arch.
+        device: Arch,
+    },
+    /// Installing an agent below its version floor.
+    #[error(
+        "agent version {offered} is below the floor {floor}; only an explicit signed rollback goes there"
+    )]
+    AgentDowngrade {
+        /// Floor.
+        floor: AgentVersion,
+        /// Offered.
+        offered: AgentVersion,
+    },
     /// The artifact does not match the manifest.
     #[error(
         "artifact mismatch: manifest says {expected} ({expected_size} bytes), got {got} ({got_size} bytes)"
@@ -146,6 +175,9 @@ impl TrustError {
             TrustError::WrongTarget { .. } => ReasonCode::WrongTarget,
             TrustError::Downgrade { .. } => ReasonCode::Downgrade,
             TrustError::ArtifactMismatch { .. } => ReasonCode::ArtifactMismatch,
+            TrustError::ReleaseExpired { .. } => ReasonCode::ManifestExpired,
+            TrustError::WrongArch { .. } => ReasonCode::WrongArch,
+            TrustError::AgentDowngrade { .. } => ReasonCode::Downgrade,
         }
     }
 
@@ -289,6 +321,24 @@ impl TrustState {
         Ok(m)
     }
 
+    /// Verifies an agent release: listed `agents` key, good signature,
+    /// unexpired. Changes no state; whether this device may install it is
+    /// [`check_release_target`].
+    pub fn verify_agent_release(
+        &self,
+        signed: &Signed<AgentRelease>,
+        now: Timestamp,
+    ) -> Result<AgentRelease, TrustError> {
+        let r = self.verify_delegated(signed, Role::Agents, now)?;
+        if now > r.expires_at {
+            return Err(TrustError::ReleaseExpired {
+                release: r.label(),
+                expires_at: r.expires_at,
+            });
+        }
+        Ok(r)
+    }
+
     /// Checks a command without changing state: `commands` key, signature,
     /// target, expiry, sequence, and for Deploy the manifest and version floor.
     pub fn check_command(
@@ -362,12 +412,43 @@ pub fn check_artifact(
     got: Sha256,
     got_size: u64,
 ) -> Result<(), TrustError> {
-    if manifest.artifact.sha256 != got || manifest.artifact.size != got_size {
+    check_bytes(&manifest.artifact, got, got_size)
+}
+
+/// Checks downloaded bytes' digest and size against what was signed (a
+/// model's or an agent release's artifact).
+pub fn check_bytes(expected: &Artifact, got: Sha256, got_size: u64) -> Result<(), TrustError> {
+    if expected.sha256 != got || expected.size != got_size {
         return Err(TrustError::ArtifactMismatch {
-            expected: manifest.artifact.sha256,
-            expected_size: manifest.artifact.size,
+            expected: expected.sha256,
+            expected_size: expected.size,
             got,
             got_size,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a verified release may be installed on a device of `arch` whose
+/// agent version floor is `floor` (the highest version it ever confirmed
+/// running): same arch, and not below the floor unless `rollback` (an
+/// explicit, signed rollback command) says so.
+pub fn check_release_target(
+    release: &AgentRelease,
+    arch: Arch,
+    floor: AgentVersion,
+    rollback: bool,
+) -> Result<(), TrustError> {
+    if release.arch != arch {
+        return Err(TrustError::WrongArch {
+            release: release.arch,
+            device: arch,
+        });
+    }
+    if release.version < floor && !rollback {
+        return Err(TrustError::AgentDowngrade {
+            floor,
+            offered: release.version,
         });
     }
     Ok(())

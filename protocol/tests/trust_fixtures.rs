@@ -304,6 +304,7 @@ fn rotated_key_list_retires_old_keys() {
         root: Ed25519Signer::from_seed([1; 32]),
         models: Ed25519Signer::from_seed([50; 32]),
         commands: Ed25519Signer::from_seed([51; 32]),
+        agents: Ed25519Signer::from_seed([52; 32]),
     };
     t.handle_key_list(&new.key_list(2, NOW.plus_ms(YEAR_MS)), NOW)
         .unwrap();

@@ -5,11 +5,14 @@
 //! - [`guard`]: the local guard that rolls a bad new model back.
 //! - [`window`]: telemetry recording and windowing.
 //! - [`outbox`]: bounded store-and-forward bookkeeping for windows.
+//! - [`self_update`]: admitting an agent release, and the boot counter that
+//!   falls back to the previous agent binary.
 //! - [`slots`]: which job a Deploy or Shadow command starts, and what happens
 //!   to the downloads already running (promotion, supersede, disk budget).
 
 pub mod deploy;
 pub mod guard;
 pub mod outbox;
+pub mod self_update;
 pub mod slots;
 pub mod window;

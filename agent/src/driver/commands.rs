@@ -30,6 +30,8 @@ impl Driver {
             LinkEvent::Connected => {
                 self.connected = true;
                 self.outbox.handle_connected();
+                self.rerequest_agent_chunks(now);
+                self.report_fallback().await;
                 for j in [&mut self.deploy_job, &mut self.shadow_job]
                     .into_iter()
                     .flatten()
@@ -119,6 +121,12 @@ impl Driver {
             }
             Down::Chunk(chunk) => {
                 let metrics = self.shared.metrics.clone();
+                if self.handle_agent_chunk(&chunk, now).await {
+                    metrics
+                        .chunks_received
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 let slot = [&self.deploy_job, &self.shadow_job]
                     .into_iter()
                     .flatten()
@@ -321,6 +329,9 @@ impl Driver {
                 max_bytes,
             } => self.capture(seq, max_samples, max_bytes),
             Action::Configure(settings) => self.configure(settings).await,
+            Action::UpdateAgent { release, rollback } => {
+                self.start_agent_update(seq, release, rollback, now).await
+            }
         }
     }
 

@@ -513,6 +513,11 @@ impl Driver {
             .flatten()
             .filter(|j| !j.installed)
             .map(|j| j.file.clone())
+            .chain(
+                self.agent_update
+                    .as_ref()
+                    .map(|j| j.partial().to_path_buf()),
+            )
             .collect();
         let r = self
             .store

@@ -9,8 +9,10 @@
 //! signed commands, rollback, capture, configure); [`jobs`] carries out
 //! deploy and shadow jobs (arbitration, downloads, activation, disk
 //! hygiene); [`telemetry`] closes windows, runs the local guard and
-//! publishes the outbox; [`files`] holds the blocking file helpers.
+//! publishes the outbox; [`agent_update`] downloads and stages a new agent
+//! binary; [`files`] holds the blocking file helpers.
 
+mod agent_update;
 mod commands;
 pub(crate) mod files;
 mod jobs;
@@ -91,6 +93,8 @@ pub(crate) struct Driver {
     controller_time: Option<(Timestamp, Timestamp)>,
     /// See [`Restored::unfinished`]; taken by `run`.
     unfinished: Option<Command>,
+    /// A download of a new agent binary.
+    agent_update: Option<agent_update::UpdateJob>,
 }
 
 impl Driver {
@@ -122,6 +126,7 @@ impl Driver {
             last_ack: None,
             controller_time: None,
             unfinished: None,
+            agent_update: None,
             cfg,
             shared,
             store,
@@ -203,6 +208,12 @@ impl Driver {
             self.outbox.poll_timeout(),
             self.deploy_job.as_ref().and_then(|j| j.core.poll_timeout()),
             self.shadow_job.as_ref().and_then(|j| j.core.poll_timeout()),
+            self.agent_update.as_ref().map(|j| {
+                (
+                    j.timeout(self.cfg.deploy().request_timeout_ms),
+                    "agent chunks",
+                )
+            }),
         ]
         .into_iter()
         .flatten()
@@ -223,6 +234,13 @@ impl Driver {
             j.core.handle_timeout(now);
         }
         self.drive_jobs().await;
+        if self
+            .agent_update
+            .as_ref()
+            .is_some_and(|j| now >= j.timeout(self.cfg.deploy().request_timeout_ms))
+        {
+            self.rerequest_agent_chunks(now);
+        }
         self.publish_outbox(now).await;
     }
 

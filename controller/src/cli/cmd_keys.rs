@@ -16,7 +16,7 @@ use crate::keys::{KeyInit, KeyStore};
 /// `drover keys` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum KeysCmd {
-    /// Create the root, models and commands keys (idempotent) and print the
+    /// Create the root, models, commands and agents keys (idempotent) and print the
     /// root public key agents pin. With --data-dir, works on that directory
     /// without a running controller.
     Init {
@@ -32,11 +32,11 @@ pub enum KeysCmd {
         #[arg(long, value_name = "FILE", requires = "data_dir")]
         root_out: Option<PathBuf>,
     },
-    /// Replace the models or commands key; the new root-signed key list is
-    /// pushed to every device.
+    /// Replace the models, commands or agents key; the new root-signed key
+    /// list is pushed to every device.
     Rotate {
-        /// `models` or `commands`.
-        #[arg(long, value_parser = ["models", "commands"])]
+        /// `models`, `commands` or `agents`.
+        #[arg(long, value_parser = ["models", "commands", "agents"])]
         role: String,
         /// The offline root key file (from `keys init --root-out`): the new
         /// key list is signed here, on this machine, and only the signed
@@ -149,6 +149,7 @@ pub(crate) async fn run(cmd: KeysCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 ("root", k.root_public_key),
                 ("models", k.models_public_key),
                 ("commands", k.commands_public_key),
+                ("agents", k.agents_public_key),
                 ("key list version", k.key_list_version.to_string()),
             ]);
             Ok(())
@@ -225,19 +226,24 @@ async fn rotate_offline(ctx: &Ctx, role: &str, file: &Path) -> anyhow::Result<Ro
 /// Signs only a list that changes exactly the rotated role: the next
 /// version, the new key for `role`, the other role's current key.
 fn check_prepared(list: &KeyList, info: &KeysInfo, role: &str, fresh: &str) -> anyhow::Result<()> {
-    let (models, commands) = match role {
-        "models" => (fresh, info.commands_public_key.as_str()),
-        _ => (info.models_public_key.as_str(), fresh),
-    };
+    let mut expected = [
+        (info.models_public_key.as_str(), Role::Models),
+        (info.commands_public_key.as_str(), Role::Commands),
+        (info.agents_public_key.as_str(), Role::Agents),
+    ];
+    for (key, r) in expected.iter_mut() {
+        if r.to_string() == role {
+            *key = fresh;
+        }
+    }
     let names = |key: &str, r: Role| {
         list.keys
             .iter()
             .any(|k| k.public_key.to_hex() == key && k.roles == [r])
     };
     if list.version != info.key_list_version + 1
-        || list.keys.len() != 2
-        || !names(models, Role::Models)
-        || !names(commands, Role::Commands)
+        || list.keys.len() != expected.len()
+        || !expected.iter().all(|(key, r)| names(key, *r))
     {
         anyhow::bail!(
             "the controller prepared an unexpected key list (version {}, {} keys); refusing to sign it",

@@ -9,6 +9,7 @@
 //! table/JSON printing (respect [`Ctx::output`]).
 
 pub(crate) mod client;
+pub(crate) mod cmd_agent;
 pub(crate) mod cmd_deploy;
 pub(crate) mod cmd_device;
 pub(crate) mod cmd_drift;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Model registry.
     #[command(subcommand)]
     Model(cmd_model::ModelCmd),
+    /// Agent releases (the agent binary, for updates over the air).
+    #[command(subcommand)]
+    Agent(cmd_agent::AgentCmd),
     /// Register devices.
     #[command(subcommand)]
     Device(cmd_device::DeviceCmd),
@@ -114,6 +118,7 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
     match command {
         Command::Keys(c) => cmd_keys::run(c, ctx).await,
         Command::Model(c) => cmd_model::run(c, ctx).await,
+        Command::Agent(c) => cmd_agent::run(c, ctx).await,
         Command::Device(c) => cmd_device::run(c, ctx).await,
         Command::Devices(a) => cmd_device::list(a, ctx).await,
         Command::Broker(c) => cmd_misc::broker(c, ctx).await,

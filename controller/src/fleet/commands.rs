@@ -120,6 +120,12 @@ impl Controller {
                 Some(v) => format!("{model}@{v}"),
                 None => model.to_string(),
             }),
+            // The digest, so chunk requests for the binary are answered
+            // (`download_in_flight`).
+            Action::UpdateAgent { release, .. } => release
+                .decode_unverified()
+                .ok()
+                .map(|r| format!("agent:{}", r.artifact.sha256.to_hex())),
             _ => None,
         };
         let seq = self
@@ -366,6 +372,9 @@ impl Controller {
                            JOIN devices d ON d.id = c.device
                          WHERE c.device = ?1 AND c.kind IN ('deploy', 'shadow') AND m.sha256 = ?2
                            AND d.active IS NOT c.model AND d.shadow IS NOT c.model
+                         UNION ALL
+                         SELECT 1 FROM commands c
+                         WHERE c.device = ?1 AND c.kind = 'update_agent' AND c.model = 'agent:' || ?2
                          LIMIT 1",
                         params![id, sha.to_hex()],
                         |r| r.get(0),

@@ -239,6 +239,10 @@ pub(crate) async fn dispatcher(
                     }
                     Ok(())
                 }
+                Some(Up::AgentUpdate(s)) => {
+                    ctrl.handle_agent_update(device.clone(), s);
+                    Ok(())
+                }
                 // `open_uplink` never returns a sealed message.
                 Some(Up::Signed(_)) => continue,
             },

@@ -3,6 +3,7 @@
 //! drift, retraining) can `.merge()` their own routes. Routes are listed in
 //! `controller/API.md`.
 
+pub mod agents;
 pub(crate) mod errors;
 pub mod limits;
 pub(crate) mod retrain;

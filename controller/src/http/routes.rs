@@ -64,7 +64,7 @@ pub(crate) async fn keys_init(
 /// `POST /v1/keys/rotate` and `/v1/keys/rotate/prepare` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateBody {
-    /// `models` or `commands`.
+    /// `models`, `commands` or `agents`.
     pub role: String,
     /// With the root key offline: the prepared key list signed by the root
     /// key (codec-encoded `Signed<KeyList>`, standard base64).
@@ -76,10 +76,11 @@ fn rotate_role(body: &RotateBody) -> Result<Role, ApiError> {
     match body.role.as_str() {
         "models" => Ok(Role::Models),
         "commands" => Ok(Role::Commands),
+        "agents" => Ok(Role::Agents),
         other => Err(ApiError::bad_request(
             "bad_role",
             format!(
-                "role {other:?}: expected models or commands (the root key is rotated offline)"
+                "role {other:?}: expected models, commands or agents (the root key is rotated offline)"
             ),
         )),
     }
