@@ -510,6 +510,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     let mut tasks = Vec::new();
     if let Some((public, internal_addr, internal, tls)) = embedded {
         let counters = Arc::new(GateCounters::default());
+        controller.metrics().set_gate(counters.clone());
         let gate_cfg = gate::GateConfig {
             fleet: cfg.fleet.clone(),
             upstream: internal_addr,
