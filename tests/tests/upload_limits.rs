@@ -274,7 +274,11 @@ async fn uploads_over_the_budget_are_refused_while_others_complete() {
     // A holds 60 KiB of the 96 KiB budget: half its body sent.
     let a_model = padded_model(60 * KIB);
     let mut a = api
-        .raw("name=big-a", "application/octet-stream", Some(a_model.len()))
+        .raw(
+            "name=big-a",
+            "application/octet-stream",
+            Some(a_model.len()),
+        )
         .await;
     a.write_all(&a_model[..30 * KIB]).await.unwrap();
     api.wait_upload_file().await;
@@ -387,7 +391,10 @@ async fn a_streamed_push_from_the_cli_deploys_as_before() {
         show["task"]["Classification"]["labels"],
         json!(["fault", "normal", "warning"])
     );
-    assert!(show["eval_metrics"]["accuracy"].as_f64().unwrap() > 0.5, "{show}");
+    assert!(
+        show["eval_metrics"]["accuracy"].as_f64().unwrap() > 0.5,
+        "{show}"
+    );
     let artifact = ctx
         .client
         .get_bytes("artifact", "/v1/models/sensor/1/artifact")
