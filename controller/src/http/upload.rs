@@ -321,6 +321,10 @@ pub(crate) async fn push_stream(State(c): State<Controller>, req: Request) -> Ap
             "name=MODEL is required in the query string",
         ));
     };
+    if let Some(a) = &meta.alias {
+        crate::registry::store::validate_alias(a)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    }
     let cap = req
         .extensions()
         .get::<UploadCap>()
