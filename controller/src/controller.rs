@@ -205,6 +205,10 @@ pub(crate) struct Inner {
     pub(crate) outbound: RwLock<Outbound>,
     pub(crate) capture_sink: RwLock<Option<CaptureSink>>,
     pub(crate) identity: crate::fleet::uplink::Identity,
+    /// Model validations run one at a time: loading and profiling a model
+    /// takes a few times its size in memory, so parallel pushes of large
+    /// models would multiply that.
+    pub(crate) validations: Arc<tokio::sync::Semaphore>,
 }
 
 /// Receives `Up::Capture` uploads (the retraining runner).
@@ -312,6 +316,7 @@ impl Controller {
                 outbound: RwLock::new(Outbound::None),
                 capture_sink: RwLock::new(None),
                 identity,
+                validations: Arc::new(tokio::sync::Semaphore::new(1)),
             }),
         })
     }
@@ -472,21 +477,45 @@ impl Controller {
             .join(format!("{name}@{version}.csv"))
     }
 
+    /// Where streamed uploads are written before they are validated
+    /// (`DATA_DIR/uploads`, on the same file system as the artifacts).
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.data_dir().join("uploads")
+    }
+
     /// Pushes a new model version (tract inspection, profile, signing,
-    /// storage); runs on the blocking pool.
+    /// storage); runs on the blocking pool, one validation at a time. A
+    /// request with [`PushRequest::onnx_file`] is read from that file, which
+    /// is moved into the artifact store on success.
     pub async fn push_model(&self, req: PushRequest) -> Result<StoredModel, ControllerError> {
+        // Held by the blocking task itself: it runs on even if the caller
+        // goes away.
+        let slot = self
+            .inner
+            .validations
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ControllerError::Task(e.to_string()))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || -> Result<StoredModel, ControllerError> {
+            let _slot = slot;
             let now = this.now();
             let template = registry::build_manifest(&req, now)?;
             let signer = this.models_signer();
-            let stored = this.inner.store.insert(
-                template,
-                &req.onnx,
-                signer.as_ref(),
-                req.alias.as_deref(),
-                now,
-            )?;
+            let alias = req.alias.as_deref();
+            let stored = match &req.onnx_file {
+                Some(f) => {
+                    this.inner
+                        .store
+                        .insert_file(template, &f.path, signer.as_ref(), alias, now)?
+                }
+                None => {
+                    this.inner
+                        .store
+                        .insert(template, &req.onnx, signer.as_ref(), alias, now)?
+                }
+            };
             tracing::info!(model = %stored.manifest.model_ref(), sha256 = %stored.manifest.artifact.sha256, "model pushed");
             // Keep the reference data next to the artifact: retraining tops
             // up small captured datasets from it.

@@ -42,7 +42,37 @@ pub struct Metrics {
     /// Devices whose clock was re-synchronised from a signed Hello.
     pub uplink_clock_resyncs: AtomicU64,
     rate: Mutex<RateWindow>,
+    /// The embedded broker's gate, when it runs (set once at startup).
+    gate: std::sync::OnceLock<std::sync::Arc<crate::fleet::gate::GateCounters>>,
 }
+
+/// Gate refusal reasons exported even before they first happen, so a
+/// dashboard's `rate()` sees them from zero: the connect, publish and
+/// subscribe refusals.
+const GATE_REASONS: [&str; 8] = [
+    "anonymous",
+    "bad_password",
+    "unknown_user",
+    "client_id",
+    "will_topic",
+    "publish_topic",
+    "subscribe_topic",
+    "tls_handshake",
+];
+
+/// Uplink refusal kinds exported from zero: forged (bad or missing
+/// signature, another device's, unregistered), replayed, stale and
+/// throttled uplinks.
+const UPLINK_KINDS: [&str; 8] = [
+    "bad_signature",
+    "wrong_device",
+    "unsigned",
+    "unregistered",
+    "replay",
+    "stale",
+    "future",
+    "throttled",
+];
 
 #[derive(Debug, Default)]
 struct RateWindow {
@@ -57,6 +87,11 @@ pub(crate) fn inc(c: &AtomicU64) {
 }
 
 impl Metrics {
+    /// Exports the gate's counters (embedded broker only).
+    pub fn set_gate(&self, gate: std::sync::Arc<crate::fleet::gate::GateCounters>) {
+        let _ = self.gate.set(gate);
+    }
+
     /// Counts a malformed or refused inbound payload by error kind.
     pub fn malformed(&self, kind: &'static str) {
         let mut m = self.malformed.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,8 +256,36 @@ impl Metrics {
              registration, rate limit, uncommanded reports), by kind.\n\
              # TYPE drover_uplinks_refused_total counter"
         );
-        for (kind, v) in self.uplinks_refused_counts() {
+        let mut refused = self.uplinks_refused_counts();
+        for kind in UPLINK_KINDS {
+            refused.entry(kind).or_default();
+        }
+        for (kind, v) in refused {
             let _ = writeln!(out, "drover_uplinks_refused_total{{kind=\"{kind}\"}} {v}");
+        }
+        if let Some(gate) = self.gate.get() {
+            let _ = writeln!(
+                out,
+                "# HELP drover_mqtt_gate_accepted_total Broker connections authenticated by the gate.\n\
+                 # TYPE drover_mqtt_gate_accepted_total counter\ndrover_mqtt_gate_accepted_total {}",
+                gate.accepted()
+            );
+            let _ = writeln!(
+                out,
+                "# HELP drover_mqtt_gate_refused_total Broker connects, publishes and subscribes \
+                 the gate refused, by reason.\n\
+                 # TYPE drover_mqtt_gate_refused_total counter"
+            );
+            let mut refused = gate.refused();
+            for reason in GATE_REASONS {
+                refused.entry(reason).or_default();
+            }
+            for (reason, v) in refused {
+                let _ = writeln!(
+                    out,
+                    "drover_mqtt_gate_refused_total{{reason=\"{reason}\"}} {v}"
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -125,7 +125,7 @@ impl ServeConfig {
             tls_cert: None,
             tls_key: None,
             http_limits: crate::http::server::ServerLimits::default(),
-            max_upload_bytes: crate::http::MAX_BODY_BYTES as u64,
+            max_upload_bytes: crate::http::MAX_UPLOAD_BYTES,
             upload_budget_bytes: 1024 * 1024 * 1024,
             upload_idle_timeout: crate::http::limits::UPLOAD_IDLE_TIMEOUT,
             uplink_policy: Default::default(),
@@ -486,6 +486,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         .map_err(|e| ServeError::Mqtt(e.to_string()))??;
     crate::auth::perms::harden(&cfg.data_dir)
         .map_err(|e| ServeError::Config(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+    crate::http::upload::clear_stale(&controller.uploads_dir());
 
     // Phase 4: spawn.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -509,6 +510,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     let mut tasks = Vec::new();
     if let Some((public, internal_addr, internal, tls)) = embedded {
         let counters = Arc::new(GateCounters::default());
+        controller.metrics().set_gate(counters.clone());
         let gate_cfg = gate::GateConfig {
             fleet: cfg.fleet.clone(),
             upstream: internal_addr,

@@ -209,6 +209,25 @@ impl Model {
         let proto: ModelProto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| OnnxError::NotOnnx(chain(&e)))?;
+        Self::from_proto(&onnx, proto, options)
+    }
+
+    /// Loads the ONNX file at `path` as [`Model::load`] does, without
+    /// reading the file onto the heap first (tract maps it): a large model
+    /// costs its parsed graph, not one more copy of its bytes.
+    pub fn load_file(path: &std::path::Path, options: &LoadOptions) -> Result<Model, OnnxError> {
+        let onnx = framework();
+        let proto: ModelProto = onnx
+            .proto_model_for_path(path)
+            .map_err(|e| OnnxError::NotOnnx(chain(&e)))?;
+        Self::from_proto(&onnx, proto, options)
+    }
+
+    fn from_proto(
+        onnx: &tract_onnx::Onnx,
+        proto: ModelProto,
+        options: &LoadOptions,
+    ) -> Result<Model, OnnxError> {
         let graph = proto
             .graph
             .as_ref()
@@ -267,7 +286,7 @@ impl Model {
             };
             fixed_values.push((name.clone(), t));
         }
-        let folded = crate::fold::fold_fixed_ifs(&onnx, &proto, &fixed_values).map_err(plan_err)?;
+        let folded = crate::fold::fold_fixed_ifs(onnx, &proto, &fixed_values).map_err(plan_err)?;
         let proto = folded.unwrap_or(proto);
         let mut model = onnx.model_for_proto_model(&proto).map_err(plan_err)?;
         crate::fold::apply_fixed(&mut model, &fixed_values).map_err(plan_err)?;

@@ -292,7 +292,7 @@ async fn the_cli_client_uses_tokens_and_token_admin_is_admin_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_and_unsized_uploads_are_refused_before_reading_them() {
+async fn oversized_and_unsized_uploads_are_refused_before_they_pass_the_cap() {
     let api = Api::start().await;
     let before = api.snapshot().await;
     let big = json!({"name": "evil", "onnx_base64": "A".repeat(100 * 1024)});
@@ -306,20 +306,31 @@ async fn oversized_and_unsized_uploads_are_refused_before_reading_them() {
         .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
-    // A chunked upload (no Content-Length) cannot be sized up front.
+    // A chunked upload (no Content-Length) reserves the whole cap and is
+    // refused as soon as it sends more.
     let mut raw = tokio::net::TcpStream::connect(api.running.http_addr())
         .await
         .unwrap();
     let req = format!(
         "POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
         api.admin
     );
     raw.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 512];
-    let n = raw.read(&mut buf).await.unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
-    assert!(head.starts_with("HTTP/1.1 411"), "{head}");
+    let chunk = format!("400\r\n{}\r\n", " ".repeat(1024));
+    for _ in 0..65 {
+        if raw.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), raw.read_to_end(&mut buf))
+        .await
+        .expect("the server kept the connection open")
+        .ok();
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("too_large"), "{head}");
     assert_eq!(api.snapshot().await, before, "state changed");
     api.running.shutdown().await;
 }

@@ -645,3 +645,99 @@ async fn a_plaintext_broker_on_a_public_address_needs_an_explicit_flag() {
         Ok(_) => panic!("a public plaintext broker started without --insecure-mqtt"),
     }
 }
+
+/// `/metrics` (read with the admin token) as `series -> value`.
+async fn scrape(w: &World) -> std::collections::BTreeMap<String, f64> {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", w.running.http_url()))
+        .bearer_auth(w.running.admin_token().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn gate_refusals_rise_on_the_metrics_endpoint() {
+    let w = World::start().await;
+    // Registered, so a wrong password for it is `bad_password`.
+    let _dev = w.enroll("dev-1").await;
+    let attacker = w.enroll("attacker").await;
+    let series = |reason: &str| format!("drover_mqtt_gate_refused_total{{reason=\"{reason}\"}}");
+    let before = scrape(&w).await;
+    // Every class is exported from zero, before it first happens.
+    for reason in [
+        "anonymous",
+        "bad_password",
+        "client_id",
+        "publish_topic",
+        "subscribe_topic",
+    ] {
+        assert_eq!(before.get(&series(reason)), Some(&0.0), "{reason}");
+    }
+    let snapshot = w.snapshot().await;
+    // Connect refusals.
+    refused_with(
+        Raw::connect(w.addr, &w.client_id("dev-1"), None).await,
+        ConnectReturnCode::NotAuthorized,
+    );
+    refused_with(
+        Raw::connect(w.addr, &w.client_id("dev-1"), Some(("dev-1", "wrong"))).await,
+        ConnectReturnCode::BadUserNamePassword,
+    );
+    refused_with(
+        Raw::connect(
+            w.addr,
+            &w.client_id("dev-1"),
+            Some((&attacker.username, &attacker.password)),
+        )
+        .await,
+        ConnectReturnCode::BadClientId,
+    );
+    // A publish and a subscribe outside the attacker's own topics.
+    let mut a = Raw::device(&w, &attacker).await;
+    a.client
+        .publish(
+            w.topic("dev-1", Channel::Up),
+            QoS::AtLeastOnce,
+            false,
+            hello_bytes(),
+        )
+        .await
+        .unwrap();
+    a.expect_closed(|p| matches!(p, Packet::PubAck(_))).await;
+    w.wait_refused("publish_topic", 1).await;
+    let mut a = Raw::device(&w, &attacker).await;
+    a.client
+        .subscribe(w.topic("dev-1", Channel::Down), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    a.expect_closed(|p| matches!(p, Packet::SubAck(_))).await;
+    w.wait_refused("subscribe_topic", 1).await;
+    let after = scrape(&w).await;
+    for reason in [
+        "anonymous",
+        "bad_password",
+        "client_id",
+        "publish_topic",
+        "subscribe_topic",
+    ] {
+        assert_eq!(
+            after.get(&series(reason)),
+            Some(&1.0),
+            "{reason}: {after:?}"
+        );
+    }
+    // The attacker's two sessions were accepted before their refusals.
+    assert_eq!(after.get("drover_mqtt_gate_accepted_total"), Some(&2.0));
+    assert_eq!(w.snapshot().await, snapshot);
+}

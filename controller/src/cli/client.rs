@@ -164,6 +164,25 @@ impl ApiClient {
         self.finish(what, r).await
     }
 
+    /// POST `body` as `application/octet-stream` to `path?query` (a
+    /// streamed model upload).
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        let r = self
+            .auth(self.http.post(format!("{}{path}", self.base)))
+            .query(query)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await;
+        self.finish(what, r).await
+    }
+
     /// PUT JSON to `path`.
     pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,

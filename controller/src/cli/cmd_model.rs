@@ -4,10 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine as _;
 
 use super::{Ctx, Output, output};
-use crate::http::PushBody;
 use crate::registry::{ManifestView, ModelSummary, task_kind};
 
 /// `drover model` subcommands.
@@ -149,35 +147,49 @@ pub(crate) async fn run(cmd: ModelCmd, ctx: &Ctx) -> anyhow::Result<()> {
             fix_inputs,
             input_shapes,
         } => {
-            let onnx =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let (reference_csv, arrays) = match reference {
                 Some(p) => read_reference(&p)?,
                 None => (None, Vec::new()),
             };
-            let body = PushBody {
-                name,
-                onnx_base64: base64::engine::general_purpose::STANDARD.encode(&onnx),
-                reference_csv,
-                reference_arrays_base64: arrays
-                    .iter()
-                    .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
-                    .collect(),
-                labels,
-                latency_budget_ms,
-                parent,
-                alias,
-                fix_inputs,
-                input_shapes,
-                ..PushBody::default()
+            // The streamed upload: reference files first (their sizes in the
+            // query), then the model; the controller writes the model to
+            // disk as it arrives.
+            let mut query: Vec<(&str, String)> = vec![("name", name)];
+            let mut body = Vec::new();
+            if let Some(csv) = reference_csv {
+                query.push(("reference_csv_bytes", csv.len().to_string()));
+                body.extend_from_slice(csv.as_bytes());
+            }
+            for a in &arrays {
+                query.push(("reference_array_bytes", a.len().to_string()));
+                body.extend_from_slice(a);
+            }
+            drop(arrays);
+            if let Some(l) = labels {
+                query.push(("labels", l.join(",")));
+            }
+            query.extend(latency_budget_ms.map(|v| ("latency_budget_ms", v.to_string())));
+            query.extend(parent.map(|v| ("parent", v.to_string())));
+            query.extend(alias.map(|v| ("alias", v)));
+            query.extend(fix_inputs.into_iter().map(|v| ("fix_input", v)));
+            query.extend(input_shapes.into_iter().map(|v| ("input_shape", v)));
+            let size = {
+                use std::io::Read as _;
+                let mut f = std::fs::File::open(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+                body.reserve_exact(len);
+                f.read_to_end(&mut body)
+                    .with_context(|| format!("reading {}", file.display()))?
             };
             let pb = spinner(&format!(
-                "uploading {} ({} bytes) and profiling",
+                "uploading {} ({size} bytes) and profiling",
                 file.display(),
-                onnx.len()
             ));
-            let resp: anyhow::Result<serde_json::Value> =
-                ctx.client.post("model push", "/v1/models", &body).await;
+            let resp: anyhow::Result<serde_json::Value> = ctx
+                .client
+                .post_bytes("model push", "/v1/models", &query, body)
+                .await;
             pb.finish_and_clear();
             let resp = resp?;
             if ctx.output == Output::Json {

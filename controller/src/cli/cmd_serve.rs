@@ -72,6 +72,14 @@ pub struct ServeArgs {
     /// Days of telemetry to keep.
     #[arg(long, default_value_t = 7)]
     pub retention_days: u64,
+    /// Largest model upload, MiB (streamed to disk; a JSON push is capped
+    /// at 16 MiB whatever this says).
+    #[arg(long, default_value_t = crate::http::MAX_UPLOAD_BYTES / MIB)]
+    pub max_upload_mib: u64,
+    /// MiB of model uploads in flight at once; an upload that does not fit
+    /// is refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub upload_budget_mib: u64,
     /// Controller config file with `[retrain.<model>]` policies (default:
     /// DATA_DIR/controller.toml when it exists).
     #[arg(long)]
@@ -84,6 +92,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DROVER_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 }
+
+const MIB: u64 = 1024 * 1024;
 
 fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
     let http: SocketAddr = a
@@ -100,6 +110,14 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
     let fleet = FleetId::new(&a.fleet).map_err(|e| format!("--fleet: {e}"))?;
     let mut c = ServeConfig::new(a.data_dir.clone());
     c.http = http;
+    c.max_upload_bytes = a.max_upload_mib.saturating_mul(MIB);
+    c.upload_budget_bytes = a.upload_budget_mib.saturating_mul(MIB);
+    if c.upload_budget_bytes < c.max_upload_bytes {
+        return Err(format!(
+            "--upload-budget-mib {} is below --max-upload-mib {}: the largest upload could never start",
+            a.upload_budget_mib, a.max_upload_mib
+        ));
+    }
     c.broker = broker;
     c.fleet = fleet;
     c.username = a.username.clone();

@@ -1,8 +1,11 @@
-//! Upload admission: a model upload must say its size up front
-//! (`Content-Length`), stay under the per-upload cap, and fit in a global
-//! budget of bytes being uploaded at once; beyond the budget it is refused
-//! with 503 and `Retry-After` instead of growing the controller's memory
-//! (four parallel near-limit uploads once took it to 2.6 GB).
+//! Upload admission: a model upload must stay under the per-upload cap
+//! (a declared `Content-Length` over it is refused before a byte is read)
+//! and fit in a global budget of bytes being uploaded at once; beyond the
+//! budget it is refused with 503 and `Retry-After` rather than queued. An
+//! upload without `Content-Length` (chunked) reserves the whole cap, which
+//! the handler enforces while it streams. JSON pushes are capped at
+//! [`super::upload::MAX_JSON_PUSH_BYTES`]. (Four parallel near-limit uploads once
+//! took the controller to 2.6 GB.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,30 +86,38 @@ pub async fn admit(State(limits): State<UploadLimits>, req: Request, next: Next)
     if !is_upload(&req) {
         return next.run(req).await;
     }
-    let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return ApiError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "model uploads must send Content-Length",
-        )
-        .into_response();
+    let cap = if super::upload::is_octet_stream(req.headers()) {
+        limits.max_upload_bytes
+    } else {
+        limits
+            .max_upload_bytes
+            .min(super::upload::MAX_JSON_PUSH_BYTES)
     };
-    if len > limits.max_upload_bytes {
+    let declared = match req.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                return ApiError::bad_request(
+                    "bad_content_length",
+                    "Content-Length is not a number",
+                )
+                .into_response();
+            }
+        },
+    };
+    if let Some(len) = declared
+        && len > cap
+    {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!(
-                "upload of {len} bytes is over the {} byte limit",
-                limits.max_upload_bytes
-            ),
+            format!("upload of {len} bytes is over the {cap} byte limit"),
         )
         .into_response();
     }
+    // Unsized: reserve the most it may send.
+    let len = declared.unwrap_or(cap);
     let kib = u32::try_from(len.div_ceil(1024))
         .unwrap_or(u32::MAX)
         .clamp(1, limits.budget_kib.max(1));
@@ -121,7 +132,9 @@ pub async fn admit(State(limits): State<UploadLimits>, req: Request, next: Next)
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     };
-    let response = next.run(with_idle_timeout(req, limits.idle)).await;
+    let mut req = with_idle_timeout(req, limits.idle);
+    req.extensions_mut().insert(super::upload::UploadCap(cap));
+    let response = next.run(req).await;
     drop(permit);
     response
 }

@@ -10,6 +10,7 @@ pub(crate) mod retrain;
 pub mod rollouts;
 mod routes;
 pub mod server;
+pub mod upload;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -19,9 +20,10 @@ use crate::controller::Controller;
 
 pub use errors::{ApiError, ErrorBody};
 pub use routes::{DeployBody, DeviceAddBody, PushBody, RotateBody};
+pub use upload::{MAX_JSON_PUSH_BYTES, MAX_UPLOAD_BYTES};
 
-/// Largest request body (model uploads are base64 JSON).
-pub const MAX_BODY_BYTES: usize = 512 * 1024 * 1024;
+/// Largest body of every other JSON route.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// All routes of the controller API, with `controller` as state.
 pub fn router(controller: Controller) -> Router {

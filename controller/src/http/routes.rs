@@ -22,7 +22,7 @@ use drover_protocol::labels::{Selector, parse_labels};
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("request body: {e}")))
 }
@@ -163,7 +163,22 @@ pub struct PushBody {
     pub input_shapes: Vec<String>,
 }
 
-pub(crate) async fn push_model(State(c): State<Controller>, body: Bytes) -> ApiResult<Response> {
+/// `POST /v1/models`: a streamed upload (`application/octet-stream`, see
+/// [`super::upload`]) or, for small models, the JSON [`PushBody`] (at most
+/// [`super::upload::MAX_JSON_PUSH_BYTES`]).
+pub(crate) async fn push_model(
+    State(c): State<Controller>,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
+    if super::upload::is_octet_stream(req.headers()) {
+        return super::upload::push_stream(State(c), req).await;
+    }
+    let cap = req
+        .extensions()
+        .get::<super::upload::UploadCap>()
+        .map_or(super::upload::MAX_JSON_PUSH_BYTES, |c| c.0)
+        .min(super::upload::MAX_JSON_PUSH_BYTES);
+    let body = super::upload::collect(req.into_body(), cap).await?;
     let body: PushBody = parse_body(&body)?;
     let name = model_name(&body.name)?;
     let onnx = base64::engine::general_purpose::STANDARD
@@ -203,17 +218,7 @@ pub(crate) async fn push_model(State(c): State<Controller>, body: Bytes) -> ApiR
         ..PushRequest::default()
     };
     let stored = c.push_model(req).await?;
-    let view = Controller::manifest_view(&stored);
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({
-            "model": stored.manifest.model_ref().to_string(),
-            "name": view.name,
-            "version": view.version,
-            "manifest": view,
-        })),
-    )
-        .into_response())
+    Ok(super::upload::pushed(&stored))
 }
 
 pub(crate) async fn list_models(

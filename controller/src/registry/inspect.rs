@@ -112,7 +112,15 @@ impl LoadedModel {
 
     /// Loads `bytes` with fixed inputs and pinned shapes.
     pub fn load_with(bytes: &[u8], spec: &LoadSpec) -> Result<LoadedModel, InspectError> {
-        let model = Model::load(bytes, &load_options(spec)?)?;
+        Self::from_model(Model::load(bytes, &load_options(spec)?)?)
+    }
+
+    /// Loads the ONNX file at `path` (not read onto the heap first).
+    pub fn load_file(path: &std::path::Path, spec: &LoadSpec) -> Result<LoadedModel, InspectError> {
+        Self::from_model(Model::load_file(path, &load_options(spec)?)?)
+    }
+
+    fn from_model(model: Model) -> Result<LoadedModel, InspectError> {
         let inputs = model
             .schema()
             .inputs

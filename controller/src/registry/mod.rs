@@ -69,8 +69,11 @@ pub enum RegistryError {
 pub struct PushRequest {
     /// Model name (versions of one name form a lineage).
     pub name: Option<ModelName>,
-    /// The ONNX file.
+    /// The ONNX file (empty when [`PushRequest::onnx_file`] is set).
     pub onnx: Vec<u8>,
+    /// The ONNX file already on disk (a streamed upload): read from there,
+    /// never held in memory, and moved into the artifact store on success.
+    pub onnx_file: Option<OnnxFile>,
     /// Reference CSV: header, feature columns, optional `label` column.
     pub reference_csv: Option<Vec<u8>>,
     /// Reference data as `.npy` / `.npz` files, each one request (an
@@ -102,6 +105,40 @@ pub struct PushRequest {
     /// `--fix-input` / `--input-shape`: how to load the graph (recorded in
     /// the manifest so the agent loads it the same way).
     pub load: LoadSpec,
+}
+
+/// An uploaded ONNX file on disk, hashed while it was written.
+#[derive(Debug, Clone)]
+pub struct OnnxFile {
+    /// Where it is (inside the data dir, so it can be renamed into the store).
+    pub path: std::path::PathBuf,
+    /// SHA-256 of its bytes.
+    pub sha256: Sha256,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl PushRequest {
+    /// Digest and size of the model file, wherever it is.
+    pub fn artifact(&self) -> Artifact {
+        match &self.onnx_file {
+            Some(f) => Artifact {
+                sha256: f.sha256,
+                size: f.size,
+            },
+            None => Artifact {
+                sha256: Sha256::of(&self.onnx),
+                size: self.onnx.len() as u64,
+            },
+        }
+    }
+
+    fn load_model(&self) -> Result<LoadedModel, RegistryError> {
+        Ok(match &self.onnx_file {
+            Some(f) => LoadedModel::load_file(&f.path, &self.load)?,
+            None => LoadedModel::load_with(&self.onnx, &self.load)?,
+        })
+    }
 }
 
 /// Infers the task from the output schema: an int64 `[N]` output plus a
@@ -232,7 +269,7 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         .name
         .clone()
         .ok_or_else(|| RegistryError::Invalid("a model name is required".into()))?;
-    let model = LoadedModel::load_with(&req.onnx, &req.load)?;
+    let model = req.load_model()?;
     // One numeric input of rank <= 2 is a table row; images, audio frames and
     // sequences (rank >= 3) are profiled as tensors even when their shape is static.
     let tabular = model.inputs.len() == 1
@@ -446,10 +483,7 @@ fn assemble(
     ModelManifest {
         name,
         version: Version(0),
-        artifact: Artifact {
-            sha256: Sha256::of(&req.onnx),
-            size: req.onnx.len() as u64,
-        },
+        artifact: req.artifact(),
         inputs: model.inputs.clone(),
         outputs: model.outputs.clone(),
         task,

@@ -95,12 +95,30 @@ impl ModelStore {
         Ok(true)
     }
 
+    /// Moves an uploaded file (already hashed: `sha`) into the store unless
+    /// that artifact exists; returns whether this call created it. The file
+    /// is gone afterwards either way.
+    fn move_artifact(&self, file: &Path, sha: &Sha256) -> Result<bool, RegistryError> {
+        let path = self.artifact_path(sha);
+        let io = |e: std::io::Error| RegistryError::Io(format!("{}: {e}", path.display()));
+        if path.exists() {
+            let _ = std::fs::remove_file(file);
+            return Ok(false);
+        }
+        std::fs::rename(file, &path).map_err(io)?;
+        // The rename is durable once the directory entry is.
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(true)
+    }
+
     /// Stores a new version of `template.name`: writes the artifact, assigns
     /// the next version, signs, inserts and optionally moves `alias`, all or
     /// nothing. Blocking.
     pub fn insert(
         &self,
-        mut template: ModelManifest,
+        template: ModelManifest,
         artifact: &[u8],
         signer: &dyn Sign,
         alias: Option<&str>,
@@ -110,6 +128,39 @@ impl ModelStore {
             validate_alias(a)?;
         }
         let created = self.write_artifact(artifact)?;
+        self.commit(template, created, signer, alias, now)
+    }
+
+    /// [`ModelStore::insert`] for an artifact uploaded to `file` (synced,
+    /// on the data dir's file system, its digest in `template`): the file
+    /// is renamed into the store, never read here. On a refusal before the
+    /// rename the file is left to the caller.
+    pub fn insert_file(
+        &self,
+        template: ModelManifest,
+        file: &Path,
+        signer: &dyn Sign,
+        alias: Option<&str>,
+        now: Timestamp,
+    ) -> Result<StoredModel, RegistryError> {
+        if let Some(a) = alias {
+            validate_alias(a)?;
+        }
+        let created = self.move_artifact(file, &template.artifact.sha256)?;
+        self.commit(template, created, signer, alias, now)
+    }
+
+    /// Assigns the version, signs and inserts; removes the artifact again
+    /// on failure when `created`.
+    fn commit(
+        &self,
+        mut template: ModelManifest,
+        created: bool,
+        signer: &dyn Sign,
+        alias: Option<&str>,
+        now: Timestamp,
+    ) -> Result<StoredModel, RegistryError> {
+        let sha = template.artifact.sha256;
         let result = (|| {
             let mut conn = self.db.lock();
             let tx = conn.transaction().map_err(DbError::from)?;
@@ -163,7 +214,7 @@ impl ModelStore {
             })
         })();
         if result.is_err() && created {
-            let _ = std::fs::remove_file(self.artifact_path(&Sha256::of(artifact)));
+            let _ = std::fs::remove_file(self.artifact_path(&sha));
         }
         result
     }

@@ -488,3 +488,49 @@ fn a_tabular_model_takes_reference_rows_as_npy() {
     }
     assert!(from_npy.reference.sources.is_empty());
 }
+
+#[test]
+fn a_model_on_disk_gives_the_same_manifest_and_is_moved_into_the_store() {
+    let (dir, s) = store();
+    let key = Ed25519Signer::from_seed([3; 32]);
+    let bytes = read("models/sensor_clf_v1.onnx");
+    let upload = dir.path().join("upload.part");
+    std::fs::write(&upload, &bytes).unwrap();
+    let in_memory = push_req(
+        "models/sensor_clf_v1.onnx",
+        Some("data/sensor_reference.csv"),
+    );
+    let on_disk = PushRequest {
+        onnx: Vec::new(),
+        onnx_file: Some(OnnxFile {
+            path: upload.clone(),
+            sha256: drover_protocol::Sha256::of(&bytes),
+            size: bytes.len() as u64,
+        }),
+        ..in_memory.clone()
+    };
+    let a = build_manifest(&on_disk, NOW).unwrap();
+    assert_eq!(a, build_manifest(&in_memory, NOW).unwrap());
+    // Refused before the move: the file is the caller's to remove.
+    assert!(
+        s.insert_file(a.clone(), &upload, &key, Some("Bad Alias"), NOW)
+            .is_err()
+    );
+    assert!(upload.exists());
+    let stored = s.insert_file(a.clone(), &upload, &key, None, NOW).unwrap();
+    assert!(!upload.exists(), "moved, not copied");
+    let artifact = s.artifact_path(&stored.manifest.artifact.sha256);
+    assert_eq!(std::fs::read(&artifact).unwrap(), bytes);
+    // The same bytes again: the stored artifact stays, the upload goes.
+    std::fs::write(&upload, &bytes).unwrap();
+    let again = s.insert_file(a, &upload, &key, None, NOW).unwrap();
+    assert_eq!(again.manifest.version, Version(2));
+    assert!(!upload.exists());
+    assert_eq!(std::fs::read(&artifact).unwrap(), bytes);
+    // A file that is not ONNX is refused like bytes that are not.
+    std::fs::write(&upload, read("data/sensor_reference.csv")).unwrap();
+    assert!(matches!(
+        build_manifest(&on_disk, NOW),
+        Err(RegistryError::Model(InspectError::NotOnnx(_)))
+    ));
+}
