@@ -427,7 +427,7 @@ async fn link_stalled_past_command_expiry() {
         .await
         .unwrap();
     // The late command was refused as expired, under its own sequence; a
-    // fresh one after it was accepted.
+    // fresh one after it was accepted and installed.
     let result: Option<String> = {
         let id = id.clone();
         w.running
@@ -451,7 +451,7 @@ async fn link_stalled_past_command_expiry() {
     );
     let (last, last_result) = last_command(&w, &id).await.unwrap();
     assert!(last > sent);
-    assert_eq!(last_result.as_deref(), Some("accepted"));
+    assert_eq!(last_result.as_deref(), Some("active"));
     w.assert_converged(
         &w.running.rollouts(),
         "link stalled past command expiry",
