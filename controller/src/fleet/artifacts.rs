@@ -81,13 +81,19 @@ impl ChunkScheduler {
         }
     }
 
-    /// Queues a job for `device`.
+    /// Queues a job for `device`. A request for a chunk already queued
+    /// for the device is taken as that one: an agent re-requests after its
+    /// request timeout, and behind a slow, rate-capped link the original is
+    /// often still waiting here; serving both would send the bytes twice.
     pub(crate) fn handle_request(
         &mut self,
         device: DeviceId,
         job: ChunkJob,
     ) -> Result<(), QueueFull> {
         let q = self.queues.entry(device.clone()).or_default();
+        if q.contains(&job) {
+            return Ok(());
+        }
         if q.len() >= self.cfg.per_device_queue {
             return Err(QueueFull);
         }
@@ -312,6 +318,24 @@ mod tests {
         assert_eq!(order, ["d0", "d1", "d2", "d0", "d0"]);
         assert_eq!(s.pending(), 0);
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_re_request_of_a_queued_chunk_is_served_once() {
+        let mut s = ChunkScheduler::new(ChunkConfig::with_rate(u64::MAX / 4), 0);
+        s.handle_request(dev(0), job(0, 10)).unwrap();
+        s.handle_request(dev(0), job(1, 10)).unwrap();
+        s.handle_request(dev(0), job(0, 10)).unwrap();
+        // Another device asking for the same chunk is its own request.
+        s.handle_request(dev(1), job(0, 10)).unwrap();
+        assert_eq!(s.pending(), 3);
+        let sent: Vec<(String, u64)> = std::iter::from_fn(|| s.poll_transmit(0))
+            .map(|(d, j)| (d.to_string(), j.offset))
+            .collect();
+        assert_eq!(sent, [("d0".into(), 0), ("d1".into(), 0), ("d0".into(), 1)]);
+        // Once sent, a new request for it is queued again (the chunk may be lost).
+        s.handle_request(dev(0), job(0, 10)).unwrap();
+        assert_eq!(s.pending(), 1);
     }
 
     #[test]
