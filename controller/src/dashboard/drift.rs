@@ -139,7 +139,7 @@ async fn model_drift(d: &Dashboard, o: &DriftOverview) -> Markup {
                 ]))
             p.note #{"drift-history-note-" (model)} {
                 (history.len()) " scheduled evaluation(s) shown, the latest " (DRIFT_CHART_POINTS) " at most (stored by the controller, "
-                a href={"/v1/drift/history?model=" (model)} { "/v1/drift/history" } ")"
+                code { "GET /v1/drift/history?model=" (model) } ")"
                 @if let Some(last) = history.last() { "; last: " (layout::time(last.at)) ", " (last.verdict) " (" (last.scope) ")" }
                 "."
             }
