@@ -159,22 +159,7 @@ impl Rollout {
                 }
                 let reason =
                     format!("every command expired before it arrived ({attempt} sent): {reason}");
-                event = Some((
-                    AuditKind::DeviceFailed {
-                        device: device.clone(),
-                        wave: d.wave,
-                        reason: reason.clone(),
-                        attempts: attempt,
-                    },
-                    format!(
-                        "{device} (wave {}): failed after {attempt} attempt(s): {reason}",
-                        d.wave + 1
-                    ),
-                ));
-                d.progress = Progress::Failed {
-                    reason,
-                    attempts: attempt,
-                };
+                event = Some(fail_device(d, device, reason, attempt));
             }
         });
         if let Some((kind, message)) = event {
@@ -378,22 +363,7 @@ impl Rollout {
                                 ),
                             ));
                         } else {
-                            event = Some((
-                                AuditKind::DeviceFailed {
-                                    device: device.clone(),
-                                    wave: d.wave,
-                                    reason: reason.clone(),
-                                    attempts: attempt,
-                                },
-                                format!(
-                                    "{device} (wave {}): failed after {attempt} attempt(s): {reason}",
-                                    d.wave + 1
-                                ),
-                            ));
-                            d.progress = Progress::Failed {
-                                reason,
-                                attempts: attempt,
-                            };
+                            event = Some(fail_device(d, device, reason, attempt));
                         }
                     }
                 }
@@ -699,4 +669,29 @@ impl Rollout {
     }
 
     // ----- outputs ------------------------------------------------------
+}
+
+/// Marks `d` failed for good after `attempt` attempts and returns the audit
+/// event that says so.
+fn fail_device(
+    d: &mut Device,
+    device: &DeviceId,
+    reason: String,
+    attempt: u32,
+) -> (AuditKind, String) {
+    let message = format!(
+        "{device} (wave {}): failed after {attempt} attempt(s): {reason}",
+        d.wave + 1
+    );
+    let kind = AuditKind::DeviceFailed {
+        device: device.clone(),
+        wave: d.wave,
+        reason: reason.clone(),
+        attempts: attempt,
+    };
+    d.progress = Progress::Failed {
+        reason,
+        attempts: attempt,
+    };
+    (kind, message)
 }
