@@ -614,6 +614,54 @@ async fn dashboard_pages_match_the_api_in_a_real_browser() {
         "paused"
     );
 
+    // Login CSRF: another site posting a (valid) token to the sign-in form
+    // cannot send the form's SameSite cookie, so no session is set.
+    let login = |cookie: Option<String>, field: Option<String>| {
+        let http = http.clone();
+        let token = operator.clone();
+        let url = format!("{base}/ui/login");
+        async move {
+            let mut body = format!("token={token}");
+            if let Some(f) = field {
+                body.push_str(&format!("&login_csrf={f}"));
+            }
+            let mut req = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+            if let Some(c) = cookie {
+                req = req.header("cookie", format!("drover_login={c}"));
+            }
+            let r = req.send().await.unwrap();
+            let session = r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .any(|v| v.to_str().unwrap().starts_with("drover_session=drv"));
+            (r.status().as_u16(), session)
+        }
+    };
+    let form = http.get(format!("{base}/ui/login")).send().await.unwrap();
+    let nonce = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("drover_login="))
+        .and_then(|v| v.split(';').next())
+        .expect("the sign-in form sets its login cookie")
+        .to_string();
+    assert!(
+        form.text().await.unwrap().contains(&nonce),
+        "and puts it in the form"
+    );
+    assert_eq!(login(None, Some(nonce.clone())).await, (403, false));
+    assert_eq!(login(Some(nonce.clone()), None).await, (403, false));
+    assert_eq!(
+        login(Some("0".repeat(32)), Some(nonce.clone())).await,
+        (403, false)
+    );
+    assert_eq!(login(Some(nonce.clone()), Some(nonce)).await, (303, true));
+
     fleet.shutdown().await;
     running.shutdown().await;
 }

@@ -36,13 +36,17 @@ fn csrf_of(token: &str) -> String {
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
@@ -192,11 +196,39 @@ async fn check_csrf(req: Request, expected: &str) -> Result<Request, Response> {
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-pub(super) async fn login_page() -> Response {
-    login_form(None).into_response()
+/// The sign-in form's own CSRF cookie: set with the form, `SameSite=Strict`,
+/// and required (equal to the form's hidden field) by the POST. A page on
+/// another site can post a token to `/ui/login` but cannot make the browser
+/// send this cookie, so it cannot sign a visitor in as someone else.
+const LOGIN_COOKIE: &str = "drover_login";
+
+pub(super) async fn login_page(State(d): State<Dashboard>) -> Response {
+    login_response(&d, StatusCode::OK, None)
 }
 
-fn login_form(error: Option<&str>) -> axum::response::Html<String> {
+/// The sign-in form with a fresh login CSRF value in its field and cookie.
+fn login_response(d: &Dashboard, status: StatusCode, error: Option<&str>) -> Response {
+    let mut nonce = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut nonce) {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error",
+            format!("no randomness for the sign-in form: {e}"),
+        );
+    }
+    let nonce = hex::encode(nonce);
+    let secure = if d.secure_cookie { "; Secure" } else { "" };
+    let cookie = format!(
+        "{LOGIN_COOKIE}={nonce}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
+    );
+    let mut r = (status, login_form(error, &nonce)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn login_form(error: Option<&str>, nonce: &str) -> axum::response::Html<String> {
     layout::bare_page(
         "Sign in",
         html! {
@@ -205,6 +237,7 @@ fn login_form(error: Option<&str>) -> axum::response::Html<String> {
                 ", or " code { "DATA_DIR/admin.token" } "). The dashboard allows what the token's role allows." }
             @if let Some(e) = error { p.error #login-error { (e) } }
             form method="post" action="/ui/login" {
+                input type="hidden" name="login_csrf" value=(nonce);
                 label for="token" { "API token" }
                 input #token type="password" name="token" autocomplete="off" required;
                 button #login type="submit" { "Sign in" }
@@ -216,16 +249,34 @@ fn login_form(error: Option<&str>) -> axum::response::Html<String> {
 #[derive(Debug, Deserialize)]
 pub(super) struct LoginForm {
     token: String,
+    #[serde(default)]
+    login_csrf: String,
 }
 
-pub(super) async fn login(State(d): State<Dashboard>, Form(f): Form<LoginForm>) -> Response {
+pub(super) async fn login(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let from_our_form = !f.login_csrf.is_empty()
+        && cookie(&headers, LOGIN_COOKIE).is_some_and(|c| c == f.login_csrf);
+    if !from_our_form {
+        tracing::warn!(target: "drover::audit", "dashboard sign-in refused: no matching login CSRF cookie");
+        return login_response(
+            &d,
+            StatusCode::FORBIDDEN,
+            Some(
+                "This sign-in did not come from this page (or the page is old): sign in again here.",
+            ),
+        );
+    }
     let token = f.token.trim();
     let Some(actor) = d.tokens.verify(token) else {
-        return (
+        return login_response(
+            &d,
             StatusCode::UNAUTHORIZED,
-            login_form(Some("That token is not valid.")),
-        )
-            .into_response();
+            Some("That token is not valid."),
+        );
     };
     tracing::info!(target: "drover::audit", by = %actor.name, role = %actor.role, "dashboard sign-in");
     let secure = if d.secure_cookie { "; Secure" } else { "" };
