@@ -21,6 +21,7 @@ pub mod disk;
 pub mod fast;
 pub mod fleet;
 pub mod invariants;
+pub mod metrics;
 pub mod net;
 pub mod procs;
 pub mod retrain_step;

@@ -648,22 +648,9 @@ async fn a_plaintext_broker_on_a_public_address_needs_an_explicit_flag() {
 
 /// `/metrics` (read with the admin token) as `series -> value`.
 async fn scrape(w: &World) -> std::collections::BTreeMap<String, f64> {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", w.running.http_url()))
-        .bearer_auth(w.running.admin_token().unwrap())
-        .send()
+    drover_sim::metrics::scrape(&w.running.http_url(), w.running.admin_token().unwrap())
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 #[tokio::test]

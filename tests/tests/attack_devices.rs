@@ -1423,23 +1423,10 @@ async fn a_device_with_a_skewed_clock_resyncs_and_replays_stay_refused() {
 }
 
 /// `/metrics` (read with the admin token) as `series -> value`.
-async fn scrape(rig: &Rig) -> BTreeMap<String, f64> {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", rig.running.http_url()))
-        .bearer_auth(rig.running.admin_token().unwrap())
-        .send()
+async fn scrape(rig: &Rig) -> std::collections::BTreeMap<String, f64> {
+    drover_sim::metrics::scrape(&rig.running.http_url(), rig.running.admin_token().unwrap())
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Each refusal class of the uplink guard (forged, unsigned, stale, future,

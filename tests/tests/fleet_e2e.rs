@@ -324,11 +324,9 @@ async fn agent_killed_mid_download_resumes_after_restart() {
 
 async fn served_bytes(running: &RunningController) -> u64 {
     let text = running.handle().metrics_text().await;
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some("drover_chunk_bytes_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
+    drover_sim::metrics::parse(&text)
+        .get("drover_chunk_bytes_total")
+        .map(|v| *v as u64)
         .unwrap_or_else(|| panic!("no drover_chunk_bytes_total on /metrics:\n{text}"))
 }
 
