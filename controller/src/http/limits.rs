@@ -98,23 +98,24 @@ pub async fn admit(State(limits): State<UploadLimits>, req: Request, next: Next)
         Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
             Some(n) => Some(n),
             None => {
-                return ApiError::bad_request(
-                    "bad_content_length",
-                    "Content-Length is not a number",
-                )
-                .into_response();
+                return unread_body(
+                    ApiError::bad_request("bad_content_length", "Content-Length is not a number")
+                        .into_response(),
+                );
             }
         },
     };
     if let Some(len) = declared
         && len > cap
     {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("upload of {len} bytes is over the {cap} byte limit"),
-        )
-        .into_response();
+        return unread_body(
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("upload of {len} bytes is over the {cap} byte limit"),
+            )
+            .into_response(),
+        );
     }
     // Unsized: reserve the most it may send.
     let len = declared.unwrap_or(cap);
@@ -130,11 +131,20 @@ pub async fn admit(State(limits): State<UploadLimits>, req: Request, next: Next)
         .into_response();
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
+        return unread_body(r);
     };
     let mut req = with_idle_timeout(req, limits.idle);
     req.extensions_mut().insert(super::upload::UploadCap(cap));
     let response = next.run(req).await;
     drop(permit);
     response
+}
+
+/// A refusal sent before the request body was read: the connection cannot
+/// carry another request (the unread body is still on it), so say so. A
+/// client that pooled it anyway failed its next request with a broken pipe.
+fn unread_body(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
