@@ -26,7 +26,7 @@ use crate::shadow::Shadow;
 use crate::shared::Shared;
 use crate::status::AgentStatus;
 use crate::store::{Pointers, Store, StoreError, StoreHandle};
-use crate::version::AGENT_VERSION;
+use crate::version::agent_version;
 
 /// Why the agent could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ pub struct Agent {
 
 fn initial_hello(cfg: &AgentConfig, p: &Pointers, trust: &TrustState, depth: usize) -> Hello {
     Hello {
-        agent_version: AGENT_VERSION.to_string(),
+        agent_version: agent_version().to_string(),
         arch: std::env::consts::ARCH.to_string(),
         hardware: cfg.hardware.clone(),
         labels: cfg.labels.clone(),
@@ -202,7 +202,7 @@ impl Agent {
         let status = AgentStatus {
             device: config.device_id.to_string(),
             fleet: config.fleet.to_string(),
-            agent_version: AGENT_VERSION.to_string(),
+            agent_version: agent_version().to_string(),
             ..AgentStatus::default()
         };
         let shared = Arc::new(Shared {

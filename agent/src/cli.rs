@@ -204,7 +204,15 @@ fn write_private(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
 /// for `run`, start the runtime, dispatch, map errors to exit codes. The
 /// binary and the simulator's fault-point build (`drover-sim-agent`) share it.
 pub fn main() -> std::process::ExitCode {
+    main_as(crate::version::AGENT_VERSION)
+}
+
+/// [`main`] for a binary that runs as `version` (`major.minor.patch`)
+/// instead of this build's [`crate::version::AGENT_VERSION`]: the
+/// simulator's second agent build, which update tests roll out.
+pub fn main_as(version: &'static str) -> std::process::ExitCode {
     use std::process::ExitCode;
+    crate::version::set_running(version);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -368,12 +376,14 @@ async fn run(
 
 /// The boot check; `Some` when this start is a trial that must confirm.
 fn running_version() -> Result<drover_protocol::manifest::AgentVersion, CliError> {
-    drover_protocol::manifest::AgentVersion::parse(crate::AGENT_VERSION).ok_or_else(|| {
-        CliError::failure(anyhow::anyhow!(
-            "this build's version {:?} is not major.minor.patch",
-            crate::AGENT_VERSION
-        ))
-    })
+    drover_protocol::manifest::AgentVersion::parse(crate::version::agent_version()).ok_or_else(
+        || {
+            CliError::failure(anyhow::anyhow!(
+                "this build's version {:?} is not major.minor.patch",
+                crate::version::agent_version()
+            ))
+        },
+    )
 }
 
 fn boot_check(
@@ -436,7 +446,10 @@ async fn confirm_update(
             if let Err(e) = bin.apply(machine.record(), &actions) {
                 tracing::error!(error = %e, "cannot record the confirmed agent binary");
             }
-            tracing::info!(version = crate::AGENT_VERSION, "new agent binary confirmed");
+            tracing::info!(
+                version = crate::version::agent_version(),
+                "new agent binary confirmed"
+            );
             return true;
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {

@@ -144,6 +144,9 @@ pub struct AgentConfig {
     /// Largest model artifact accepted, bytes.
     #[serde(default = "defaults::max_model_bytes")]
     pub max_model_bytes: u64,
+    /// Largest agent binary (`drover agent` release) accepted, bytes.
+    #[serde(default = "defaults::max_agent_bytes")]
+    pub max_agent_bytes: u64,
     /// Model files (active, previous, shadow and a download) may use at most
     /// this much disk, bytes.
     #[serde(default = "defaults::disk_budget_bytes")]
@@ -219,6 +222,9 @@ mod defaults {
         300_000
     }
     pub(super) fn max_model_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    pub(super) fn max_agent_bytes() -> u64 {
         256 * 1024 * 1024
     }
     pub(super) fn disk_budget_bytes() -> u64 {
@@ -376,6 +382,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
         "Largest model artifact accepted, bytes.",
     ),
     (
+        "max_agent_bytes",
+        Kind::Int,
+        "Largest agent binary (self-update release) accepted, bytes.",
+    ),
+    (
         "disk_budget_bytes",
         Kind::Int,
         "Disk budget for model files, bytes.",
@@ -528,6 +539,7 @@ impl AgentConfig {
             chunk_timeout_ms: defaults::chunk_timeout_ms(),
             download_stall_ms: defaults::download_stall_ms(),
             max_model_bytes: defaults::max_model_bytes(),
+            max_agent_bytes: defaults::max_agent_bytes(),
             disk_budget_bytes: defaults::disk_budget_bytes(),
             guard_max_error_rate: defaults::guard_max_error_rate(),
             guard_min_samples: defaults::guard_min_samples(),
@@ -654,7 +666,7 @@ impl AgentConfig {
         drover_protocol::labels::check_labels(&self.labels)
             .map_err(|e| invalid("labels", e.to_string()))?;
         self.device_signer()?;
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 13] = [
             ("max_body_bytes", self.max_body_bytes as u64),
             ("outbox_capacity", self.outbox_capacity as u64),
             ("outbox_max_in_flight", self.outbox_max_in_flight as u64),
@@ -664,6 +676,7 @@ impl AgentConfig {
             ("chunk_timeout_ms", self.chunk_timeout_ms),
             ("download_stall_ms", self.download_stall_ms),
             ("max_model_bytes", self.max_model_bytes),
+            ("max_agent_bytes", self.max_agent_bytes),
             ("shadow_queue", self.shadow_queue as u64),
             ("keep_alive_secs", self.keep_alive_secs),
             ("reconnect_min_ms", self.reconnect_min_ms),

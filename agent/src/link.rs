@@ -341,7 +341,7 @@ impl Manager {
         let active = self.hello.borrow().active.clone();
         self.announced = Some(active.clone());
         codec::encode_status(&Status::Online {
-            agent_version: crate::version::AGENT_VERSION.to_string(),
+            agent_version: crate::version::agent_version().to_string(),
             active,
         })
         .ok()

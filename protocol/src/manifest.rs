@@ -339,6 +339,28 @@ impl AgentVersion {
         }
         Some(v)
     }
+
+    /// This version as one ordered number (`major << 32 | minor << 16 |
+    /// patch`): the rollout engine orders and compares the versions it
+    /// rolls out as [`Version`]s, and an agent rollout's are these.
+    pub fn packed(self) -> Version {
+        Version(
+            (u64::from(self.major) << 32) | (u64::from(self.minor) << 16) | u64::from(self.patch),
+        )
+    }
+
+    /// The inverse of [`AgentVersion::packed`]; `None` for a number no
+    /// agent version packs to.
+    pub fn from_packed(v: Version) -> Option<AgentVersion> {
+        if v.0 >> 48 != 0 {
+            return None;
+        }
+        Some(AgentVersion {
+            major: (v.0 >> 32) as u16,
+            minor: (v.0 >> 16) as u16,
+            patch: v.0 as u16,
+        })
+    }
 }
 
 impl std::fmt::Display for AgentVersion {
@@ -398,6 +420,9 @@ mod tests {
         let b = AgentVersion::parse("0.10.2-rc1").unwrap();
         assert!(a < b);
         assert_eq!(b.to_string(), "0.10.2");
+        assert!(a.packed() < b.packed());
+        assert_eq!(AgentVersion::from_packed(b.packed()), Some(b));
+        assert_eq!(AgentVersion::from_packed(Version(1 << 48)), None);
         assert!(AgentVersion::parse("1.2").is_none());
         assert!(AgentVersion::parse("1.2.3.4").is_none());
         assert!(AgentVersion::parse("x.1.1").is_none());

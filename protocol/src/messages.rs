@@ -73,6 +73,10 @@ pub enum AgentUpdatePhase {
         /// Why (`agent_start_failed`, `agent_unconfirmed`).
         reason: Reason,
     },
+    /// The release's version runs and is connected: the device was already
+    /// on it when commanded, or a new binary came up and confirmed its
+    /// health (appended last: earlier variants keep their tags).
+    Running,
 }
 
 /// An encoded [`Up`] sealed by the device key: who, a per-device strictly

@@ -123,6 +123,8 @@ reason_codes! {
     /// A new agent binary did not reach the broker within its deadline; the
     /// previous binary runs again.
     AgentUnconfirmed = "agent_unconfirmed", retry: false;
+    /// An agent release larger than the device accepts (`max_agent_bytes`).
+    ReleaseTooLarge = "release_too_large", retry: false;
 
     // ---- trust (see `TrustError`) ----
     /// The key list is not signed by the pinned root key.

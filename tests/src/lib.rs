@@ -8,6 +8,8 @@
 //! - [`disk`]: a small mounted filesystem for the full-disk fault.
 //! - [`procs`]: real `drover-agent` / `drover serve` children for the fault
 //!   matrix (killed, or aborted at a named fault point).
+//! - [`service`]: an agent run the way its systemd unit runs it (boot check,
+//!   `bin/current`, restarted on exit), for the agent update tests.
 //! - [`demo`]: the narrated end-to-end demo (`drover-sim demo`).
 //! - [`fast`]: the fake-clock tier: sans-IO cores of thousands of devices, in memory.
 //! - [`bench`]: the scale run (`drover-sim bench`).
@@ -25,4 +27,5 @@ pub mod metrics;
 pub mod net;
 pub mod procs;
 pub mod retrain_step;
+pub mod service;
 pub mod summary;

@@ -10,8 +10,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use drover_agent::self_update::BinDir;
@@ -21,63 +19,10 @@ use drover_protocol::manifest::AgentVersion;
 use drover_protocol::messages::{AgentUpdatePhase, ReasonCode};
 use drover_protocol::release::Arch;
 use drover_sim::procs::ProcAgent;
+use drover_sim::service::AgentService;
 
 const AGENT_BIN: &str = env!("CARGO_BIN_EXE_drover-sim-agent");
 const STEP: Duration = Duration::from_secs(60);
-
-/// What systemd does with the unit: ExecStartPre, ExecStart, restart on
-/// failure; counts the starts that failed to execute at all.
-fn service_manager(
-    packaged: PathBuf,
-    current: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    stop: Arc<tokio::sync::Notify>,
-    exec_failures: Arc<AtomicU32>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let pre = tokio::process::Command::new(&packaged)
-                .arg("boot-check")
-                .arg("--config")
-                .arg(&config)
-                .status()
-                .await
-                .unwrap();
-            assert!(pre.success(), "boot-check failed: {pre:?}");
-            let logfile = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap();
-            let child = tokio::process::Command::new(&current)
-                .arg("run")
-                .arg("--boot-checked")
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .stdout(std::process::Stdio::null())
-                .stderr(logfile)
-                .kill_on_drop(true)
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(_) => {
-                    // The new binary cannot even execute: a failed start.
-                    exec_failures.fetch_add(1, Ordering::SeqCst);
-                    continue;
-                }
-            };
-            tokio::select! {
-                _ = child.wait() => {}
-                () = stop.notified() => {
-                    let _ = child.kill().await;
-                    return;
-                }
-            }
-        }
-    })
-}
 
 async fn online(agent: &ProcAgent) {
     tokio::time::timeout(STEP, async {
@@ -125,15 +70,11 @@ async fn bad_release_falls_back_to_the_packaged_binary_by_itself() {
     .await
     .unwrap();
     let bin = BinDir::new(&agent.config.data_dir);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let exec_failures = Arc::new(AtomicU32::new(0));
-    let manager = service_manager(
+    let service = AgentService::start(
         PathBuf::from(AGENT_BIN),
         bin.current(),
         agent.config_path.clone(),
         agent.log_path.clone(),
-        stop.clone(),
-        exec_failures.clone(),
     );
     online(&agent).await;
     // The controller knows the device's arch once its Hello is in.
@@ -167,7 +108,7 @@ async fn bad_release_falls_back_to_the_packaged_binary_by_itself() {
             if let Ok(Some(r)) = bin.load()
                 && r.trial.is_none()
                 && r.report.is_none()
-                && exec_failures.load(Ordering::SeqCst) >= 3
+                && service.exec_failures() >= 3
             {
                 return r;
             }
@@ -176,7 +117,7 @@ async fn bad_release_falls_back_to_the_packaged_binary_by_itself() {
     })
     .await
     .unwrap_or_else(|_| panic!("no fallback:\n{}", agent.log()));
-    assert_eq!(exec_failures.load(Ordering::SeqCst), 3);
+    assert_eq!(service.exec_failures(), 3);
     assert_eq!(record.good.file, PathBuf::from(AGENT_BIN));
     assert_eq!(
         std::fs::read_link(bin.current()).unwrap(),
@@ -215,8 +156,6 @@ async fn bad_release_falls_back_to_the_packaged_binary_by_itself() {
     );
     assert!(phases.contains(&AgentUpdatePhase::Restarting), "{phases:?}");
 
-    // notify_one keeps the permit if the manager is between starts.
-    stop.notify_one();
-    manager.await.unwrap();
+    service.stop().await.unwrap();
     running.shutdown().await;
 }

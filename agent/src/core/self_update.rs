@@ -96,7 +96,15 @@ pub struct BootRecord {
     pub floor: AgentVersion,
     /// A fallback not yet reported to the controller.
     pub report: Option<FallbackReport>,
+    /// Versions this device fell back from (newest last, at most
+    /// [`MAX_FELL_BACK`]): refused if offered again, so a command re-sent
+    /// after the fallback cannot start the same failing binary again.
+    #[serde(default)]
+    pub fell_back: Vec<AgentVersion>,
 }
+
+/// How many failed versions a [`BootRecord`] remembers.
+pub const MAX_FELL_BACK: usize = 16;
 
 impl BootRecord {
     /// The first record: the binary running now (the packaged one) is good.
@@ -107,6 +115,7 @@ impl BootRecord {
             previous: None,
             trial: None,
             report: None,
+            fell_back: Vec::new(),
         }
     }
 }
@@ -153,7 +162,9 @@ pub enum Admission {
 /// Decides whether `signed` may be installed on this device: signed by a
 /// listed `agents` key and unexpired ([`TrustState::verify_agent_release`]),
 /// for this `arch`, not below the floor (the higher of the record's floor
-/// and the running version) unless `rollback`, and no other trial pending.
+/// and the running version) unless `rollback`, at most `max_bytes` large,
+/// and no other trial pending.
+#[allow(clippy::too_many_arguments)]
 pub fn admit(
     trust: &TrustState,
     signed: &Signed<AgentRelease>,
@@ -161,6 +172,7 @@ pub fn admit(
     running: AgentVersion,
     record: &BootRecord,
     rollback: bool,
+    max_bytes: u64,
     now: Timestamp,
 ) -> Result<Admission, Reason> {
     let release = trust
@@ -170,6 +182,24 @@ pub fn admit(
     check_release_target(&release, arch, floor, rollback).map_err(|e| e.reason())?;
     if release.version == running {
         return Ok(Admission::AlreadyRunning);
+    }
+    if record.fell_back.contains(&release.version) {
+        return Err(Reason::new(
+            ReasonCode::AgentStartFailed,
+            format!(
+                "agent {} failed to come up on this device before (it fell back); releases are immutable, push a new version",
+                release.version
+            ),
+        ));
+    }
+    if release.artifact.size > max_bytes {
+        return Err(Reason::new(
+            ReasonCode::ReleaseTooLarge,
+            format!(
+                "agent {} is {} bytes; this device takes at most {max_bytes} (max_agent_bytes)",
+                release.version, release.artifact.size
+            ),
+        ));
     }
     if let Some(t) = &record.trial {
         return Err(Reason::new(
@@ -351,6 +381,12 @@ impl SelfUpdate {
         self.confirm_by = None;
         let mut actions = vec![BootAction::Persist];
         if let Some(trial) = self.record.trial.take() {
+            let failed = &mut self.record.fell_back;
+            failed.retain(|v| *v != trial.slot.version);
+            failed.push(trial.slot.version);
+            if failed.len() > MAX_FELL_BACK {
+                failed.remove(0);
+            }
             self.record.report = Some(FallbackReport {
                 from: trial.slot.version,
                 to: self.record.good.version,

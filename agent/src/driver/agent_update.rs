@@ -150,15 +150,30 @@ impl Driver {
             agent_version(),
             &record,
             rollback,
+            self.cfg.max_agent_bytes,
             now,
         ) {
             Ok(Admission::Install(r)) => r,
             Ok(Admission::AlreadyRunning) => {
                 tracing::info!(seq, version = %offered, "agent update: this version already runs");
-                return;
+                return self.update_report(seq, offered, AgentUpdatePhase::Running);
             }
             Err(r) => return self.update_report(seq, offered, AgentUpdatePhase::Failed(r)),
         };
+        // The same release again (the controller re-sent its command after
+        // a reconnect): the download goes on under the newer sequence.
+        if let Some(job) = self.agent_update.as_mut()
+            && job.release.artifact.sha256 == release.artifact.sha256
+        {
+            job.seq = seq;
+            let (received, total) = (job.received, release.artifact.size);
+            self.update_report(
+                seq,
+                release.version,
+                AgentUpdatePhase::Downloading { received, total },
+            );
+            return self.rerequest_agent_chunks(now);
+        }
         if let Some(old) = self.agent_update.take() {
             let _ = std::fs::remove_file(&old.partial);
             tracing::info!(old = %old.release.version, new = %release.version, "agent update superseded");
@@ -169,40 +184,48 @@ impl Driver {
             .join("partial")
             .join(format!("agent-{}.part", release.artifact.sha256.to_hex()));
         let p = partial.clone();
-        // A new download starts from nothing (a stale partial is dropped).
-        let prepared = blocking(move || -> std::io::Result<()> {
+        let size = release.artifact.size;
+        // Bytes an earlier run of this download left (chunks are written in
+        // order, so the file is a prefix) are kept: it resumes from there. A
+        // file longer than the release is not a prefix of it and goes.
+        let prepared = blocking(move || -> std::io::Result<u64> {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            match std::fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+            match std::fs::metadata(&p) {
+                Ok(m) if m.len() <= size => Ok(m.len()),
+                Ok(_) => std::fs::remove_file(&p).map(|()| 0),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                Err(e) => Err(e),
             }
         })
         .await;
-        if !matches!(prepared, Ok(Ok(()))) {
+        let Ok(Ok(held)) = prepared else {
             let r = Reason::new(
                 ReasonCode::WriteFailed,
                 "cannot prepare the download directory",
             );
             return self.update_report(seq, release.version, AgentUpdatePhase::Failed(r));
+        };
+        if held > 0 {
+            tracing::info!(version = %release.version, held, total = size, "agent download resumes");
         }
         self.update_report(
             seq,
             release.version,
             AgentUpdatePhase::Downloading {
-                received: 0,
-                total: release.artifact.size,
+                received: held,
+                total: size,
             },
         );
         self.agent_update = Some(UpdateJob {
             seq,
             release,
             partial,
-            received: 0,
-            requested: 0,
+            received: held,
+            requested: held,
             asked_at: now,
-            reported: 0,
+            reported: held,
         });
         self.request_agent_chunks(now);
         self.finish_agent_update_if_complete().await;

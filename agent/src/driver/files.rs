@@ -13,7 +13,7 @@ use crate::config::AgentConfig;
 use crate::runtime::LoadedModel;
 
 pub(super) fn agent_version() -> AgentVersion {
-    AgentVersion::parse(crate::version::AGENT_VERSION).unwrap_or_default()
+    AgentVersion::parse(crate::version::agent_version()).unwrap_or_default()
 }
 
 pub(super) async fn blocking<R: Send + 'static>(

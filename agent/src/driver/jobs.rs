@@ -531,6 +531,18 @@ impl Driver {
                         s.remove_model(&m.model)?;
                     }
                 }
+                // The newest agent download left by an earlier run is kept
+                // even with no job owning it: the UpdateAgent command sent
+                // again after this restart resumes it (one update at a time).
+                let mut partial_keep = partial_keep;
+                let newest_agent_part = std::fs::read_dir(s.dir().join("partial"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+                    .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                    .max();
+                partial_keep.extend(newest_agent_part.map(|(_, p)| p));
                 for (dir, keep) in [("models", &kept_files), ("partial", &partial_keep)] {
                     let dir = s.dir().join(dir);
                     let Ok(entries) = std::fs::read_dir(&dir) else { continue };

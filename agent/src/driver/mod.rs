@@ -259,7 +259,7 @@ impl Driver {
     fn publish_state(&mut self) {
         let s = |m: &Option<ModelRef>| m.as_ref().map(ToString::to_string);
         let hello = Hello {
-            agent_version: crate::version::AGENT_VERSION.to_string(),
+            agent_version: crate::version::agent_version().to_string(),
             arch: std::env::consts::ARCH.to_string(),
             hardware: self.cfg.hardware.clone(),
             labels: self.cfg.labels.clone(),

@@ -51,7 +51,9 @@ pub enum RolloutCmd {
 /// `drover rollout start` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
-    /// NAME@VERSION to roll out.
+    /// NAME@VERSION of a model, or `agent@MAJOR.MINOR.PATCH` of an agent
+    /// release (`drover agent push`; each device gets the build for its
+    /// arch, e.g. with `--selector arch=aarch64`).
     pub model: String,
     /// Only devices whose labels match, e.g. `region=eu,hardware=rpi4`.
     #[arg(long)]
@@ -112,8 +114,14 @@ fn print_status(d: &Value) {
     output::pairs(&[
         ("rollout", s["id"].as_str().unwrap_or("").to_string()),
         (
-            "model",
-            format!("{}@{}", s["model"].as_str().unwrap_or(""), s["target"]),
+            "target",
+            s["target_label"]
+                .as_str()
+                .filter(|l| !l.is_empty())
+                .map_or_else(
+                    || format!("{}@{}", s["model"].as_str().unwrap_or(""), s["target"]),
+                    str::to_string,
+                ),
         ),
         ("selector", s["selector"].as_str().unwrap_or("").to_string()),
         ("phase", phase_text(s)),
@@ -122,7 +130,16 @@ fn print_status(d: &Value) {
     let rows = wave_rows(s);
     output::table(
         &[
-            "WAVE", "PERCENT", "TARGETED", "UPDATED", "FAILED", "SILENT", "PENDING", "RESULT",
+            "WAVE",
+            "PERCENT",
+            "TARGETED",
+            "UPDATED",
+            "FAILED",
+            "SILENT",
+            "PENDING",
+            "RESULT",
+            "VERSIONS",
+            "FALLBACKS",
         ],
         &rows,
     );
@@ -316,6 +333,17 @@ fn wave_rows(s: &Value) -> Vec<Vec<String>> {
                             .map(|_| "passed".to_string())
                             .or_else(|| w["failed_at"].as_u64().map(|_| "failed".into()))
                             .unwrap_or_default(),
+                        // Devices per version they run now: `0.1.0:3 0.2.0:1`.
+                        w["versions"]
+                            .as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(v, n)| format!("{v}:{n}"))
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .unwrap_or_default(),
+                        num(w, "fallbacks"),
                     ]
                 })
                 .collect()
@@ -333,11 +361,13 @@ mod tests {
             {"wave": 1, "percent": 10.0, "targeted": 1, "updated": 1, "failed": 0,
              "silent": 0, "pending": 0, "passed_at": 5},
             {"wave": 2, "percent": 100.0, "targeted": 9, "updated": 0, "failed": 0,
-             "silent": 0, "pending": 9},
+             "silent": 0, "pending": 9, "versions": {"0.1.0": 8, "0.2.0": 1}, "fallbacks": 1},
         ]});
         let rows = wave_rows(&s);
         assert_eq!(rows[0][0], "1");
         assert_eq!(rows[0][7], "passed");
         assert_eq!(rows[1][0], "2");
+        assert_eq!(rows[1][8], "0.1.0:8 0.2.0:1");
+        assert_eq!(rows[1][9], "1");
     }
 }

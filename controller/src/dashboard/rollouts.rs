@@ -114,7 +114,11 @@ pub(super) async fn rollout_page(
 fn summary(st: &RolloutStatus) -> Markup {
     html! {
         table #rollout-summary {
-            tr { th { "model" } td { a href={"/ui/models/" (st.model) "/" (st.target.0)} { (st.model) "@" (st.target.0) } } }
+            @if st.kind == crate::core::rollout::RolloutKind::Agent {
+                tr { th { "agent" } td { (st.target_label) } }
+            } @else {
+                tr { th { "model" } td { a href={"/ui/models/" (st.model) "/" (st.target.0)} { (st.model) "@" (st.target.0) } } }
+            }
             tr { th { "phase" } td #phase { b { (st.phase.name()) } (phase_detail(&st.phase)) } }
             tr { th { "selector" } td { code { (if st.selector.is_empty() { "(all)" } else { st.selector.as_str() }) } } }
             tr { th { "devices" } td #rollout-devices { (st.devices) @if st.departed > 0 { " (" (st.departed) " departed)" } } }

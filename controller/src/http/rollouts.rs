@@ -10,6 +10,7 @@ use axum::{Extension, Json, Router};
 
 use crate::auth::Actor;
 use drover_protocol::ModelRef;
+use drover_protocol::manifest::AgentVersion;
 use serde::{Deserialize, Serialize};
 
 use std::time::Duration;
@@ -77,12 +78,23 @@ fn bad(e: impl std::fmt::Display) -> ApiError {
 impl StartBody {
     /// Builds the engine's spec from the textual fields.
     pub fn to_spec(&self) -> Result<RolloutSpec, ApiError> {
-        let model: ModelRef = self.model.parse().map_err(bad)?;
-        let mut spec = RolloutSpec::new(
-            self.id.clone().unwrap_or_default(),
-            model.name,
-            model.version,
-        );
+        let id = self.id.clone().unwrap_or_default();
+        let mut spec = match self.model.strip_prefix("agent@") {
+            // `agent@0.2.0`: a release of the agent itself.
+            Some(v) => {
+                let version = AgentVersion::parse(v).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_rollout_spec",
+                        format!("agent version {v:?} is not major.minor.patch (e.g. agent@0.2.0)"),
+                    )
+                })?;
+                RolloutSpec::agent(id, version)
+            }
+            None => {
+                let model: ModelRef = self.model.parse().map_err(bad)?;
+                RolloutSpec::new(id, model.name, model.version)
+            }
+        };
         if let Some(s) = &self.selector {
             spec.selector = s.parse::<Selector>().map_err(bad)?;
         }

@@ -269,6 +269,12 @@ pub fn build_manifest(req: &PushRequest, now: Timestamp) -> Result<ModelManifest
         .name
         .clone()
         .ok_or_else(|| RegistryError::Invalid("a model name is required".into()))?;
+    if name.as_str() == crate::core::rollout::AGENT_TARGET {
+        // `drover rollout start agent@0.2.0` means the agent itself.
+        return Err(RegistryError::Invalid(
+            "the model name `agent` is reserved for agent releases (drover agent push); pick another".into(),
+        ));
+    }
     let model = req.load_model()?;
     // One numeric input of rank <= 2 is a table row; images, audio frames and
     // sequences (rank >= 3) are profiled as tensors even when their shape is static.

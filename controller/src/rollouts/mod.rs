@@ -16,15 +16,19 @@ pub(crate) mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use drover_protocol::messages::{Action, DeployPhase, ReasonCode};
-use drover_protocol::{DeviceId, ModelName, ModelRef, Timestamp, Version};
+use drover_protocol::manifest::AgentVersion;
+use drover_protocol::messages::{
+    Action, AgentUpdatePhase, AgentUpdateStatus, DeployPhase, ReasonCode,
+};
+use drover_protocol::release::Arch;
+use drover_protocol::{DeviceId, ModelRef, Timestamp, Version};
 use serde::Serialize;
 use tokio::sync::{Mutex, Notify, broadcast};
 
 use crate::controller::{Controller, DeviceEvent};
 use crate::core::rollout::{
-    DeployOutcome, DeviceView, Rollout, RolloutAction, RolloutCommand, RolloutError, RolloutSpec,
-    RolloutStatus,
+    DeployOutcome, DeviceView, Rollout, RolloutAction, RolloutCommand, RolloutError, RolloutKind,
+    RolloutSpec, RolloutStatus,
 };
 use crate::fleet::devices::DeviceInfo;
 
@@ -127,22 +131,57 @@ fn parse_ref(s: &Option<String>) -> Option<ModelRef> {
     s.as_deref().and_then(|s| s.parse().ok())
 }
 
-/// The inventory entry as the engine sees it, for one model.
-pub(crate) fn view_of(d: &DeviceInfo, model: &ModelName) -> Option<DeviceView> {
+/// The inventory entry as the engine sees it, for the rollout `spec`: the
+/// version of its model the device serves, or for an agent rollout the
+/// agent version it runs. The device's `hardware` and `arch` (from its
+/// Hello) are labels too, unless the registry sets them.
+pub(crate) fn view_of(d: &DeviceInfo, spec: &RolloutSpec) -> Option<DeviceView> {
     let id = DeviceId::new(d.id.clone()).ok()?;
     let mut labels = d.labels.clone();
     if let Some(h) = &d.hardware {
         labels.entry("hardware".into()).or_insert_with(|| h.clone());
     }
-    let version = parse_ref(&d.active)
-        .filter(|r| &r.name == model)
-        .map(|r| r.version);
+    if let Some(a) = d.arch.as_deref().and_then(Arch::parse) {
+        labels
+            .entry("arch".into())
+            .or_insert_with(|| a.as_str().to_string());
+    }
+    let version = match spec.kind {
+        RolloutKind::Model => parse_ref(&d.active)
+            .filter(|r| r.name == spec.model)
+            .map(|r| r.version),
+        RolloutKind::Agent => d
+            .agent_version
+            .as_deref()
+            .and_then(AgentVersion::parse)
+            .map(AgentVersion::packed),
+    };
     Some(DeviceView {
         id,
         labels,
         online: d.online,
         version,
         last_seen: Timestamp(d.last_seen.unwrap_or(0)),
+    })
+}
+
+/// An agent's report on an update of itself, as the engine's outcome.
+fn agent_outcome_of(status: &AgentUpdateStatus) -> Option<DeployOutcome> {
+    Some(match &status.phase {
+        AgentUpdatePhase::Running => DeployOutcome::Active {
+            version: status.version.packed(),
+        },
+        AgentUpdatePhase::Failed(reason) if reason.code == ReasonCode::Superseded => return None,
+        AgentUpdatePhase::Failed(reason) => DeployOutcome::Failed {
+            version: status.version.packed(),
+            reason: reason.to_string(),
+            retryable: reason.retryable(),
+        },
+        AgentUpdatePhase::FellBack { running, reason } => DeployOutcome::FellBack {
+            to: Some(running.packed()),
+            reason: format!("agent {} fell back to {running}: {reason}", status.version),
+        },
+        AgentUpdatePhase::Downloading { .. } | AgentUpdatePhase::Restarting => return None,
     })
 }
 
@@ -228,15 +267,25 @@ impl RolloutService {
         mut spec: RolloutSpec,
     ) -> Result<RolloutSummary, RolloutServiceError> {
         let ctl = &self.inner.ctl;
-        if ctl.model(&spec.model, spec.target).await?.is_none() {
-            return Err(RolloutServiceError::UnknownModel(format!(
-                "{}@{}",
-                spec.model, spec.target
-            )));
+        let known = match spec.kind {
+            RolloutKind::Model => ctl.model(&spec.model, spec.target).await?.is_some(),
+            RolloutKind::Agent => {
+                let label = spec.version_label(spec.target);
+                ctl.agent_releases()
+                    .await
+                    .map_err(|e| RolloutServiceError::Storage(e.to_string()))?
+                    .iter()
+                    .any(|r| r.version == label)
+            }
+        };
+        if !known {
+            return Err(RolloutServiceError::UnknownModel(spec.target_label()));
         }
         let now = ctl.now();
         if spec.id.is_empty() {
-            spec.id = format!("{}-v{}-{}", spec.model, spec.target, now.0 % 1_000_000_000);
+            // Ids take no dots: `agent@0.2.0` becomes `agent-v0-2-0-…`.
+            let version = spec.version_label(spec.target).replace('.', "-");
+            spec.id = format!("{}-v{version}-{}", spec.model, now.0 % 1_000_000_000);
         }
         let model = spec.model.to_string();
         let failed: BTreeSet<Version> = ctl
@@ -249,16 +298,30 @@ impl RolloutService {
         let devices = ctl
             .devices(&drover_protocol::labels::Selector::default())
             .await?;
-        let views: Vec<DeviceView> = devices
-            .iter()
-            .filter_map(|d| view_of(d, &spec.model))
-            .collect();
+        let views: Vec<DeviceView> = devices.iter().filter_map(|d| view_of(d, &spec)).collect();
         // Nothing to compare against when no matching device runs any
         // version of the model yet: a first install (see RolloutSpec::initial).
-        spec.initial = views
-            .iter()
-            .filter(|v| spec.selector.matches(&v.labels))
-            .all(|v| v.version.is_none());
+        // An agent rollout's gates read the models the devices serve: with
+        // none served anywhere, it advances on install success and bake alone.
+        spec.initial = match spec.kind {
+            RolloutKind::Model => views
+                .iter()
+                .filter(|v| spec.selector.matches(&v.labels))
+                .all(|v| v.version.is_none()),
+            RolloutKind::Agent => {
+                spec.gates.is_empty() && {
+                    let matching: BTreeSet<&DeviceId> = views
+                        .iter()
+                        .filter(|v| spec.selector.matches(&v.labels))
+                        .map(|v| &v.id)
+                        .collect();
+                    devices
+                        .iter()
+                        .filter(|d| matching.iter().any(|id| id.as_str() == d.id))
+                        .all(|d| d.active.is_none())
+                }
+            }
+        };
         let mut st = self.inner.state.lock().await;
         if st.rollouts.contains_key(&spec.id) {
             return Err(RolloutServiceError::Exists(spec.id));
@@ -368,9 +431,9 @@ impl RolloutService {
         let mut st = self.inner.state.lock().await;
         let live = live_ids(&st);
         for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
-            let model = r.spec().model.clone();
+            let spec = r.spec().clone();
             for d in &devices {
-                if let Some(v) = view_of(d, &model) {
+                if let Some(v) = view_of(d, &spec) {
                     let _ = r.handle_device(now, v);
                 }
             }
@@ -471,7 +534,7 @@ impl RolloutService {
             let mut st = self.inner.state.lock().await;
             let live = live_ids(&st);
             for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
-                if let Some(v) = view_of(&info, &r.spec().model.clone()) {
+                if let Some(v) = view_of(&info, &r.spec().clone()) {
                     // An error here is a device the engine does not know; it
                     // only matters for joiners, which handle_device admits.
                     let _ = r.handle_device(now, v);
@@ -487,7 +550,18 @@ impl RolloutService {
                 };
                 let live = live_ids(&st);
                 for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
-                    if r.spec().model == status.model.name {
+                    if r.spec().kind == RolloutKind::Model && r.spec().model == status.model.name {
+                        let _ = r.handle_deploy_report(now, &device, outcome.clone());
+                    }
+                }
+            }
+            DeviceEvent::AgentUpdate { device, status } => {
+                let Some(outcome) = agent_outcome_of(&status) else {
+                    return;
+                };
+                let live = live_ids(&st);
+                for r in st.rollouts.values_mut().filter(|r| live.contains(r.id())) {
+                    if r.spec().kind == RolloutKind::Agent {
                         let _ = r.handle_deploy_report(now, &device, outcome.clone());
                     }
                 }
@@ -557,6 +631,7 @@ impl RolloutService {
                     matches!(ev.event, crate::core::rollout::AuditKind::Completed { .. })
                 });
                 let (model, target) = (snapshot.spec().model.clone(), snapshot.spec().target);
+                let is_model = snapshot.spec().kind == RolloutKind::Model;
                 let baking = snapshot.phase().name() == "baking";
                 let id = snapshot.id().to_string();
                 // Persist before acting (the engine's persistence contract).
@@ -573,7 +648,7 @@ impl RolloutService {
                 if baking {
                     crate::fault::hit("rollout.bake");
                 }
-                if completed {
+                if completed && is_model {
                     // A version that reached every device is what drift is
                     // measured against from now on.
                     if let Err(e) = self.inner.ctl.set_alias(&model, "production", target).await {
@@ -634,44 +709,67 @@ impl RolloutService {
     async fn execute(&self, rollout: &str, action: RolloutAction) {
         let ctl = &self.inner.ctl;
         let device = action.device().clone();
-        let (model, version) = {
+        let (model, version, kind) = {
             let st = self.inner.state.lock().await;
             let Some(r) = st.rollouts.get(rollout) else {
                 return;
             };
-            (r.spec().model.clone(), r.spec().target)
+            (r.spec().model.clone(), r.spec().target, r.spec().kind)
         };
         let rollback = matches!(action, RolloutAction::Rollback { .. });
-        let (cmd, about) = match action {
-            RolloutAction::Deploy { version, .. } => match ctl.manifest(&model, version).await {
-                Ok(manifest) => (Action::Deploy { manifest }, version),
-                Err(e) => {
-                    tracing::error!(%device, error = %e, "no manifest to deploy");
+        let (cmd, about) = if kind == RolloutKind::Agent {
+            match self.agent_command(&device, action).await {
+                Ok(c) => c,
+                Err(outcome) => {
+                    // Nothing can be sent (no release for the device's
+                    // arch): the engine hears it as the device's report.
+                    tracing::warn!(rollout, %device, ?outcome, "agent rollout command not sent");
+                    let now = ctl.now();
+                    let mut st = self.inner.state.lock().await;
+                    if let Some(r) = st.rollouts.get_mut(rollout) {
+                        let _ = r.handle_deploy_report(now, &device, outcome);
+                    }
+                    drop(st);
+                    self.inner.wake.notify_one();
                     return;
                 }
-            },
-            RolloutAction::Shadow { version, .. } => match ctl.manifest(&model, version).await {
-                Ok(manifest) => (
-                    Action::Shadow {
-                        manifest,
-                        sample_per_mille: 1000,
+            }
+        } else {
+            match action {
+                RolloutAction::Deploy { version, .. } => {
+                    match ctl.manifest(&model, version).await {
+                        Ok(manifest) => (Action::Deploy { manifest }, version),
+                        Err(e) => {
+                            tracing::error!(%device, error = %e, "no manifest to deploy");
+                            return;
+                        }
+                    }
+                }
+                RolloutAction::Shadow { version, .. } => {
+                    match ctl.manifest(&model, version).await {
+                        Ok(manifest) => (
+                            Action::Shadow {
+                                manifest,
+                                sample_per_mille: 1000,
+                            },
+                            version,
+                        ),
+                        Err(e) => {
+                            tracing::error!(%device, error = %e, "no manifest to shadow");
+                            return;
+                        }
+                    }
+                }
+                RolloutAction::StopShadow { .. } => (Action::StopShadow, version),
+                RolloutAction::Rollback { to, .. } => (
+                    Action::Rollback {
+                        model: model.clone(),
+                        to: Some(to),
+                        reason: format!("rollout {rollout}"),
                     },
-                    version,
+                    to,
                 ),
-                Err(e) => {
-                    tracing::error!(%device, error = %e, "no manifest to shadow");
-                    return;
-                }
-            },
-            RolloutAction::StopShadow { .. } => (Action::StopShadow, version),
-            RolloutAction::Rollback { to, .. } => (
-                Action::Rollback {
-                    model: model.clone(),
-                    to: Some(to),
-                    reason: format!("rollout {rollout}"),
-                },
-                to,
-            ),
+            }
         };
         match ctl.send_command(&device, cmd).await {
             Ok(seq) => {
@@ -691,6 +789,50 @@ impl RolloutService {
                 }
             }
             Err(e) => tracing::warn!(%device, error = %e, "rollout command not sent"),
+        }
+    }
+}
+
+impl RolloutService {
+    /// The UpdateAgent command for `action` of an agent rollout: the
+    /// release of its version built for the device's arch (from its
+    /// Hello), marked as a rollback for one. `Err` is the outcome to
+    /// record instead when there is nothing to send.
+    async fn agent_command(
+        &self,
+        device: &DeviceId,
+        action: RolloutAction,
+    ) -> Result<(Action, Version), DeployOutcome> {
+        let (version, rollback) = match action {
+            RolloutAction::Deploy { version, .. } => (version, false),
+            RolloutAction::Rollback { to, .. } => (to, true),
+            // Refused by the spec (an agent has no shadow phase).
+            RolloutAction::Shadow { version, .. } => (version, false),
+            RolloutAction::StopShadow { .. } => {
+                return Err(DeployOutcome::Failed {
+                    version: Version(0),
+                    reason: "an agent has no shadow".into(),
+                    retryable: false,
+                });
+            }
+        };
+        let fail = |reason: String| DeployOutcome::Failed {
+            version,
+            reason,
+            retryable: false,
+        };
+        let Some(av) = AgentVersion::from_packed(version) else {
+            return Err(fail(format!("{version} is not an agent version")));
+        };
+        let info = self.inner.ctl.device(device).await.ok().flatten();
+        let Some(arch) = info.and_then(|i| i.arch).as_deref().and_then(Arch::parse) else {
+            return Err(fail(format!(
+                "{device} has not reported an arch Drover ships agents for"
+            )));
+        };
+        match self.inner.ctl.agent_release(av, arch).await {
+            Ok((_, release)) => Ok((Action::UpdateAgent { release, rollback }, version)),
+            Err(e) => Err(fail(e.to_string())),
         }
     }
 }
@@ -727,7 +869,7 @@ fn summary_of(r: &Rollout) -> RolloutSummary {
     let status = r.status();
     RolloutSummary {
         id: r.id().to_string(),
-        model: format!("{}@{}", r.spec().model, r.spec().target),
+        model: r.spec().target_label(),
         phase: r.phase().name().to_string(),
         active: r.is_active(),
         devices: status.devices,

@@ -402,9 +402,11 @@ fn cohort(
     if devices.is_empty() {
         return Ok((m, ScanStats::default()));
     }
+    // An agent rollout compares devices, whatever model they serve: its
+    // versions are agent versions, which no window names.
     let scan = WindowScan {
-        model: Some(req.model.as_str().to_owned()),
-        versions: Some(versions.iter().map(|v| v.0).collect()),
+        model: (!req.any_model).then(|| req.model.as_str().to_owned()),
+        versions: (!req.any_model).then(|| versions.iter().map(|v| v.0).collect()),
         role: Some(role.to_owned()),
         from_ms: Some(req.since.0),
         to_ms: Some(req.until.0),

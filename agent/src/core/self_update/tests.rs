@@ -145,6 +145,33 @@ fn three_failed_starts_fall_back_and_report_once() {
     );
     assert_eq!(m.take_report(), None);
     assert_eq!(restart(&m).take_report(), None);
+    // The failed version is remembered: offered again (a command re-sent
+    // after the fallback) it is refused, a newer one is not.
+    assert_eq!(m.record().fell_back, [v("0.2.0")]);
+    let keys = TestKeys::new(3);
+    let t = trusted(&keys);
+    let again = admit(
+        &t,
+        &signed(&keys, "0.2.0", Arch::Aarch64),
+        Arch::Aarch64,
+        v("0.1.0"),
+        m.record(),
+        false,
+        1 << 20,
+        NOW,
+    );
+    assert_eq!(again.unwrap_err().code, ReasonCode::AgentStartFailed);
+    let newer = admit(
+        &t,
+        &signed(&keys, "0.2.1", Arch::Aarch64),
+        Arch::Aarch64,
+        v("0.1.0"),
+        m.record(),
+        false,
+        1 << 20,
+        NOW,
+    );
+    assert!(matches!(newer, Ok(Admission::Install(_))));
 }
 
 #[test]
@@ -253,7 +280,16 @@ fn admission_checks_signature_role_arch_floor_and_pending_trials() {
     let t = trusted(&keys);
     let record = BootRecord::initial(packaged());
     let admit_ = |s: &Signed<AgentRelease>, record: &BootRecord, rollback: bool| {
-        admit(&t, s, Arch::Aarch64, v("0.1.0"), record, rollback, NOW)
+        admit(
+            &t,
+            s,
+            Arch::Aarch64,
+            v("0.1.0"),
+            record,
+            rollback,
+            1 << 20,
+            NOW,
+        )
     };
     let good = signed(&keys, "0.2.0", Arch::Aarch64);
     assert!(matches!(
@@ -318,9 +354,22 @@ fn admission_checks_signature_role_arch_floor_and_pending_trials() {
         v("0.1.0"),
         &BootRecord::initial(packaged()),
         false,
+        1 << 20,
         late,
     );
     assert_eq!(code(r), ReasonCode::ManifestExpired);
+    // Larger than the device takes.
+    let r = admit(
+        &trusted(&keys),
+        &good,
+        Arch::Aarch64,
+        v("0.1.0"),
+        &BootRecord::initial(packaged()),
+        false,
+        4,
+        NOW,
+    );
+    assert_eq!(code(r), ReasonCode::ReleaseTooLarge);
 }
 
 #[test]

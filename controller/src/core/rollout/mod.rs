@@ -160,7 +160,9 @@ mod types;
 
 pub use gates::{Baseline, CohortMetrics, ControlSource, Decision, GateResult};
 pub use machine::Rollout;
-pub use spec::{Gate, GateParseError, Metric, OnFail, Op, RolloutSpec, SpecError};
+pub use spec::{
+    AGENT_TARGET, Gate, GateParseError, Metric, OnFail, Op, RolloutKind, RolloutSpec, SpecError,
+};
 pub use types::{
     AuditEvent, AuditKind, Conflict, DeployOutcome, DeviceView, Membership, MetricsKind,
     MetricsRequest, PauseCause, Phase, ResumePoint, RollbackStatus, RolloutAction, RolloutCommand,

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use drover_protocol::labels::Selector;
+use drover_protocol::manifest::AgentVersion;
 use drover_protocol::{ModelName, Version};
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +109,19 @@ pub enum SpecError {
     /// A wave list did not parse.
     #[error("wave list {0:?} is not a comma-separated list of percentages")]
     BadWaves(String),
+    /// An agent rollout names a model.
+    #[error("an agent rollout is of `agent`, not of model {0:?}")]
+    AgentTarget(String),
+    /// An agent has no shadow mode: two agents cannot share a device.
+    #[error(
+        "an agent rollout has no shadow phase (one agent runs per device); gate it on its waves"
+    )]
+    AgentShadow,
+}
+
+fn agent_target() -> ModelName {
+    // A constant that validates: [a-z]+.
+    ModelName::new(AGENT_TARGET).unwrap_or_else(|_| unreachable!("`agent` is a valid name"))
 }
 
 /// Why a gate expression did not parse.
@@ -339,6 +353,23 @@ impl FromStr for OnFail {
     }
 }
 
+/// What a rollout rolls out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutKind {
+    /// A model version (`name@version`).
+    #[default]
+    Model,
+    /// An agent release (`agent@major.minor.patch`): the spec's model is
+    /// [`AGENT_TARGET`] and its versions are packed agent versions
+    /// ([`AgentVersion::packed`]).
+    Agent,
+}
+
+/// The name an agent rollout goes by (`agent@0.2.0`); the registry refuses
+/// models of this name.
+pub const AGENT_TARGET: &str = "agent";
+
 /// Everything an operator decides about one rollout. Build with
 /// [`RolloutSpec::new`] (all defaults), set fields, and [`RolloutSpec::validate`]
 /// (which [`crate::core::rollout::Rollout::new`] also does).
@@ -346,7 +377,10 @@ impl FromStr for OnFail {
 pub struct RolloutSpec {
     /// Rollout id: `[a-z0-9_-]{1,64}`; also salts the device order.
     pub id: String,
-    /// Model rolled out.
+    /// A model version, or an agent release.
+    #[serde(default)]
+    pub kind: RolloutKind,
+    /// Model rolled out ([`AGENT_TARGET`] for an agent release).
     pub model: ModelName,
     /// Version rolled out.
     pub target: Version,
@@ -415,6 +449,7 @@ impl RolloutSpec {
     pub fn new(id: impl Into<String>, model: ModelName, target: Version) -> RolloutSpec {
         RolloutSpec {
             id: id.into(),
+            kind: RolloutKind::Model,
             model,
             target,
             selector: Selector::default(),
@@ -439,6 +474,28 @@ impl RolloutSpec {
         }
     }
 
+    /// A spec with every default for rolling out agent `version`.
+    pub fn agent(id: impl Into<String>, version: AgentVersion) -> RolloutSpec {
+        let mut spec = RolloutSpec::new(id, agent_target(), version.packed());
+        spec.kind = RolloutKind::Agent;
+        spec
+    }
+
+    /// `version` as operators write it: the number for a model, the
+    /// `major.minor.patch` for an agent rollout.
+    pub fn version_label(&self, version: Version) -> String {
+        match self.kind {
+            RolloutKind::Model => version.to_string(),
+            RolloutKind::Agent => AgentVersion::from_packed(version)
+                .map_or_else(|| version.to_string(), |v| v.to_string()),
+        }
+    }
+
+    /// What is rolled out: `name@3`, `agent@0.2.0`.
+    pub fn target_label(&self) -> String {
+        format!("{}@{}", self.model, self.version_label(self.target))
+    }
+
     /// Checks every rule listed on the fields; the first broken one is returned.
     pub fn validate(&self) -> Result<(), SpecError> {
         let id_ok = !self.id.is_empty()
@@ -452,6 +509,14 @@ impl RolloutSpec {
         }
         if self.waves.len() < 2 {
             return Err(SpecError::TooFewWaves(self.waves.len()));
+        }
+        if self.kind == RolloutKind::Agent {
+            if self.model.as_str() != AGENT_TARGET {
+                return Err(SpecError::AgentTarget(self.model.to_string()));
+            }
+            if self.shadow_ms.is_some() {
+                return Err(SpecError::AgentShadow);
+            }
         }
         let mut previous = 0.0;
         for (index, &value) in self.waves.iter().enumerate() {

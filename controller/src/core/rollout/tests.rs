@@ -1670,4 +1670,5 @@ fn first_install_advances_on_installs_and_bake_without_comparisons() {
     assert_eq!(s.validate(), Err(SpecError::InitialWithGates));
 }
 
+mod agent;
 mod links;

@@ -94,6 +94,15 @@ pub enum DeployOutcome {
         /// Why.
         reason: String,
     },
+    /// An agent rollout: the new agent binary did not come up healthy and
+    /// the device went back to its previous agent on its own. Counted as a
+    /// failed install (never retried) and as a fallback of its wave.
+    FellBack {
+        /// The agent version running again.
+        to: Option<Version>,
+        /// Why (`agent_start_failed`, `agent_unconfirmed`).
+        reason: String,
+    },
 }
 
 /// Operator commands.
@@ -202,6 +211,11 @@ pub struct MetricsRequest {
     pub new_version: Version,
     /// The versions the control devices run.
     pub old_versions: Vec<Version>,
+    /// An agent rollout: `new_version` and `old_versions` are agent
+    /// versions, so both cohorts are read from the Active windows of any
+    /// model the devices serve (the candidate is the agent, not a model).
+    #[serde(default)]
+    pub any_model: bool,
 }
 
 /// A rollout stage: the shadow phase, or a wave (0-based; shown 1-based).
@@ -623,6 +637,15 @@ pub struct WaveStatus {
     pub evaluations: u64,
     /// The latest gate results.
     pub gates: Vec<GateResult>,
+    /// Devices of the wave per version they run now (as
+    /// [`RolloutSpec::version_label`](super::RolloutSpec::version_label)
+    /// writes it; `none` for no version).
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
+    /// Devices of the wave whose new agent fell back by itself (agent
+    /// rollouts; always 0 for models).
+    #[serde(default)]
+    pub fallbacks: u64,
 }
 
 /// The shadow phase in [`RolloutStatus`].
@@ -656,10 +679,16 @@ pub struct RollbackStatus {
 pub struct RolloutStatus {
     /// Rollout id.
     pub id: String,
-    /// Model.
+    /// A model or the agent.
+    #[serde(default)]
+    pub kind: super::spec::RolloutKind,
+    /// Model (`agent` for an agent rollout).
     pub model: ModelName,
     /// Target version.
     pub target: Version,
+    /// What is rolled out, as operators write it: `name@3`, `agent@0.2.0`.
+    #[serde(default)]
+    pub target_label: String,
     /// Selector as text.
     pub selector: String,
     /// Current phase.

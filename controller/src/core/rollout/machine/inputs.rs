@@ -201,6 +201,7 @@ impl Rollout {
                 exposed: view.version == Some(self.spec.target),
                 task: Task::Idle,
                 progress: Progress::Idle,
+                fell_back: false,
             };
             self.devices.insert(id.clone(), device);
             self.departed += 1;
@@ -294,6 +295,17 @@ impl Rollout {
         let max_attempts = self.spec.max_attempts;
         let base = self.spec.retry_backoff_ms;
         let mut event: Option<(AuditKind, String)> = None;
+        // A fallback is the agent's own rollback: handled as one, and counted.
+        let (outcome, fell_back) = match outcome {
+            DeployOutcome::FellBack { to, reason } => (
+                DeployOutcome::RolledBack {
+                    to,
+                    reason: format!("new agent fell back: {reason}"),
+                },
+                true,
+            ),
+            other => (other, false),
+        };
         self.update(device, |d| {
             d.online = true;
             d.last_seen = d.last_seen.max(now);
@@ -367,13 +379,17 @@ impl Rollout {
                         }
                     }
                 }
+                // Turned into RolledBack above.
+                DeployOutcome::FellBack { .. } => {}
                 DeployOutcome::RolledBack { to, reason } => {
                     d.current = to;
                     match d.task {
                         Task::Deploy if !matches!(d.progress, Progress::Failed { .. }) => {
-                            // The agent's local guard refused the candidate:
-                            // an install failure, and not one to retry.
+                            // The agent's local guard refused the candidate
+                            // (or its new binary fell back): an install
+                            // failure, and not one to retry.
                             d.exposed = false;
+                            d.fell_back |= fell_back;
                             let reason = format!("agent rolled back: {reason}");
                             event = Some((
                                 AuditKind::DeviceFailed {
@@ -384,7 +400,7 @@ impl Rollout {
                                 },
                                 format!("{device} (wave {}): {reason}", d.wave + 1),
                             ));
-                            d.progress = Progress::Failed {
+                                    d.progress = Progress::Failed {
                                 reason,
                                 attempts: 1,
                             };

@@ -78,6 +78,9 @@ struct Device {
     exposed: bool,
     task: Task,
     progress: Progress,
+    /// Its new agent fell back by itself (agent rollouts).
+    #[serde(default)]
+    fell_back: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -258,6 +261,7 @@ impl Rollout {
                     exposed: view.version == Some(spec.target),
                     task: Task::Idle,
                     progress: Progress::Idle,
+                    fell_back: false,
                 },
             );
         }

@@ -1,11 +1,11 @@
 //! Outputs: the actions, metrics requests, audit events and timeout the
 //! shell polls for, and the status snapshot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_protocol::{DeviceId, Timestamp};
 
-use crate::core::rollout::spec::RolloutSpec;
+use crate::core::rollout::spec::{RolloutKind, RolloutSpec};
 use crate::core::rollout::types::{
     AuditEvent, Conflict, DeviceView, MetricsKind, MetricsRequest, Phase, RollbackStatus,
     RolloutAction, RolloutStatus, ShadowStatus, Stage, StepCounts, WaveStatus,
@@ -103,6 +103,7 @@ impl Rollout {
             until: now,
             new_version: self.spec.target,
             old_versions: old_versions.into_iter().collect(),
+            any_model: self.spec.kind == RolloutKind::Agent,
         })
     }
 
@@ -160,6 +161,22 @@ impl Rollout {
 
     /// Everything `drover rollout status` shows.
     pub fn status(&self) -> RolloutStatus {
+        let mut versions: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); self.waves.len()];
+        let mut fallbacks = vec![0u64; self.waves.len()];
+        for d in self.devices.values().filter(|d| !d.departed) {
+            let w = d.wave as usize;
+            if let Some(m) = versions.get_mut(w) {
+                let label = d
+                    .current
+                    .map_or_else(|| "none".to_string(), |v| self.spec.version_label(v));
+                *m.entry(label).or_default() += 1;
+            }
+            if d.fell_back
+                && let Some(n) = fallbacks.get_mut(w)
+            {
+                *n += 1;
+            }
+        }
         let waves: Vec<WaveStatus> = self
             .waves
             .iter()
@@ -193,6 +210,8 @@ impl Rollout {
                     failed_at: w.record.failed_at,
                     evaluations: w.record.evaluations,
                     gates: w.record.gates.clone(),
+                    versions: std::mem::take(&mut versions[i]),
+                    fallbacks: fallbacks[i],
                 }
             })
             .collect();
@@ -223,8 +242,10 @@ impl Rollout {
         });
         RolloutStatus {
             id: self.spec.id.clone(),
+            kind: self.spec.kind,
             model: self.spec.model.clone(),
             target: self.spec.target,
+            target_label: self.spec.target_label(),
             selector: self.spec.selector.to_string(),
             phase: self.phase.clone(),
             active: self.phase.is_active(),
