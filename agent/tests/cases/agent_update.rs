@@ -88,7 +88,8 @@ fn futures_now(fut: impl std::future::Future<Output = ()>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_is_fetched_verified_staged_and_attacks_are_refused() {
-    let s = Setup::start("agent-update").await;
+    // Room for the 300 kB binary, not for much more.
+    let s = Setup::start_with("agent-update", |c| c.max_agent_bytes = 400_000).await;
     s.wait_key_list().await;
     let keys = &s.peer.keys;
     let bin = BinDir::new(s.dir.path());
@@ -128,6 +129,33 @@ async fn update_is_fetched_verified_staged_and_attacks_are_refused() {
     });
     let seq = update(&s, keys.sign_release(&evil)).await;
     assert_eq!(refused(&s, seq).await, ReasonCode::ArtifactMismatch);
+
+    // Larger than this device takes (max_agent_bytes).
+    let huge = keys.sign_release(&testkit::release(
+        "9.0.2",
+        host_arch(),
+        &vec![0u8; 1 + s.config.max_agent_bytes as usize],
+        t,
+    ));
+    let seq = update(&s, huge).await;
+    assert_eq!(refused(&s, seq).await, ReasonCode::ReleaseTooLarge);
+
+    // The version it runs: nothing to do, and it says so.
+    let same = keys.sign_release(&testkit::release(
+        drover_agent::AGENT_VERSION,
+        host_arch(),
+        &good_bytes,
+        t,
+    ));
+    let seq = update(&s, same).await;
+    s.peer
+        .wait("Running reported", STEP, |st| {
+            st.ups
+                .iter()
+                .any(|u| matches!(u, Up::AgentUpdate(a) if a.seq == seq && a.phase == AgentUpdatePhase::Running))
+                .then_some(())
+        })
+        .await;
 
     // After every refusal: nothing staged, no restart, still serving its
     // status and connected.
@@ -283,4 +311,45 @@ async fn a_model_deploy_during_the_download_keeps_its_partial_file() {
     );
     let target = std::fs::read_link(BinDir::new(s.dir.path()).current()).unwrap();
     assert_eq!(std::fs::read(target).unwrap(), bytes);
+}
+
+/// A download cut short (the agent restarted, the link dropped for good)
+/// resumes from the bytes its partial file holds: only the rest is asked
+/// for, and the whole still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_from_the_bytes_held() {
+    let s = Setup::start("agent-resume").await;
+    s.wait_key_list().await;
+    let keys = &s.peer.keys;
+    let bytes = binary(7);
+    let release = testkit::release("9.1.0", host_arch(), &bytes, now());
+    let held = bytes.len() / 2;
+    let partial = s.dir.path().join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(
+        partial.join(format!("agent-{}.part", release.artifact.sha256.to_hex())),
+        &bytes[..held],
+    )
+    .unwrap();
+    s.peer.add_artifact(&bytes);
+    let seq = update(&s, keys.sign_release(&release)).await;
+    tokio::time::timeout(STEP, s.agent().restart_requested())
+        .await
+        .expect("staged after the rest arrived");
+    let first = statuses(&s, seq).into_iter().next().unwrap().phase;
+    assert_eq!(
+        first,
+        AgentUpdatePhase::Downloading {
+            received: held as u64,
+            total: bytes.len() as u64
+        }
+    );
+    let served = s.peer.state().served.clone();
+    assert!(!served.is_empty());
+    assert!(
+        served.iter().all(|(_, offset, _)| *offset >= held as u64),
+        "only the missing bytes are fetched: {served:?}"
+    );
+    let target = std::fs::read_link(BinDir::new(s.dir.path()).current()).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), bytes);
 }
