@@ -16,7 +16,10 @@ Checks a drover-agent .deb (default: the newest target/cross/debian/drover-agent
      with its own dpkg database (maintainer scripts are not run by dpkg there)
   3. the files: /usr/bin/drover-agent (an ELF for the package's architecture;
      run with --version, natively or under qemu-user), the systemd unit and its
-     key settings, /etc/drover/agent.toml.example registered as a conffile
+     key settings, /etc/drover/agent.toml.example registered as a conffile;
+     on amd64 the update path: the unit's ExecStartPre (`boot-check`) on a
+     fresh data dir points bin/current (the unit's ExecStart) at the packaged
+     binary, which runs from there
   4. the maintainer scripts, run against the scratch root (DPKG_ROOT) with the
      system-changing commands (adduser, deb-systemd-helper, systemctl, chown...)
      replaced by stubs that only record their arguments:
@@ -164,6 +167,17 @@ if [ "$arch" = amd64 ]; then
     else
         fail "drover-agent install rejects the filled-in example: $out"
     fi
+    echo "-- the update path: ExecStartPre's boot-check makes bin/current, ExecStart runs it"
+    sed -e "s|^data_dir = .*|data_dir = \"$work/state\"|" "$work/agent.toml" >"$work/agent-state.toml"
+    if out=$("$bin" boot-check --config "$work/agent-state.toml" 2>&1); then
+        pass "drover-agent boot-check (ExecStartPre) exits 0 on a fresh data dir"
+    else
+        fail "drover-agent boot-check fails on a fresh data dir: $out"
+    fi
+    check "boot-check points bin/current at the packaged binary" \
+        test "$(readlink "$work/state/bin/current")" = "$(readlink -f "$bin")"
+    check "bin/current is what ExecStart can run (--version)" "$work/state/bin/current" --version
+    check "boot-check wrote its record bin/boot.json" test -f "$work/state/bin/boot.json"
 fi
 
 echo "-- maintainer scripts against the scratch root (stubbed system commands)"

@@ -84,6 +84,10 @@ pub struct StartArgs {
     /// Largest silent share of a wave that may advance, e.g. `5%`.
     #[arg(long)]
     pub max_silent: Option<String>,
+    /// Largest share of a wave whose install may fail (for an agent: a new
+    /// binary that fell back) before the wave fails, e.g. `5%`.
+    #[arg(long)]
+    pub max_failed: Option<String>,
     /// Interval between gate evaluations while baking, e.g. `1m`.
     #[arg(long, value_parser = duration::parse)]
     pub metrics_interval: Option<Duration>,
@@ -216,6 +220,7 @@ pub(crate) async fn run(cmd: RolloutCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 device_timeout: a.device_timeout,
                 on_fail: a.on_fail,
                 max_silent: a.max_silent,
+                max_failed: a.max_failed,
                 metrics_interval: a.metrics_interval,
                 rollback_rate_per_min: None,
                 latency_floor: a.latency_floor,

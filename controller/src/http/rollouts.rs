@@ -60,6 +60,9 @@ pub struct StartBody {
     /// `5%` or `0.05`.
     #[serde(default)]
     pub max_silent: Option<String>,
+    /// Largest failed-install share of a wave before it fails (`5%`, `0.05`).
+    #[serde(default)]
+    pub max_failed: Option<String>,
     /// Interval between gate evaluations while baking (`1m`).
     #[serde(default, with = "serde_text::option")]
     pub metrics_interval: Option<Duration>,
@@ -121,6 +124,9 @@ impl StartBody {
         }
         if let Some(s) = &self.max_silent {
             spec.max_silent = parse_fraction(s).map_err(bad)?;
+        }
+        if let Some(s) = &self.max_failed {
+            spec.max_failed = parse_fraction(s).map_err(bad)?;
         }
         if let Some(i) = self.metrics_interval {
             spec.metrics_interval_ms = millis(i);
