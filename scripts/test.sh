@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian
-# machine (a Mosquitto binary for broker-restart tests, Chromium and
-# chromedriver for the dashboard's browser test), then runs the whole
-# workspace's tests with one shared build.
+# machine (Mosquitto for broker-restart tests, NATS for its MQTT gateway,
+# Chromium and chromedriver for the dashboard's browser test), then runs the
+# whole workspace's tests with one shared build, and the agent's
+# broker-facing suite again against Mosquitto and NATS's MQTT gateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,8 @@ need_pkg() {
     fi
 }
 need_pkg mosquitto mosquitto
+# The agent's suite also runs against NATS's MQTT gateway (broker_matrix.sh).
+need_pkg nats-server nats-server
 # The dashboard's browser test drives headless Chromium through chromedriver.
 need_pkg chromium chromium
 need_pkg chromedriver chromium-driver
@@ -37,3 +40,6 @@ if ! (cd / && python3 -c "import onnx.numpy_helper") >/dev/null 2>&1; then
 fi
 
 cargo test --workspace "$@"
+# Agents against third-party brokers (Mosquitto, NATS's MQTT gateway), on
+# the same build.
+bash scripts/broker_matrix.sh
