@@ -199,6 +199,32 @@ async fn push_list_and_verify_agent_releases() {
         release
     );
     assert_ne!(c.keys_info().agents_public_key, info.agents_public_key);
+
+    // `drover rollout start agent@V` names a release (checked before any
+    // device is looked at), with a version in the agent's form.
+    let o = drover(&url, &["rollout", "start", "agent@9.9.9"]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("agent@9.9.9"), "{}", stderr(&o));
+    let o = drover(&url, &["rollout", "start", "agent@0.2"]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("major.minor.patch"), "{}", stderr(&o));
+    let o = drover(&url, &["rollout", "start", "agent@0.2.0", "--shadow", "5m"]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no shadow phase"), "{}", stderr(&o));
+    // A known release, but no device matches: refused like a model rollout.
+    let o = drover(
+        &url,
+        &[
+            "rollout",
+            "start",
+            "agent@0.2.0",
+            "--selector",
+            "arch=aarch64",
+        ],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("at least 2"), "{}", stderr(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -534,3 +534,16 @@ fn a_model_on_disk_gives_the_same_manifest_and_is_moved_into_the_store() {
         Err(RegistryError::Model(InspectError::NotOnnx(_)))
     ));
 }
+
+#[test]
+fn the_name_agent_is_reserved_for_agent_releases() {
+    let mut req = push_req(
+        "models/sensor_clf_v1.onnx",
+        Some("data/sensor_reference.csv"),
+    );
+    req.name = Some(ModelName::new("agent").unwrap());
+    match build_manifest(&req, NOW) {
+        Err(RegistryError::Invalid(msg)) => assert!(msg.contains("reserved"), "{msg}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
