@@ -26,7 +26,8 @@ use crate::keys::{self, KeyError, KeyInit, KeyStore, Keys};
 use crate::metrics::Metrics;
 use crate::registry::store::{ModelStore, StoredModel};
 use crate::registry::{self, ManifestView, ModelSummary, PushRequest, RegistryError};
-use crate::telemetry::query::{TelemetryFilter, TelemetrySummary};
+use crate::telemetry::query::TelemetryFilter;
+use crate::telemetry::summary::TelemetrySummary;
 
 /// Errors of controller operations (mapped to HTTP statuses in `http`).
 #[derive(Debug, thiserror::Error)]
@@ -837,7 +838,7 @@ impl Controller {
         let summary = self
             .inner
             .db
-            .call(move |c| crate::telemetry::query::summarize(c, &filter))
+            .call(move |c| crate::telemetry::summary::summarize(c, &filter))
             .await?;
         for _ in 0..summary.merged.undecodable_windows {
             self.inner.metrics.malformed("stored_window");

@@ -44,7 +44,27 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "agent_releases: signed agent binaries per version and arch",
         sql: AGENT_RELEASES_V4,
     },
+    Migration {
+        name: "telemetry: per-minute rollups by model, version, role and cohort",
+        sql: TELEMETRY_ROLLUPS_V5,
+    },
 ];
+
+/// Per-minute telemetry rollups (`crate::telemetry::rollup`).
+// Here rather than in telemetry/ (which imports this module): no import cycle.
+const TELEMETRY_ROLLUPS_V5: &str = r#"
+CREATE TABLE telemetry_rollups (
+    model    TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    role     TEXT NOT NULL,
+    cohort   TEXT NOT NULL,
+    minute   INTEGER NOT NULL,
+    windows  INTEGER NOT NULL,
+    merged   BLOB NOT NULL,
+    PRIMARY KEY (model, version, role, cohort, minute)
+) WITHOUT ROWID;
+CREATE INDEX telemetry_rollups_by_minute ON telemetry_rollups (minute);
+"#;
 
 /// Device keys (public half, hex) and each device's uplink position: the
 /// last accepted counter and its clock offset (see `core::uplink`).

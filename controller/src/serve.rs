@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub artifact_cache_bytes: usize,
     /// Telemetry windows older than this many days are pruned.
     pub telemetry_retention_days: u64,
+    /// Days of per-minute telemetry rollups to keep (they are small).
+    pub rollup_retention_days: u64,
     /// How long shutdown waits for tasks to drain.
     pub shutdown_grace: Duration,
     /// How long startup waits for the MQTT subscription.
@@ -118,6 +120,7 @@ impl ServeConfig {
             chunk_rate_bytes_per_sec: artifacts::DEFAULT_RATE_BYTES_PER_SEC,
             artifact_cache_bytes: 256 * 1024 * 1024,
             telemetry_retention_days: 7,
+            rollup_retention_days: 90,
             shutdown_grace: Duration::from_secs(5),
             mqtt_ready_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
@@ -562,6 +565,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         tokio::spawn(crate::telemetry::ingest::retention(
             controller.clone(),
             cfg.telemetry_retention_days,
+            cfg.rollup_retention_days,
             shutdown_rx.clone(),
         )),
     ]);

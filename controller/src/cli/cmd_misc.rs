@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::{Ctx, Output, output};
 use crate::fleet::devices::BrokerAcl;
-use crate::telemetry::query::TelemetrySummary;
+use crate::telemetry::summary::TelemetrySummary;
 
 /// `drover broker` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]

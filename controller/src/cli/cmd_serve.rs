@@ -69,9 +69,13 @@ pub struct ServeArgs {
     /// Global cap on artifact chunk traffic, bytes per second.
     #[arg(long, default_value_t = crate::fleet::artifacts::DEFAULT_RATE_BYTES_PER_SEC)]
     pub chunk_rate: u64,
-    /// Days of telemetry to keep.
+    /// Days of raw per-device telemetry windows to keep.
     #[arg(long, default_value_t = 7)]
     pub retention_days: u64,
+    /// Days of per-minute telemetry rollups (by model, version and cohort)
+    /// to keep; fleet-level queries read these.
+    #[arg(long, default_value_t = 90)]
+    pub rollup_retention_days: u64,
     /// Largest model upload, MiB (streamed to disk; a JSON push is capped
     /// at 16 MiB whatever this says).
     #[arg(long, default_value_t = crate::http::MAX_UPLOAD_BYTES / MIB)]
@@ -140,6 +144,7 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
     c.device_kdf_iterations = a.device_kdf_iterations;
     c.chunk_rate_bytes_per_sec = a.chunk_rate;
     c.telemetry_retention_days = a.retention_days;
+    c.rollup_retention_days = a.rollup_retention_days;
     c.retrain_config = a.config.clone();
     c.tls_cert = a.tls_cert.clone();
     c.tls_key = a.tls_key.clone();

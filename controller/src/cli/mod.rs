@@ -58,7 +58,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller (embedded broker, HTTP API, MQTT link).
-    Serve(cmd_serve::ServeArgs),
+    Serve(Box<cmd_serve::ServeArgs>),
     /// Signing keys.
     #[command(subcommand)]
     Keys(cmd_keys::KeysCmd),
@@ -140,7 +140,7 @@ pub async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => cmd_serve::main(args),
+        Command::Serve(args) => cmd_serve::main(*args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut script);

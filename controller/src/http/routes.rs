@@ -421,7 +421,7 @@ fn num(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<u64>> {
 pub(crate) async fn telemetry(
     State(c): State<Controller>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<crate::telemetry::query::TelemetrySummary>> {
+) -> ApiResult<Json<crate::telemetry::summary::TelemetrySummary>> {
     let mut f = TelemetryFilter {
         // Per-device breakdowns cost one histogram per device: only when
         // asked for, or when the query names devices.

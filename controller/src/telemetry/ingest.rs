@@ -47,6 +47,9 @@ pub(crate) fn store_batch(
 ) -> Result<BatchOutcome, DbError> {
     let tx = conn.transaction()?;
     let mut out = BatchOutcome::default();
+    // Windows stored now (not duplicates): merged into their rollups in
+    // the same transaction, so a rollup counts each window exactly once.
+    let mut new: Vec<(&DeviceId, &TelemetryWindow, &'static str)> = Vec::new();
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO telemetry (device, seq, model, version, role, start_ms, end_ms,
@@ -77,6 +80,7 @@ pub(crate) fn store_batch(
             touch.execute(params![device.as_str(), now.0 as i64])?;
             out.acks.entry(device.clone()).or_default().push(w.seq);
             if n == 1 {
+                new.push((device, w, role_word(w.role)));
                 out.stored.push((
                     device.clone(),
                     WindowSummary {
@@ -94,6 +98,7 @@ pub(crate) fn store_batch(
             }
         }
     }
+    super::rollup::add(&tx, &new)?;
     tx.commit()?;
     Ok(out)
 }
@@ -194,14 +199,29 @@ pub(crate) async fn run(
     }
 }
 
-/// The retention task: prunes at start and then every hour.
-pub(crate) async fn retention(ctrl: Controller, days: u64, mut shutdown: watch::Receiver<bool>) {
+/// The retention task: prunes raw windows older than `days` and rollups
+/// older than `rollup_days`, at start and then every hour.
+pub(crate) async fn retention(
+    ctrl: Controller,
+    days: u64,
+    rollup_days: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let period = std::time::Duration::from_secs(3600);
+    let ago =
+        |d: u64, now: Timestamp| Timestamp(now.0.saturating_sub(d.saturating_mul(86_400_000)));
     loop {
-        let cutoff = Timestamp(ctrl.now().0.saturating_sub(days.saturating_mul(86_400_000)));
-        match ctrl.db().call(move |c| prune(c, cutoff)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(windows = n, days, "pruned old telemetry"),
+        let now = ctrl.now();
+        let (cutoff, rollup_cutoff) = (ago(days, now), ago(rollup_days, now));
+        let pruned = ctrl
+            .db()
+            .call(move |c| Ok((prune(c, cutoff)?, super::rollup::prune(c, rollup_cutoff)?)))
+            .await;
+        match pruned {
+            Ok((0, 0)) => {}
+            Ok((windows, rollups)) => {
+                tracing::info!(windows, rollups, days, rollup_days, "pruned old telemetry");
+            }
             Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
         }
         tokio::select! {
@@ -256,7 +276,7 @@ mod tests {
             per_device: true,
             ..Default::default()
         };
-        let s = crate::telemetry::query::summarize(&db.lock(), &f).unwrap();
+        let s = crate::telemetry::summary::summarize(&db.lock(), &f).unwrap();
         assert_eq!(s.merged.count, 18_000);
         assert_eq!(s.merged.windows, 3);
         assert_eq!(s.devices["a"].windows, 2);

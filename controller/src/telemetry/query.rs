@@ -36,8 +36,9 @@ pub struct TelemetryFilter {
 }
 
 /// Merged telemetry (raw counts and histograms) for callers that compute
-/// their own statistics (rollout gates, drift).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// their own statistics (rollout gates, drift). Also the stored form of a
+/// rollup row (`rollup`), hence serde.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
     /// Windows merged.
     pub windows: u64,
@@ -77,6 +78,15 @@ pub struct Aggregate {
     pub undecodable_windows: u64,
 }
 
+fn add_counts64(into: &mut Vec<u64>, from: &[u64]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        *a = a.saturating_add(*b);
+    }
+}
+
 fn add_counts(into: &mut Vec<u64>, from: &[u32]) {
     if into.len() < from.len() {
         into.resize(from.len(), 0);
@@ -113,6 +123,40 @@ impl Aggregate {
         self.evicted_windows += w.evicted_windows;
         self.first_start = Some(self.first_start.map_or(w.start.0, |s| s.min(w.start.0)));
         self.last_end = Some(self.last_end.map_or(w.end.0, |e| e.max(w.end.0)));
+    }
+
+    /// Merges another aggregate in (exactly what adding its windows one by
+    /// one would have given).
+    pub fn merge(&mut self, o: &Aggregate) {
+        self.windows += o.windows;
+        self.count = self.count.saturating_add(o.count);
+        self.errors = self.errors.saturating_add(o.errors);
+        self.latency.merge(&o.latency);
+        if self.features.len() < o.features.len() {
+            self.features.resize(o.features.len(), Vec::new());
+        }
+        for (a, b) in self.features.iter_mut().zip(&o.features) {
+            add_counts64(a, b);
+        }
+        add_counts64(&mut self.outputs, &o.outputs);
+        add_counts64(&mut self.confidence, &o.confidence);
+        self.labelled = self.labelled.saturating_add(o.labelled);
+        self.correct = self.correct.saturating_add(o.correct);
+        self.abs_error_sum += o.abs_error_sum;
+        self.shadow_compared += o.shadow_compared;
+        self.shadow_agreed += o.shadow_agreed;
+        self.shadow_errors += o.shadow_errors;
+        self.shadow_latency.merge(&o.shadow_latency);
+        self.evicted_windows += o.evicted_windows;
+        self.first_start = match (self.first_start, o.first_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_end = match (self.last_end, o.last_end) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.undecodable_windows += o.undecodable_windows;
     }
 
     /// The JSON view.
@@ -207,17 +251,6 @@ pub struct AggregateView {
     /// Stored windows in range that did not decode (skipped).
     #[serde(default)]
     pub undecodable_windows: u64,
-}
-
-/// Merged and (optionally) per-device statistics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TelemetrySummary {
-    /// The filter applied.
-    pub filter: TelemetryFilter,
-    /// All matching windows merged.
-    pub merged: AggregateView,
-    /// Per device (when asked for), by id.
-    pub devices: BTreeMap<String, AggregateView>,
 }
 
 /// Which stored windows to read: every field narrows, `None` means any.
@@ -422,19 +455,6 @@ fn cohort(
     })?;
     m.devices = seen.len() as u64;
     Ok((m, stats))
-}
-
-/// [`aggregate`] as API views.
-pub fn summarize(
-    conn: &rusqlite::Connection,
-    f: &TelemetryFilter,
-) -> Result<TelemetrySummary, DbError> {
-    let (merged, per) = aggregate(conn, f)?;
-    Ok(TelemetrySummary {
-        filter: f.clone(),
-        merged: merged.view(),
-        devices: per.into_iter().map(|(k, v)| (k, v.view())).collect(),
-    })
 }
 
 #[cfg(test)]
