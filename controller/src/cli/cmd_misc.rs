@@ -48,7 +48,9 @@ pub struct TelemetryArgs {
     /// Device ids, comma-separated.
     #[arg(long)]
     pub device: Option<String>,
-    /// Only windows ending at or after this (ms since epoch).
+    /// Only windows ending at or after this (ms since epoch). Without
+    /// `--device` and on a whole minute, the answer comes from the
+    /// per-minute rollups, per cohort; otherwise from the raw windows.
     #[arg(long)]
     pub since_ms: Option<u64>,
 }
@@ -83,9 +85,16 @@ pub(crate) async fn telemetry(args: TelemetryArgs, ctx: &Ctx) -> anyhow::Result<
     };
     let mut rows = vec![row("(all)", &s.merged)];
     rows.extend(s.devices.iter().map(|(d, a)| row(d, a)));
+    // A fleet-level answer comes from the rollups, broken down by cohort.
+    rows.extend(s.cohorts.iter().map(|(c, a)| row(c, a)));
+    let first = if s.cohorts.is_empty() {
+        "DEVICE"
+    } else {
+        "COHORT"
+    };
     output::table(
         &[
-            "DEVICE", "WINDOWS", "COUNT", "ERRORS", "P50_US", "P95_US", "P99_US", "ACCURACY",
+            first, "WINDOWS", "COUNT", "ERRORS", "P50_US", "P95_US", "P99_US", "ACCURACY",
         ],
         &rows,
     );
