@@ -150,27 +150,25 @@ fn three_failed_starts_fall_back_and_report_once() {
     assert_eq!(m.record().fell_back, [v("0.2.0")]);
     let keys = TestKeys::new(3);
     let t = trusted(&keys);
-    let again = admit(
-        &t,
-        &signed(&keys, "0.2.0", Arch::Aarch64),
-        Arch::Aarch64,
-        v("0.1.0"),
-        m.record(),
-        false,
-        1 << 20,
-        NOW,
+    let offer = |version: &str| {
+        let release = signed(&keys, version, Arch::Aarch64);
+        let running = v("0.1.0");
+        admit(
+            &t,
+            &release,
+            Arch::Aarch64,
+            running,
+            m.record(),
+            false,
+            1 << 20,
+            NOW,
+        )
+    };
+    assert_eq!(
+        offer("0.2.0").unwrap_err().code,
+        ReasonCode::AgentStartFailed
     );
-    assert_eq!(again.unwrap_err().code, ReasonCode::AgentStartFailed);
-    let newer = admit(
-        &t,
-        &signed(&keys, "0.2.1", Arch::Aarch64),
-        Arch::Aarch64,
-        v("0.1.0"),
-        m.record(),
-        false,
-        1 << 20,
-        NOW,
-    );
+    let newer = offer("0.2.1");
     assert!(matches!(newer, Ok(Admission::Install(_))));
 }
 
