@@ -43,6 +43,11 @@ pub struct ServeConfig {
     pub telemetry_retention_days: u64,
     /// Days of per-minute telemetry rollups to keep (they are small).
     pub rollup_retention_days: u64,
+    /// Read device uplinks through the shared subscription
+    /// `$share/GROUP/…` (an external broker with shared subscriptions,
+    /// e.g. Mosquitto 2 or EMQX), so controllers of one group each get a
+    /// share of the uplinks instead of all of them.
+    pub mqtt_shared_group: Option<String>,
     /// How long shutdown waits for tasks to drain.
     pub shutdown_grace: Duration,
     /// How long startup waits for the MQTT subscription.
@@ -121,6 +126,7 @@ impl ServeConfig {
             artifact_cache_bytes: 256 * 1024 * 1024,
             telemetry_retention_days: 7,
             rollup_retention_days: 90,
+            mqtt_shared_group: None,
             shutdown_grace: Duration::from_secs(5),
             mqtt_ready_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
@@ -319,6 +325,15 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
     }
     if cfg.chunk_rate_bytes_per_sec == 0 {
         return Err(ServeError::Config("the chunk rate must be positive".into()));
+    }
+    if let Some(g) = &cfg.mqtt_shared_group {
+        link::check_group(g).map_err(|e| ServeError::Config(e.to_string()))?;
+        if matches!(cfg.broker, BrokerChoice::Embedded { .. }) {
+            return Err(ServeError::Config(
+                "--mqtt-shared-group needs an external broker with shared subscriptions                  (--broker mqtt://HOST:PORT: Mosquitto 2, EMQX); the embedded broker serves                  one controller"
+                    .into(),
+            ));
+        }
     }
     if let BrokerChoice::Embedded { listen } = &cfg.broker
         && !listen.ip().is_loopback()
@@ -541,6 +556,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
             inbound_tx,
             ready_tx,
             controller.metrics(),
+            cfg.mqtt_shared_group.clone(),
             shutdown_rx.clone(),
         )),
         tokio::spawn(link::dispatcher(

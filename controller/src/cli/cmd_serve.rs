@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// to keep; fleet-level queries read these.
     #[arg(long, default_value_t = 90)]
     pub rollup_retention_days: u64,
+    /// With an external broker: read device uplinks through the shared
+    /// subscription `$share/GROUP/drover/FLEET/d/+/up`, so each uplink
+    /// reaches one controller of the group (Mosquitto 2, EMQX).
+    #[arg(long, value_name = "GROUP")]
+    pub mqtt_shared_group: Option<String>,
     /// Largest model upload, MiB (streamed to disk; a JSON push is capped
     /// at 16 MiB whatever this says).
     #[arg(long, default_value_t = crate::http::MAX_UPLOAD_BYTES / MIB)]
@@ -145,6 +150,7 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, String> {
     c.chunk_rate_bytes_per_sec = a.chunk_rate;
     c.telemetry_retention_days = a.retention_days;
     c.rollup_retention_days = a.rollup_retention_days;
+    c.mqtt_shared_group = a.mqtt_shared_group.clone();
     c.retrain_config = a.config.clone();
     c.tls_cert = a.tls_cert.clone();
     c.tls_key = a.tls_key.clone();

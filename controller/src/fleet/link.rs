@@ -100,6 +100,40 @@ pub(crate) fn accept_topic(
     }
 }
 
+/// Why a shared-subscription group name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "shared subscription group {0:?} must be 1..=64 characters of a-z, A-Z, 0-9, '_' or '-' (no '/', '+' or '#')"
+)]
+pub struct BadGroup(pub String);
+
+/// Checks a `--mqtt-shared-group` name: it becomes a topic level.
+pub fn check_group(group: &str) -> Result<(), BadGroup> {
+    let ok = !group.is_empty()
+        && group.len() <= 64
+        && group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(BadGroup(group.to_string()))
+    }
+}
+
+/// The filter the controller reads device uplinks with: the fleet's `up`
+/// topics, or with a group `$share/GROUP/…`, so that the broker hands each
+/// uplink to one controller of the group (replicas). Status stays a plain
+/// subscription: every replica keeps the inventory, and brokers do not send
+/// retained messages to shared subscriptions.
+pub(crate) fn up_filter(fleet: &FleetId, shared_group: Option<&str>) -> String {
+    let plain = Topic::fleet_filter(fleet, Channel::Up);
+    match shared_group {
+        Some(g) => format!("$share/{g}/{plain}"),
+        None => plain,
+    }
+}
+
 /// Polls the event loop until shutdown; reconnects with capped backoff.
 pub(crate) async fn poll_loop(
     mut el: EventLoop,
@@ -108,10 +142,11 @@ pub(crate) async fn poll_loop(
     inbound: mpsc::Sender<Inbound>,
     ready: watch::Sender<bool>,
     metrics: std::sync::Arc<Metrics>,
+    shared_group: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let filters = vec![
-        SubscribeFilter::new(Topic::fleet_filter(&fleet, Channel::Up), QoS::AtLeastOnce),
+        SubscribeFilter::new(up_filter(&fleet, shared_group.as_deref()), QoS::AtLeastOnce),
         SubscribeFilter::new(
             Topic::fleet_filter(&fleet, Channel::Status),
             QoS::AtLeastOnce,
