@@ -552,11 +552,13 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningController, ServeError> {
         tokio::spawn(link::poll_loop(
             eventloop,
             client,
-            cfg.fleet.clone(),
+            link::LinkTopics {
+                fleet: cfg.fleet.clone(),
+                shared_group: cfg.mqtt_shared_group.clone(),
+            },
             inbound_tx,
             ready_tx,
             controller.metrics(),
-            cfg.mqtt_shared_group.clone(),
             shutdown_rx.clone(),
         )),
         tokio::spawn(link::dispatcher(

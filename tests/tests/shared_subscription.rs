@@ -108,7 +108,9 @@ async fn a_group_needs_an_external_broker_and_a_plain_name() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ServeConfig::ephemeral(dir.path().join("embedded"));
     c.mqtt_shared_group = Some("drover".into());
-    let e = serve::start(c).await.err().expect("refused");
+    let Err(e) = serve::start(c).await else {
+        panic!("refused")
+    };
     assert!(e.to_string().contains("external broker"), "{e}");
     let broker = SpawnedMosquitto::start().await.unwrap();
     for bad in ["a/b", "+", "#", ""] {
@@ -119,7 +121,9 @@ async fn a_group_needs_an_external_broker_and_a_plain_name() {
             tls: false,
         };
         c.mqtt_shared_group = Some(bad.into());
-        let e = serve::start(c).await.err().expect("refused");
+        let Err(e) = serve::start(c).await else {
+            panic!("refused")
+        };
         assert!(e.to_string().contains("shared subscription group"), "{e}");
     }
 }

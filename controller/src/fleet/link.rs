@@ -105,10 +105,10 @@ pub(crate) fn accept_topic(
 #[error(
     "shared subscription group {0:?} must be 1..=64 characters of a-z, A-Z, 0-9, '_' or '-' (no '/', '+' or '#')"
 )]
-pub struct BadGroup(pub String);
+pub(crate) struct BadGroup(pub(crate) String);
 
 /// Checks a `--mqtt-shared-group` name: it becomes a topic level.
-pub fn check_group(group: &str) -> Result<(), BadGroup> {
+pub(crate) fn check_group(group: &str) -> Result<(), BadGroup> {
     let ok = !group.is_empty()
         && group.len() <= 64
         && group
@@ -134,17 +134,28 @@ pub(crate) fn up_filter(fleet: &FleetId, shared_group: Option<&str>) -> String {
     }
 }
 
+/// What the link subscribes to: the fleet's topics, uplinks through a
+/// shared-subscription group if one is set.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkTopics {
+    pub(crate) fleet: FleetId,
+    pub(crate) shared_group: Option<String>,
+}
+
 /// Polls the event loop until shutdown; reconnects with capped backoff.
 pub(crate) async fn poll_loop(
     mut el: EventLoop,
     client: AsyncClient,
-    fleet: FleetId,
+    topics: LinkTopics,
     inbound: mpsc::Sender<Inbound>,
     ready: watch::Sender<bool>,
     metrics: std::sync::Arc<Metrics>,
-    shared_group: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let LinkTopics {
+        fleet,
+        shared_group,
+    } = topics;
     let filters = vec![
         SubscribeFilter::new(up_filter(&fleet, shared_group.as_deref()), QoS::AtLeastOnce),
         SubscribeFilter::new(
