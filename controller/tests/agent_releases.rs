@@ -329,3 +329,131 @@ async fn update_command_reaches_the_device_and_its_chunks_are_served() {
     assert_eq!(got, binary);
     t.running.shutdown().await;
 }
+
+/// An agent rollout over devices of two arches with a release for one: the
+/// device with no build for its arch is not commanded and fails its wave
+/// with the reason; the other gets the release of its own arch, and its
+/// Hello on the new version completes its install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_rollout_fails_devices_with_no_build_for_their_arch() {
+    use drover_protocol::Action;
+    use drover_protocol::messages::{Down, Hello, Up};
+
+    let t = TestController::start().await;
+    let url = t.url();
+    let c = t.running.handle();
+    let binary = fake_elf(host_arch(), b"new agent");
+    let r = post_json(
+        &url,
+        serde_json::json!({"version": "0.2.0", "arch": host_arch().to_string(), "binary_base64": b64(&binary)}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 201);
+    let mut events = c.subscribe();
+    let mut peers = Vec::new();
+    for (id, arch) in [("dev-1", host_arch()), ("dev-2", other_arch())] {
+        let peer = t.registered_peer(id).await;
+        peer.send_up(&Up::Hello(Hello {
+            agent_version: "0.1.0".into(),
+            arch: arch.to_string(),
+            key_list_version: 1,
+            ..Hello::default()
+        }))
+        .await;
+        peers.push(peer);
+    }
+    let mut hellos = 0;
+    tokio::time::timeout(support::STEP, async {
+        while hellos < 2 {
+            if let Ok(drover_controller::DeviceEvent::Hello { .. }) = events.recv().await {
+                hellos += 1;
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let o = drover(
+        &url,
+        &[
+            "--output",
+            "json",
+            "rollout",
+            "start",
+            "agent@0.2.0",
+            "--id",
+            "agents",
+            "--waves",
+            "50,100",
+            "--bake",
+            "1s",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The device of the host's arch is commanded (in its wave), with the
+    // host's build; it "restarts" and says Hello on the new version.
+    let mut dev1 = peers.remove(0);
+    let release = tokio::time::timeout(
+        support::STEP * 4,
+        dev1.wait_for(|d| match d {
+            Down::Command(signed) => match signed.decode_unverified().unwrap().action {
+                Action::UpdateAgent { release, rollback } => Some((release, rollback)),
+                _ => None,
+            },
+            _ => None,
+        }),
+    )
+    .await;
+    // With dev-2 as the canary the rollout fails before dev-1's wave.
+    if let Ok((release, rollback)) = release {
+        assert!(!rollback);
+        assert_eq!(release.decode_unverified().unwrap().arch, host_arch());
+        dev1.send_up(&Up::Hello(Hello {
+            agent_version: "0.2.0".into(),
+            arch: host_arch().to_string(),
+            key_list_version: 1,
+            ..Hello::default()
+        }))
+        .await;
+    }
+    let detail = tokio::time::timeout(support::STEP * 4, async {
+        loop {
+            let d = t.running.rollouts().detail("agents", 100).await.unwrap();
+            if !d.status.active {
+                return d;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the rollout ends");
+    let failed: u64 = detail.status.waves.iter().map(|w| w.failed).sum();
+    assert_eq!(failed, 1, "{:#?}", detail.status);
+    let reason = format!("no agent release 0.2.0 for {}", other_arch());
+    let told = detail.audit.iter().any(|e| {
+        e["event"]["kind"] == "device_failed"
+            && e["event"]["device"] == "dev-2"
+            && e["event"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&reason))
+    });
+    assert!(told, "{:#?}", detail.audit);
+    assert_eq!(detail.status.phase.name(), "rolled_back");
+    // dev-2 was never sent an UpdateAgent.
+    let mut dev2 = peers.remove(0);
+    let none = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        dev2.wait_for(|d| match d {
+            Down::Command(signed) => matches!(
+                signed.decode_unverified().unwrap().action,
+                Action::UpdateAgent { .. }
+            )
+            .then_some(()),
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(none.is_err(), "dev-2 got an UpdateAgent");
+    t.running.shutdown().await;
+}
