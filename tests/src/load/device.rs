@@ -89,6 +89,9 @@ enum Out {
 
 struct Unacked {
     due: Instant,
+    /// Times sent: the resend timeout doubles with each (up to 8×), so an
+    /// overloaded controller is not buried under resends.
+    sends: u32,
     template: Arc<WindowTemplate>,
 }
 
@@ -207,8 +210,7 @@ async fn poll_loop(mut el: EventLoop, tx: mpsc::Sender<Polled>) {
                 }
                 // Backoff with full jitter: a fleet reconnecting after a
                 // broker restart spreads out.
-                let nominal =
-                    Duration::from_millis(200).saturating_mul(1 << failures.min(5));
+                let nominal = Duration::from_millis(200).saturating_mul(1 << failures.min(5));
                 failures = failures.saturating_add(1);
                 tokio::time::sleep(nominal / 2 + jitter(nominal / 2)).await;
                 continue;
@@ -479,6 +481,7 @@ impl Device {
             } => {
                 // The controller never retains on down/chunk.
                 if retained {
+                    tracing::warn!(device = %self.id.device, %topic, "ignored a retained message");
                     self.count(|c| &c.errors);
                     return;
                 }
@@ -492,7 +495,10 @@ impl Device {
                 };
                 match codec::decode_down(&payload, channel) {
                     Ok(msg) if codec::down_channel(&msg) == channel => self.handle_down(msg),
-                    _ => self.count(|c| &c.errors),
+                    other => {
+                        tracing::warn!(device = %self.id.device, ?channel, ok = other.is_ok(), "undecodable or misrouted payload");
+                        self.count(|c| &c.errors);
+                    }
                 }
             }
         }
@@ -519,7 +525,8 @@ impl Device {
             },
             Down::Chunk(chunk) => self.handle_chunk(chunk, now),
             Down::KeyList(list) => {
-                if self.trust.handle_key_list(&list, now).is_err() {
+                if let Err(e) = self.trust.handle_key_list(&list, now) {
+                    tracing::warn!(device = %self.id.device, error = %e, "key list refused");
                     self.count(|c| &c.errors);
                 }
             }
@@ -527,8 +534,9 @@ impl Device {
     }
 
     fn handle_chunk(&mut self, chunk: Chunk, now: Timestamp) {
+        // A late answer to a re-sent request, after the job finished.
         let Some(j) = self.job.as_mut() else {
-            self.count(|c| &c.errors);
+            self.count(|c| &c.stray_chunks);
             return;
         };
         j.core.handle_chunk(chunk, now);
@@ -844,7 +852,8 @@ impl Device {
         let timeout = self.shared.cfg.ack_timeout;
         for seq in due {
             if let Some(u) = self.unacked.get_mut(&seq) {
-                u.due = now + timeout;
+                u.due = now + timeout * (1 << u.sends.min(3));
+                u.sends = u.sends.saturating_add(1);
                 let body = u.template.encode(seq);
                 self.queue(Out::Up(body));
                 self.count(|c| &c.windows_resent);
@@ -874,6 +883,7 @@ impl Device {
             seq,
             Unacked {
                 due: now + self.shared.cfg.ack_timeout,
+                sends: 1,
                 template,
             },
         );

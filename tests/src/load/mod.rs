@@ -424,13 +424,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadSummary> {
         args.json,
         format!("registering {} devices ({prefix}-N)...", args.devices),
     );
-    let bundles = register(
-        &registrar,
-        &prefix,
-        args.devices,
-        args.register_concurrency,
-    )
-    .await?;
+    let bundles = register(&registrar, &prefix, args.devices, args.register_concurrency).await?;
     let register_secs = t.elapsed().as_secs_f64();
     say(
         args.json,
@@ -522,7 +516,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadSummary> {
 fn print_summary(s: &LoadSummary) {
     let t = &s.totals;
     println!();
-    println!("drover-sim load: {} devices in {} worker(s)", s.devices, s.procs);
+    println!(
+        "drover-sim load: {} devices in {} worker(s)",
+        s.devices, s.procs
+    );
     let rows = [
         ("registration", format!("{:.1} s", s.register_secs)),
         (
@@ -538,7 +535,10 @@ fn print_summary(s: &LoadSummary) {
                 t.windows_created, t.windows_acked, t.windows_resent, t.windows_evicted
             ),
         ),
-        ("windows acked per second", format!("{:.0}", s.acked_per_sec)),
+        (
+            "windows acked per second",
+            format!("{:.0}", s.acked_per_sec),
+        ),
         (
             "controller stored windows",
             s.controller_windows

@@ -122,6 +122,9 @@ pub struct Counters {
     pub rollbacks: AtomicU64,
     /// Artifact chunks received.
     pub chunks_received: AtomicU64,
+    /// Chunks that arrived with no job running (late answers to re-sent
+    /// requests).
+    pub stray_chunks: AtomicU64,
     /// Telemetry acks refused (unsigned, bad signature, other device).
     pub acks_refused: AtomicU64,
     /// Reports dropped from a full pending queue.
@@ -167,6 +170,8 @@ pub struct WorkerStats {
     /// See [`Counters`].
     pub chunks_received: u64,
     /// See [`Counters`].
+    pub stray_chunks: u64,
+    /// See [`Counters`].
     pub acks_refused: u64,
     /// See [`Counters`].
     pub dropped: u64,
@@ -204,6 +209,7 @@ impl WorkerStats {
         self.deploys_failed += o.deploys_failed;
         self.rollbacks += o.rollbacks;
         self.chunks_received += o.chunks_received;
+        self.stray_chunks += o.stray_chunks;
         self.acks_refused += o.acks_refused;
         self.dropped += o.dropped;
         self.errors += o.errors;
@@ -333,6 +339,7 @@ fn snapshot(shared: &Shared, devices: u64, started: u64, done: bool) -> WorkerSt
         deploys_failed: g(&c.deploys_failed),
         rollbacks: g(&c.rollbacks),
         chunks_received: g(&c.chunks_received),
+        stray_chunks: g(&c.stray_chunks),
         acks_refused: g(&c.acks_refused),
         dropped: g(&c.dropped),
         errors: g(&c.errors),
