@@ -252,7 +252,7 @@ async fn in_process_workers_take_an_upgrade() {
     let bundles = load::register(&Registrar::InProcess(ctl.clone()), "lp", n, 16)
         .await
         .unwrap();
-    let run = LoadRun::start(bundles, 2, &worker_args(&running, 2_000), Spawn::InProcess)
+    let run = LoadRun::start(bundles, 2, &worker_args(&running, 1_000), Spawn::InProcess)
         .await
         .unwrap();
     wait_online(&ctl, &run, n as u64).await;
@@ -261,7 +261,7 @@ async fn in_process_workers_take_an_upgrade() {
             &running,
             &run,
             quick(format!("sensor@{v}")),
-            Duration::from_secs(120),
+            Duration::from_secs(150),
         )
         .await;
     }

@@ -1,6 +1,8 @@
-//! Pre-encoded telemetry windows: a realistic window is encoded once per
-//! model (and refreshed once a minute so its timestamps stay current), and
-//! each emulated device only splices its window sequence number in. A
+//! Pre-encoded telemetry windows: a realistic window is built once per
+//! model and encoded again only to move its timestamps (every half window:
+//! the controller selects windows for rollout gates and prunes them by
+//! their end time), and each emulated device only splices its window
+//! sequence number in. A
 //! window body is `version byte, Up::Telemetry tag, varint seq, rest`, so
 //! the template keeps the bytes before and after the sequence.
 
@@ -13,10 +15,6 @@ use drover_protocol::messages::Up;
 use drover_protocol::telemetry::TelemetryWindow;
 use drover_protocol::testkit::realistic_window;
 use drover_protocol::{ModelRef, Timestamp};
-
-/// Templates older than this are rebuilt (fresh window timestamps: the
-/// controller prunes and selects windows by their end time).
-const REFRESH: Duration = Duration::from_secs(60);
 
 /// One encoded window with a hole for its sequence number.
 #[derive(Debug)]
@@ -38,9 +36,13 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 impl WindowTemplate {
     /// A template for `model`'s windows of `window_ms` ending now.
     pub fn new(model: &ModelRef, window_ms: u64) -> WindowTemplate {
-        let end = Timestamp::from_system(SystemTime::now());
         let mut w = realistic_window(0);
         w.model = model.clone();
+        WindowTemplate::ending_now(w, window_ms)
+    }
+
+    fn ending_now(mut w: TelemetryWindow, window_ms: u64) -> WindowTemplate {
+        let end = Timestamp::from_system(SystemTime::now());
         w.start = Timestamp(end.0.saturating_sub(window_ms));
         w.end = end;
         WindowTemplate::from_window(w)
@@ -106,7 +108,10 @@ impl WindowTemplate {
 #[derive(Debug)]
 pub struct Templates {
     window_ms: u64,
-    cache: Mutex<HashMap<ModelRef, (Instant, Arc<WindowTemplate>)>>,
+    refresh: Duration,
+    /// Per model: the window (built once), when it was last encoded, and
+    /// that encoding.
+    cache: Mutex<HashMap<ModelRef, (TelemetryWindow, Instant, Arc<WindowTemplate>)>>,
 }
 
 impl Templates {
@@ -114,6 +119,8 @@ impl Templates {
     pub fn new(window_ms: u64) -> Templates {
         Templates {
             window_ms,
+            refresh: Duration::from_millis(window_ms / 2)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30)),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -123,11 +130,18 @@ impl Templates {
         let Ok(mut cache) = self.cache.lock() else {
             return Arc::new(WindowTemplate::new(model, self.window_ms));
         };
-        match cache.get(model) {
-            Some((at, t)) if at.elapsed() < REFRESH => t.clone(),
-            _ => {
-                let t = Arc::new(WindowTemplate::new(model, self.window_ms));
-                cache.insert(model.clone(), (Instant::now(), t.clone()));
+        match cache.get_mut(model) {
+            Some((_, at, t)) if at.elapsed() < self.refresh => t.clone(),
+            Some((w, at, t)) => {
+                *t = Arc::new(WindowTemplate::ending_now(w.clone(), self.window_ms));
+                *at = Instant::now();
+                t.clone()
+            }
+            None => {
+                let mut w = realistic_window(0);
+                w.model = model.clone();
+                let t = Arc::new(WindowTemplate::ending_now(w.clone(), self.window_ms));
+                cache.insert(model.clone(), (w, Instant::now(), t.clone()));
                 t
             }
         }
