@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::template::WindowTemplate;
-use super::worker::{Counters, Phase, Shared};
+use super::shared::{Counters, Phase, Shared};
 
 /// Requests rumqttc buffers between the device task and the event loop.
 const REQUEST_CHANNEL: usize = 32;

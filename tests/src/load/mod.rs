@@ -13,6 +13,7 @@
 #![allow(clippy::print_stdout)]
 
 pub mod device;
+pub mod shared;
 pub mod template;
 pub mod worker;
 
@@ -166,7 +167,7 @@ pub enum Spawn {
 
 enum Worker {
     Child {
-        child: Child,
+        child: Box<Child>,
         stdin: Option<ChildStdin>,
         reader: JoinHandle<()>,
     },
@@ -237,7 +238,7 @@ impl LoadRun {
                     });
                     files.push(file);
                     workers.push(Worker::Child {
-                        child,
+                        child: Box::new(child),
                         stdin,
                         reader,
                     });

@@ -111,8 +111,10 @@ pub struct Templates {
     refresh: Duration,
     /// Per model: the window (built once), when it was last encoded, and
     /// that encoding.
-    cache: Mutex<HashMap<ModelRef, (TelemetryWindow, Instant, Arc<WindowTemplate>)>>,
+    cache: Mutex<HashMap<ModelRef, Cached>>,
 }
+
+type Cached = (TelemetryWindow, Instant, Arc<WindowTemplate>);
 
 impl Templates {
     /// An empty cache for windows of `window_ms`.
