@@ -34,8 +34,8 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::template::WindowTemplate;
 use super::shared::{Counters, Phase, Shared};
+use super::template::WindowTemplate;
 
 /// Requests rumqttc buffers between the device task and the event loop.
 const REQUEST_CHANNEL: usize = 32;

@@ -86,4 +86,3 @@ pub struct DeviceSettings {
     /// The model windows name while a device serves none.
     pub idle_model: ModelRef,
 }
-

@@ -193,7 +193,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 15_000)]
     pub ack_timeout_ms: u64,
     /// New connections per second.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 200)]
     pub connect_rate: u32,
     /// Statistics line interval, milliseconds.
     #[arg(long, default_value_t = 1_000)]
