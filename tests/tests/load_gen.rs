@@ -3,7 +3,8 @@
 //! broker. Two `drover-sim load-worker` child processes hold 200 devices:
 //! all come online, every window they made is stored exactly once and
 //! acknowledged, and a model rollout completes on every one of them. A
-//! smaller run goes through the in-process worker path and upgrades v1 to v2.
+//! smaller run, registered over the HTTP API, goes through the in-process
+//! worker path and upgrades v1 to v2.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -249,9 +250,13 @@ async fn in_process_workers_take_an_upgrade() {
         .unwrap();
 
     let n = 30;
-    let bundles = load::register(&Registrar::InProcess(ctl.clone()), "lp", n, 16)
-        .await
-        .unwrap();
+    // Registered through the API, as against a separate `drover serve`.
+    let http = Registrar::Http {
+        url: running.http_url(),
+        token: running.admin_token().unwrap().to_string(),
+    };
+    let bundles = load::register(&http, "lp", n, 16).await.unwrap();
+    assert_eq!(bundles.len(), n);
     let run = LoadRun::start(bundles, 2, &worker_args(&running, 1_000), Spawn::InProcess)
         .await
         .unwrap();
