@@ -360,8 +360,10 @@ pub struct LoadSummary {
     pub run_secs: f64,
     /// Most devices connected at once.
     pub peak_connected: u64,
-    /// Windows acknowledged per second, over the run.
+    /// Windows acknowledged per second, over the run (ramp-up included).
     pub acked_per_sec: f64,
+    /// Highest acknowledged windows per second over one progress interval.
+    pub peak_acked_per_sec: f64,
     /// Windows stored by the in-process controller (None for `--controller`).
     pub controller_windows: Option<u64>,
     /// Resident memory of the parent (with an in-process controller), KiB.
@@ -461,6 +463,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadSummary> {
         let dt = prev.0.elapsed().as_secs_f64().max(1e-3);
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
         summary.peak_connected = summary.peak_connected.max(s.connected);
+        summary.peak_acked_per_sec = summary
+            .peak_acked_per_sec
+            .max(rate(s.windows_acked, prev.1.windows_acked));
         worker_rss_max = worker_rss_max.max(s.rss_kib);
         if summary.all_connected_secs.is_none() && s.connected as usize >= args.devices {
             summary.all_connected_secs = Some(started.elapsed().as_secs_f64());
@@ -539,8 +544,8 @@ fn print_summary(s: &LoadSummary) {
             ),
         ),
         (
-            "windows acked per second",
-            format!("{:.0}", s.acked_per_sec),
+            "windows acked per second (run / peak 2 s)",
+            format!("{:.0} / {:.0}", s.acked_per_sec, s.peak_acked_per_sec),
         ),
         (
             "controller stored windows",
