@@ -18,6 +18,10 @@ use drover_protocol::labels::Selector;
 use drover_sim::demo::{push, rollout_and_wait, train_model};
 use drover_sim::load::{self, LoadRun, Registrar, Spawn, WorkerArgs, WorkerStats};
 
+/// The two tests run one after the other: each loads a debug-build
+/// controller near what it ingests on a shared 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn controller(dir: &tempfile::TempDir) -> RunningController {
     serve::start(ServeConfig::ephemeral(dir.path().join("controller")))
         .await
@@ -29,7 +33,7 @@ fn worker_args(running: &RunningController, window_ms: u64) -> WorkerArgs {
         bundles: PathBuf::new(),
         broker: Some(running.mqtt_addr().to_string()),
         window_ms,
-        ack_timeout_ms: 30_000,
+        ack_timeout_ms: 60_000,
         connect_rate: 1_000,
         stats_ms: 200,
         drain_ms: 60_000,
@@ -151,6 +155,7 @@ async fn assert_stored_once(ctl: &Controller, totals: &WorkerStats) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_worker_processes_come_online_store_every_window_once_and_take_a_rollout() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let running = controller(&dir).await;
     let ctl = running.handle();
@@ -237,6 +242,7 @@ async fn two_worker_processes_come_online_store_every_window_once_and_take_a_rol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_workers_take_an_upgrade() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let running = controller(&dir).await;
     let ctl = running.handle();
@@ -249,7 +255,7 @@ async fn in_process_workers_take_an_upgrade() {
         .await
         .unwrap();
 
-    let n = 30;
+    let n = 20;
     // Registered through the API, as against a separate `drover serve`.
     let http = Registrar::Http {
         url: running.http_url(),
@@ -257,18 +263,18 @@ async fn in_process_workers_take_an_upgrade() {
     };
     let bundles = load::register(&http, "lp", n, 16).await.unwrap();
     assert_eq!(bundles.len(), n);
-    let run = LoadRun::start(bundles, 2, &worker_args(&running, 1_000), Spawn::InProcess)
+    let run = LoadRun::start(bundles, 2, &worker_args(&running, 3_000), Spawn::InProcess)
         .await
         .unwrap();
     wait_online(&ctl, &run, n as u64).await;
     for v in [v1, v2] {
-        roll_out(
-            &running,
-            &run,
-            quick(format!("sensor@{v}")),
-            Duration::from_secs(150),
-        )
-        .await;
+        // v2's gates compare windows that end within the bake: long
+        // enough for both cohorts to report a few.
+        let body = StartBody {
+            bake: Some(Duration::from_secs(6)),
+            ..quick(format!("sensor@{v}"))
+        };
+        roll_out(&running, &run, body, Duration::from_secs(150)).await;
     }
     let totals = run.stop(Duration::from_secs(90)).await.unwrap();
     assert_eq!(totals.devices, n as u64);
