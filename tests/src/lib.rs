@@ -13,6 +13,8 @@
 //! - [`demo`]: the narrated end-to-end demo (`drover-sim demo`).
 //! - [`fast`]: the fake-clock tier: sans-IO cores of thousands of devices, in memory.
 //! - [`bench`]: the scale run (`drover-sim bench`).
+//! - [`load`]: emulated devices (real protocol, no tract or SQLite) in
+//!   worker processes, thousands each, for scale runs (`drover-sim load`).
 //! - [`chaos`]: the seeded chaos run (random faults, invariants at the end).
 
 pub mod bench;
@@ -23,6 +25,7 @@ pub mod disk;
 pub mod fast;
 pub mod fleet;
 pub mod invariants;
+pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod procs;

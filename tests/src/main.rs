@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         steady_secs: u64,
     },
+    /// Emulated devices for scale runs: thousands of MQTT connections per
+    /// worker process speaking the real protocol (no tract, no SQLite).
+    Load(drover_sim::load::LoadArgs),
+    /// One worker process of `load` (started by it).
+    #[command(hide = true)]
+    LoadWorker(drover_sim::load::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Load(args) => drover_sim::load::run(args).await.map(|_| ()),
+            Command::LoadWorker(args) => drover_sim::load::worker::main(args).await,
         }
     });
     match result {
