@@ -1,6 +1,6 @@
 //! `drover-sim load` end to end: emulated devices (real MQTT, real
 //! protocol) against a real controller in this process with its embedded
-//! broker. Two `drover-sim load-worker` child processes hold 200 devices:
+//! broker. Two `drover-sim load-worker` child processes hold 100 devices:
 //! all come online, every window they made is stored exactly once and
 //! acknowledged, and a model rollout completes on every one of them. A
 //! smaller run, registered over the HTTP API, goes through the in-process
@@ -163,7 +163,7 @@ async fn two_worker_processes_come_online_store_every_window_once_and_take_a_rol
     let (onnx, csv, _) = train_model(&samples, false).unwrap();
     let v1 = push(&ctl, "sensor", onnx, csv, None, None).await.unwrap();
 
-    let n = 200;
+    let n = 100;
     let t = Instant::now();
     let bundles = load::register(&Registrar::InProcess(ctl.clone()), "ld", n, 64)
         .await
