@@ -25,25 +25,14 @@ pub struct BenchOptions {
     pub steady: Duration,
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// Runs the benchmark and prints its table.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let rss0 = rss_kib();
+    let rss0 = crate::load::worker::rss_kib();
     let running = serve::start(ServeConfig::ephemeral(dir.path().join("controller"))).await?;
     let ctl = running.handle();
     let rollouts = running.rollouts();
-    let rss_controller = rss_kib();
+    let rss_controller = crate::load::worker::rss_kib();
 
     let samples = crate::data::reference_samples(2000, 1);
     let (onnx, csv, _) = train_model(&samples, false)?;
@@ -75,7 +64,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let connected = t.elapsed();
-    let rss_fleet = rss_kib();
+    let rss_fleet = crate::load::worker::rss_kib();
 
     let t = Instant::now();
     let (phase, _) = rollout_and_wait(
@@ -106,7 +95,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let w1 = windows(ctl.clone()).await?;
     let i1 = fleet.totals().0;
     let secs = t.elapsed().as_secs_f64();
-    let rss_end = rss_kib();
+    let rss_end = crate::load::worker::rss_kib();
 
     println!();
     println!(

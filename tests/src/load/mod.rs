@@ -291,10 +291,10 @@ impl LoadRun {
     /// Stops every worker (they drain: outstanding windows wait for their
     /// acknowledgement) and returns the final counts. A worker not done
     /// within `timeout` is killed; the sum then says `done: false`.
-    pub async fn stop(self, timeout: Duration) -> anyhow::Result<WorkerStats> {
+    pub async fn stop(mut self, timeout: Duration) -> anyhow::Result<WorkerStats> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut failures = Vec::new();
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             match w {
                 Worker::Child {
                     mut child,
@@ -329,15 +329,7 @@ impl LoadRun {
                 }
             }
         }
-        let mut sum = WorkerStats {
-            done: true,
-            ..Default::default()
-        };
-        if let Ok(l) = self.latest.lock() {
-            for s in l.iter() {
-                sum.add(s);
-            }
-        }
+        let sum = self.stats();
         if !failures.is_empty() {
             bail!("{} (last counts: {sum:?})", failures.join("; "));
         }
