@@ -310,14 +310,14 @@ impl RolloutService {
                 .all(|v| v.version.is_none()),
             RolloutKind::Agent => {
                 spec.gates.is_empty() && {
-                    let matching: BTreeSet<&DeviceId> = views
+                    let matching: BTreeSet<&str> = views
                         .iter()
                         .filter(|v| spec.selector.matches(&v.labels))
-                        .map(|v| &v.id)
+                        .map(|v| v.id.as_str())
                         .collect();
                     devices
                         .iter()
-                        .filter(|d| matching.iter().any(|id| id.as_str() == d.id))
+                        .filter(|d| matching.contains(d.id.as_str()))
                         .all(|d| d.active.is_none())
                 }
             }
